@@ -1,0 +1,373 @@
+"""Contract-driven builds: raw source -> DuckDB SQL -> conform -> quality gate -> versioned Parquet -> latest.
+
+Layout in the environment's object store (``<prefix>`` = ``object_store.uri``)::
+
+    <prefix>/<feature_set>/latest.json                      newest promoted build of the feature set
+    <prefix>/<feature_set>/<version>/latest.json            newest promoted build of that contract version
+    <prefix>/<feature_set>/<version>/<build_id>/features.parquet
+    <prefix>/<feature_set>/<version>/<build_id>/metadata.json   written last: no metadata = unfinished build
+
+The build id is a hash of the contract's schema and transform and of the source snapshot (file paths, sizes,
+ETags), so re-running the same logical build finds the finished build and changes nothing. Builds are never
+rewritten; promotion is one small atomic PUT of each pointer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from feature_platform import __version__
+from feature_platform.contracts import FeatureSetContract
+from feature_platform.errors import BuildError, PointerMissingError, QualityGateError, StoreError
+from feature_platform.store import ObjectStore
+
+DATA_FILE = "features.parquet"
+METADATA_FILE = "metadata.json"
+POINTER_FILE = "latest.json"
+BATCH_ROWS = 100_000
+METADATA_FORMAT = 1
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "string": pa.string(),
+    "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+}
+TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+
+Progress = Callable[[str], None]
+
+
+def arrow_schema(contract: FeatureSetContract) -> pa.Schema:
+    """The exact Arrow schema a build of ``contract`` writes."""
+    fields = [
+        pa.field(contract.entity.join_key, ARROW_TYPES[contract.entity.dtype], nullable=False),
+        pa.field(contract.timestamp_field, TIMESTAMP_TYPE, nullable=False),
+    ]
+    fields += [pa.field(f.name, ARROW_TYPES[f.dtype], nullable=f.nullable) for f in contract.features]
+    return pa.schema(fields)
+
+
+def version_key(contract: FeatureSetContract) -> str:
+    return f"{contract.name}/{contract.version_label}"
+
+
+def build_key(contract: FeatureSetContract, build_id: str) -> str:
+    return f"{version_key(contract)}/{build_id}"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    metadata: dict[str, Any]
+    reused: bool  # True when this logical build was already complete and nothing was written
+
+    @property
+    def build_id(self) -> str:
+        return str(self.metadata["build_id"])
+
+
+# ----------------------------------------------------------------------------------------------- the source
+
+
+def source_snapshot(raw: ObjectStore, contract: FeatureSetContract) -> list[dict[str, Any]]:
+    files = raw.list_files(contract.source.table, suffix=".parquet")
+    if not files:
+        raise BuildError(f"{contract.name}: source table {contract.source.table!r} has no Parquet files at "
+                         f"{raw.url(contract.source.table)}; load the raw data (demo: `featurectl sample-data`)")
+    return [{"path": ("s3://" if raw.is_s3 else "") + f.path, "size": f.size, "etag": f.etag} for f in files]
+
+
+def compute_build_id(contract: FeatureSetContract, snapshot: list[dict[str, Any]]) -> str:
+    payload = json.dumps({"schema": contract.schema_hash, "transform": contract.transform_hash,
+                          "source": snapshot}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------- transform + gate
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema, feature_set: str) -> pa.RecordBatch:
+    """Cast the transform's output to the contract schema; a missing, extra or incompatible column is an error."""
+    got = set(batch.schema.names)
+    want = set(schema.names)
+    if got != want:
+        problems = []
+        if want - got:
+            problems.append(f"missing column(s) {', '.join(sorted(want - got))}")
+        if got - want:
+            problems.append(f"column(s) not in the contract {', '.join(sorted(got - want))}")
+        raise QualityGateError(feature_set, [f"the transform's output drifted from the contract: {'; '.join(problems)}"])
+    columns = []
+    for target in schema:
+        column = batch.column(target.name)
+        if column.type != target.type:
+            compatible = (
+                (pa.types.is_integer(column.type) and pa.types.is_integer(target.type))
+                or (pa.types.is_floating(target.type) and (pa.types.is_floating(column.type)
+                                                           or pa.types.is_integer(column.type)))
+                or (pa.types.is_timestamp(column.type) and pa.types.is_timestamp(target.type))
+                or (pa.types.is_string(target.type) and pa.types.is_large_string(column.type))
+            )
+            if not compatible:
+                raise QualityGateError(feature_set, [
+                    f"column {target.name}: expected {target.type} but the transform returned {column.type}"])
+            try:
+                # Floats may narrow (float64 -> float32); integers must fit exactly.
+                safe = not pa.types.is_floating(target.type)
+                column = column.cast(target.type, safe=safe)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise QualityGateError(feature_set, [f"column {target.name}: cannot convert to {target.type}: {exc}"]
+                                       ) from exc
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _sql_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def quality_gate(con: Any, contract: FeatureSetContract) -> tuple[list[str], dict[str, Any]]:
+    """Check the staged rows (DuckDB view ``built``) against the contract; returns (failures, statistics)."""
+    key, ts = contract.entity.join_key, contract.timestamp_field
+    failures: list[str] = []
+    row_count = con.execute("SELECT count(*) FROM built").fetchone()[0]
+    if row_count == 0:
+        return [f"the transform returned no rows from source table {contract.source.table}"], {"row_count": 0}
+    stats: dict[str, Any] = {"row_count": row_count, "columns": {}}
+    required = [(key, False, None), (ts, False, None)] + [(f.name, f.nullable, f.constraints) for f in contract.features]
+    for name, nullable, constraints in required:
+        nulls, low, high = con.execute(
+            f'SELECT count(*) - count("{name}"), min("{name}"), max("{name}") FROM built').fetchone()
+        stats["columns"][name] = {"null_count": nulls, "min": _jsonable(low), "max": _jsonable(high)}
+        if nulls and not nullable:
+            failures.append(f"column {name}: {nulls} null value(s) in a non-nullable column")
+        if constraints is None:
+            continue
+        if constraints.min is not None:
+            bad = con.execute(f'SELECT count(*) FROM built WHERE "{name}" < {constraints.min!r}').fetchone()[0]
+            if bad:
+                failures.append(f"column {name}: {bad} row(s) below min {constraints.min} (smallest {low})")
+        if constraints.max is not None:
+            bad = con.execute(f'SELECT count(*) FROM built WHERE "{name}" > {constraints.max!r}').fetchone()[0]
+            if bad:
+                failures.append(f"column {name}: {bad} row(s) above max {constraints.max} (largest {high})")
+        if constraints.allowed_values is not None:
+            allowed = ", ".join(_sql_literal(v) for v in constraints.allowed_values)
+            bad, example = con.execute(
+                f'SELECT count(*), any_value("{name}") FROM built WHERE "{name}" NOT IN ({allowed})').fetchone()
+            if bad:
+                failures.append(f"column {name}: {bad} row(s) outside allowed_values (e.g. {example!r})")
+    duplicates, example = con.execute(
+        f'SELECT count(*), any_value("{key}") FROM (SELECT "{key}" FROM built GROUP BY "{key}", "{ts}" '
+        "HAVING count(*) > 1)").fetchone()
+    if duplicates:
+        failures.append(f"columns ({key}, {ts}): {duplicates} duplicate key(s) (e.g. {key}={example}); "
+                        "each entity may have one row per event timestamp")
+    stats["event_time_min"] = stats["columns"][ts]["min"]
+    stats["event_time_max"] = stats["columns"][ts]["max"]
+    stats["entity_count"] = con.execute(f'SELECT count(DISTINCT "{key}") FROM built').fetchone()[0]
+    return failures, stats
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _stage(raw: ObjectStore, snapshot: list[dict[str, Any]], contract: FeatureSetContract, target: Path,
+           progress: Progress) -> Any:
+    """Run the SQL over the source in batches, writing conformed rows to ``target``; returns the DuckDB connection."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET memory_limit = '2GB'")
+    con.execute("SET TimeZone = 'UTC'")
+    paths = [entry["path"].removeprefix("s3://") for entry in snapshot]
+    try:
+        source = ds.dataset(paths, format="parquet", filesystem=raw.fs)
+    except Exception as exc:
+        raise BuildError(f"{contract.name}: cannot open source {raw.url(contract.source.table)}: {exc}") from exc
+    con.register("source", source)
+    schema = arrow_schema(contract)
+    try:
+        reader = con.sql(contract.source.sql).to_arrow_reader(BATCH_ROWS)
+    except duckdb.Error as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise BuildError(f"{contract.name} v{contract.version}: source.sql failed on table "
+                         f"{contract.source.table}: {first_line}; check the SQL and the raw column types") from exc
+    rows = 0
+    with pq.ParquetWriter(target, schema, compression="zstd") as writer:
+        for batch in reader:
+            writer.write_batch(_conform(batch, schema, contract.name))
+            rows += batch.num_rows
+            progress(f"{contract.name} v{contract.version}: {rows:,} rows written")
+    con.unregister("source")
+    con.register("built", ds.dataset(str(target), format="parquet"))
+    return con
+
+
+# --------------------------------------------------------------------------------------------- the build
+
+
+def build_version(
+    contract: FeatureSetContract,
+    store: ObjectStore,
+    raw: ObjectStore,
+    *,
+    environment: str,
+    contracts_commit: str | None = None,
+    run_id: str | None = None,
+    progress: Progress = lambda _msg: None,
+) -> BuildResult:
+    """Build one contract version into the store, unpromoted. Idempotent per source snapshot."""
+    snapshot = source_snapshot(raw, contract)
+    build_id = compute_build_id(contract, snapshot)
+    prefix = build_key(contract, build_id)
+    if store.exists(f"{prefix}/{METADATA_FILE}"):
+        progress(f"{contract.name} v{contract.version}: build {build_id} is already complete; reusing it")
+        return BuildResult(read_metadata(store, contract, build_id), reused=True)
+    with tempfile.TemporaryDirectory(prefix="feature-build-") as tmp:
+        staged = Path(tmp) / DATA_FILE
+        con = _stage(raw, snapshot, contract, staged, progress)
+        try:
+            failures, stats = quality_gate(con, contract)
+        finally:
+            con.close()
+        if failures:
+            raise QualityGateError(f"{contract.name} v{contract.version}", failures)
+        store.upload(staged, f"{prefix}/{DATA_FILE}")
+    metadata = {
+        "format": METADATA_FORMAT,
+        "feature_set": contract.name,
+        "version": contract.version_label,
+        "build_id": build_id,
+        "environment": environment,
+        "schema_hash": contract.schema_hash,
+        "transform_hash": contract.transform_hash,
+        "generated_at": datetime.now(UTC).isoformat(),
+        "row_count": stats["row_count"],
+        "entity_count": stats["entity_count"],
+        "event_time_min": stats["event_time_min"],
+        "event_time_max": stats["event_time_max"],
+        "columns": stats["columns"],
+        "data": store.url(f"{prefix}/{DATA_FILE}"),
+        "source": {"table": contract.source.table, "uri": raw.url(contract.source.table), "files": snapshot},
+        "contracts_commit": contracts_commit or "unknown",
+        "library_version": __version__,
+        "run_id": run_id,
+    }
+    write_metadata(store, prefix, metadata)
+    progress(f"{contract.name} v{contract.version}: build {build_id} complete ({stats['row_count']:,} rows)")
+    return BuildResult(metadata, reused=False)
+
+
+def write_metadata(store: ObjectStore, prefix: str, metadata: dict[str, Any]) -> None:
+    """Written last: its presence is what makes a build complete."""
+    store.write_json_atomic(f"{prefix}/{METADATA_FILE}", metadata)
+
+
+def read_metadata(store: ObjectStore, contract: FeatureSetContract, build_id: str) -> dict[str, Any]:
+    key = f"{build_key(contract, build_id)}/{METADATA_FILE}"
+    try:
+        return store.read_json(key)
+    except FileNotFoundError as exc:
+        raise StoreError(f"{contract.name} {contract.version_label}: build {build_id} has no {METADATA_FILE} at "
+                         f"{store.url(key)}; it is unfinished or does not exist (see `featurectl versions`)") from exc
+
+
+# --------------------------------------------------------------------------------------- pointers + history
+
+
+def promote(store: ObjectStore, contract: FeatureSetContract, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Point the version's and the feature set's ``latest`` at a complete build (one atomic write each)."""
+    build_id = metadata["build_id"]
+    if not store.exists(f"{build_key(contract, build_id)}/{METADATA_FILE}"):
+        raise StoreError(f"{contract.name}: refusing to promote build {build_id}: it has no {METADATA_FILE}")
+    if metadata["schema_hash"] != contract.schema_hash:
+        raise StoreError(f"{contract.name}: build {build_id} has schema_hash {metadata['schema_hash']} but the "
+                         f"contract {contract.version_label} has {contract.schema_hash}; rebuild it")
+    pointer = {
+        "feature_set": contract.name,
+        "version": contract.version_label,
+        "build_id": build_id,
+        "schema_hash": metadata["schema_hash"],
+        "data": metadata["data"],
+        "metadata": store.url(f"{build_key(contract, build_id)}/{METADATA_FILE}"),
+        "promoted_at": datetime.now(UTC).isoformat(),
+    }
+    store.write_json_atomic(f"{version_key(contract)}/{POINTER_FILE}", pointer)
+    store.write_json_atomic(f"{contract.name}/{POINTER_FILE}", pointer)
+    return pointer
+
+
+def read_pointer(store: ObjectStore, feature_set: str, version_label: str | None = None) -> dict[str, Any]:
+    """The ``latest`` pointer of a feature set, or of one of its versions."""
+    key = f"{feature_set}/{version_label}/{POINTER_FILE}" if version_label else f"{feature_set}/{POINTER_FILE}"
+    try:
+        return store.read_json(key)
+    except FileNotFoundError as exc:
+        raise PointerMissingError(feature_set + (f" {version_label}" if version_label else ""), store.url(key)
+                                  ) from exc
+
+
+def list_builds(store: ObjectStore, feature_set: str) -> list[dict[str, Any]]:
+    """Every build of a feature set, complete or not, oldest first."""
+    builds = []
+    for label in store.list_dirs(feature_set):
+        for build_id in store.list_dirs(f"{feature_set}/{label}"):
+            prefix = f"{feature_set}/{label}/{build_id}"
+            try:
+                metadata = store.read_json(f"{prefix}/{METADATA_FILE}")
+                builds.append({**metadata, "complete": True})
+            except FileNotFoundError:
+                builds.append({"feature_set": feature_set, "version": label, "build_id": build_id,
+                               "complete": False, "generated_at": ""})
+    return sorted(builds, key=lambda b: (b.get("generated_at") or "", b["build_id"]))
+
+
+def find_build(store: ObjectStore, feature_set: str, build_id: str) -> dict[str, Any]:
+    for build in list_builds(store, feature_set):
+        if build["build_id"] == build_id:
+            if not build["complete"]:
+                raise StoreError(f"{feature_set}: build {build_id} is unfinished (no {METADATA_FILE}); "
+                                 "it can never be promoted; pick a complete build from `featurectl versions`")
+            return build
+    raise StoreError(f"{feature_set}: no build {build_id}; see `featurectl versions {feature_set}`")
+
+
+def read_build_table(store: ObjectStore, metadata: dict[str, Any]) -> pa.Table:
+    """The exact rows of one build, as recorded in its metadata."""
+    path = str(metadata["data"]).removeprefix("s3://")
+    return pq.read_table(path, filesystem=store.fs)
+
+
+def newest_rows_per_entity(table: pa.Table, join_key: str, timestamp_field: str) -> pa.Table:
+    """The offline 'latest' per entity: what the online store must serve after a full materialize."""
+    ranked = table.sort_by([(join_key, "ascending"), (timestamp_field, "descending")])
+    keys = ranked.column(join_key).to_numpy(zero_copy_only=False)
+    first_of_entity = np.ones(len(keys), dtype=bool)
+    first_of_entity[1:] = keys[1:] != keys[:-1]
+    return ranked.filter(pa.array(first_of_entity))

@@ -1,0 +1,267 @@
+"""featurectl: argument parsing and printing only; every command calls one library function.
+
+Exit codes: 0 success, 1 operational failure, 2 bad input (contracts, configuration), 3 incompatible change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from feature_platform import __version__
+from feature_platform.errors import PlatformError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from feature_platform.environments import Settings
+
+    return Settings.from_env(contracts_dir=getattr(args, "contracts", None), home=getattr(args, "home", None),
+                             env_name=getattr(args, "env", None))
+
+
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+    if getattr(args, "quiet", False):
+        return lambda _msg: None
+    return lambda msg: print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- contracts
+
+
+def cmd_contracts_validate(args: argparse.Namespace) -> int:
+    from feature_platform.contracts import load_contracts, load_feature_set
+    from feature_platform.environments import load_environments
+    from feature_platform.errors import ContractError, ContractErrors
+
+    settings = _settings(args)
+    targets = [Path(p) for p in args.paths] or [settings.contracts_dir]
+    errors: list[ContractError] = []
+    checked: list[str] = []
+    for target in targets:
+        try:
+            if target.is_dir():
+                contracts = load_contracts(target)
+                environments = load_environments(target)
+                checked += [f"{c.name} {c.version_label} {c.schema_hash}" for c in contracts.all()]
+                checked += [f"environment {name}" for name in sorted(environments)]
+            else:
+                contract = load_feature_set(target)
+                checked.append(f"{contract.name} {contract.version_label} {contract.schema_hash}")
+        except ContractErrors as exc:
+            errors.extend(exc.errors)
+        except ContractError as exc:
+            errors.append(exc)
+    if args.json:
+        _print_json({"ok": not errors, "checked": checked, "errors": [
+            {"file": e.file, "field": e.field, "problem": e.problem} for e in errors]})
+    else:
+        for line in checked:
+            print(f"ok    {line}")
+        for error in errors:
+            print(f"error {error}", file=sys.stderr)
+    return 2 if errors else 0
+
+
+def cmd_contracts_hash(args: argparse.Namespace) -> int:
+    from feature_platform.contracts import load_feature_set
+
+    contract = load_feature_set(args.file)
+    if args.json:
+        _print_json({"feature_set": contract.name, "version": contract.version_label,
+                     "schema_hash": contract.schema_hash})
+    else:
+        print(contract.schema_hash)
+    return 0
+
+
+def cmd_contracts_diff(args: argparse.Namespace) -> int:
+    from feature_platform.contracts import diff_contracts, load_feature_set
+
+    changes = diff_contracts(load_feature_set(args.old), load_feature_set(args.new))
+    breaking = any(c.breaking for c in changes)
+    if args.json:
+        _print_json({"breaking": breaking, "changes": [{"breaking": c.breaking, "what": c.what} for c in changes]})
+    else:
+        for change in changes:
+            print(f"{'BREAKING  ' if change.breaking else 'compatible'} {change.what}")
+        print("result: " + ("breaking" if breaking else "compatible" if changes else "no changes"))
+    return 3 if breaking else 0
+
+
+def cmd_contracts_check(args: argparse.Namespace) -> int:
+    from feature_platform.contracts import check_lock
+
+    settings = _settings(args)
+    problems = check_lock(settings.contracts_dir, settings.contracts())
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(f"ok: every contract version matches {settings.contracts_dir.name}/contracts.lock")
+    return 3 if problems else 0
+
+
+def cmd_contracts_lock(args: argparse.Namespace) -> int:
+    from feature_platform.contracts import write_lock
+
+    settings = _settings(args)
+    lock = write_lock(settings.contracts_dir, settings.contracts())
+    count = sum(len(v) for v in lock.values())
+    print(f"locked {count} contract version(s) in {settings.contracts_dir / 'contracts.lock'}")
+    return 0
+
+
+def cmd_contracts_schema(args: argparse.Namespace) -> int:
+    from feature_platform.contracts import json_schema
+
+    _print_json(json_schema())
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- data and builds
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    from feature_platform import pipeline
+    from feature_platform.sample_data import SampleSpec, parse_as_of
+
+    spec = SampleSpec(seed=args.seed, scale=args.scale, as_of=parse_as_of(args.as_of))
+    written = pipeline.generate_sample_data(_settings(args), spec)
+    for table, rows in written.items():
+        print(f"{table}: {rows:,} rows")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from feature_platform import pipeline
+
+    settings = _settings(args)
+    result = pipeline.build_and_promote(settings, args.feature_set, version=args.version, run_id=args.run_id,
+                                        progress=_progress(args))
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{args.feature_set} {result['version']}: latest -> build {result['build_id']} "
+              f"({result['row_count']:,} rows{', reused' if result['reused'] else ''})")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from feature_platform import pipeline
+
+    builds, pointer = pipeline.versions(_settings(args), args.feature_set)
+    if args.json:
+        _print_json({"latest": pointer, "builds": builds})
+        return 0
+    latest = pointer["build_id"] if pointer else None
+    print(f"{'':2}{'version':8}{'build':18}{'generated_at':34}{'rows':>10}  state")
+    for b in builds:
+        mark = "* " if b["build_id"] == latest else "  "
+        state = "complete" if b["complete"] else "UNFINISHED (never promoted)"
+        print(f"{mark}{b['version']:8}{b['build_id']:18}{b.get('generated_at', ''):34}"
+              f"{b.get('row_count', ''):>10}  {state}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from feature_platform import pipeline
+
+    pointer = pipeline.rollback(_settings(args), args.feature_set, args.to)
+    print(f"{args.feature_set}: latest -> {pointer['version']} build {pointer['build_id']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- parser
+
+
+def _add_common(parser: argparse.ArgumentParser, env: bool = True) -> None:
+    parser.add_argument("--contracts", help="contracts directory (default: $FEATURE_PLATFORM_CONTRACTS or ./contracts)")
+    parser.add_argument("--home", help="work directory (default: $FEATURE_PLATFORM_HOME or ./.feature-platform)")
+    if env:
+        parser.add_argument("--env", help="environment name (default: $FEATURE_PLATFORM_ENV or local)")
+    parser.add_argument("--json", action="store_true", help="print JSON for machines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="featurectl", description="feature-platform: contracts -> builds -> Feast -> online reads.")
+    parser.add_argument("--version", action="version", version=f"featurectl {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    contracts = commands.add_parser("contracts", help="validate, hash, diff and lock contracts")
+    sub = contracts.add_subparsers(dest="contracts_command", required=True, metavar="SUBCOMMAND")
+    p = sub.add_parser("validate", help="validate contract files or directories (default: the contracts dir)")
+    p.add_argument("paths", nargs="*")
+    _add_common(p, env=False)
+    p.set_defaults(handler=cmd_contracts_validate)
+    p = sub.add_parser("hash", help="print the schema_hash of one contract file")
+    p.add_argument("file")
+    _add_common(p, env=False)
+    p.set_defaults(handler=cmd_contracts_hash)
+    p = sub.add_parser("diff", help="classify the change between two contract files; exit 3 if breaking")
+    p.add_argument("old")
+    p.add_argument("new")
+    _add_common(p, env=False)
+    p.set_defaults(handler=cmd_contracts_diff)
+    p = sub.add_parser("check", help="fail (exit 3) if a released version changed, vanished or is unlocked")
+    _add_common(p, env=False)
+    p.set_defaults(handler=cmd_contracts_check)
+    p = sub.add_parser("lock", help="record new versions' schema_hash in contracts.lock (never rewrites one)")
+    _add_common(p, env=False)
+    p.set_defaults(handler=cmd_contracts_lock)
+    p = sub.add_parser("schema", help="print the JSON Schema of the contract format")
+    p.set_defaults(handler=cmd_contracts_schema, json=True)
+
+    p = commands.add_parser("sample-data", help="write deterministic raw sample data for the example contracts")
+    p.add_argument("--scale", type=float, default=1.0, help="1.0 ~ 130k raw rows; 10 ~ 1.3M")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--as-of", help="end of the generated history, ISO 8601 (default: the current hour, UTC)")
+    _add_common(p)
+    p.set_defaults(handler=cmd_sample_data)
+
+    p = commands.add_parser("build", help="build a feature set into versioned Parquet and promote latest")
+    p.add_argument("feature_set")
+    p.add_argument("--version", type=lambda v: int(v.lstrip("v")), help="contract version (default: newest)")
+    p.add_argument("--run-id", help="the logical run that asked for it (recorded in metadata.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_common(p)
+    p.set_defaults(handler=cmd_build)
+
+    p = commands.add_parser("versions", help="list the builds of a feature set; * marks latest")
+    p.add_argument("feature_set")
+    _add_common(p)
+    p.set_defaults(handler=cmd_versions)
+
+    p = commands.add_parser("rollback", help="point latest back to an earlier complete build")
+    p.add_argument("feature_set")
+    p.add_argument("--to", required=True, metavar="BUILD_ID")
+    _add_common(p)
+    p.set_defaults(handler=cmd_rollback)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except PlatformError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,534 @@
+"""Feature-set contracts: the typed model, the loader, schema_hash, the lock and the compatibility diff.
+
+A contract is one YAML file per feature set *and version*. In Git it lives at
+``contracts/feature_sets/<name>/v<N>.yaml``; Kubernetes mounts the same files from a ConfigMap whose keys are
+the relative paths with ``/`` replaced by ``.`` (``feature_sets.<name>.v<N>.yaml``), so the loader accepts both.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from feature_platform.errors import CompatibilityError, ContractError, ContractErrors
+
+# Names end up in S3 keys, Redis keys, Feast object names, DAG ids and (with _ -> -) Kubernetes names.
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,46}$"
+SafeName = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+DType = Literal["int32", "int64", "float32", "float64", "string", "bool", "timestamp"]
+DTYPES: tuple[str, ...] = DType.__args__  # type: ignore[attr-defined]
+EntityDType = Literal["int64", "string"]
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str) -> int:
+    """``"30d"`` -> seconds. Units: s, m, h, d, w."""
+    match = _DURATION.match(value.strip()) if isinstance(value, str) else None
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"{value!r} is not a duration like '12h', '30d' or '2w' (units s, m, h, d, w; > 0)")
+    return int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, so a typo never silently drops a setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Constraints(StrictModel):
+    min: float | None = None
+    max: float | None = None
+    allowed_values: list[str | int | float | bool] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Constraints:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class Feature(StrictModel):
+    name: SafeName
+    dtype: DType
+    description: str = Field(min_length=1)
+    nullable: bool = True
+    constraints: Constraints | None = None
+
+    @model_validator(mode="after")
+    def _constraints_fit_dtype(self) -> Feature:
+        c = self.constraints
+        numeric = self.dtype in ("int32", "int64", "float32", "float64")
+        if c and (c.min is not None or c.max is not None) and not numeric:
+            raise ValueError(f"min/max constraints need a numeric dtype, not {self.dtype}")
+        return self
+
+
+class Entity(StrictModel):
+    name: SafeName
+    join_key: SafeName
+    dtype: EntityDType
+    description: str = ""
+
+
+class Source(StrictModel):
+    """Where the raw rows are and how they become feature rows.
+
+    ``table`` is a Parquet dataset under the environment's ``raw_data.uri``; ``sql`` is DuckDB SQL that reads
+    it as the view ``source`` and returns exactly the contract's columns.
+    """
+
+    table: SafeName
+    sql: str = Field(min_length=1)
+
+    @field_validator("sql")
+    @classmethod
+    def _reads_source(cls, sql: str) -> str:
+        if not re.search(r"\bsource\b", sql, re.IGNORECASE):
+            raise ValueError("the SQL must read the raw table through the view named `source`")
+        return sql
+
+
+class FeatureSetContract(StrictModel):
+    kind: Literal["FeatureSet"]
+    name: SafeName
+    version: int = Field(ge=1)
+    description: str = Field(min_length=1)
+    owner: str = Field(min_length=1)
+    entity: Entity
+    timestamp_field: SafeName
+    ttl: str
+    online: bool = True
+    pii: bool
+    tags: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")], str] = Field(default_factory=dict)
+    source: Source
+    features: list[Feature] = Field(min_length=1)
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl_is_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @model_validator(mode="after")
+    def _unique_columns(self) -> FeatureSetContract:
+        seen: set[str] = {self.entity.join_key, self.timestamp_field}
+        if self.entity.join_key == self.timestamp_field:
+            raise ValueError("timestamp_field must differ from entity.join_key")
+        for feature in self.features:
+            if feature.name in seen:
+                raise ValueError(
+                    f"feature name {feature.name!r} is used twice (or clashes with the join key or timestamp)"
+                )
+            seen.add(feature.name)
+        return self
+
+    @property
+    def ttl_seconds(self) -> int:
+        return parse_duration(self.ttl)
+
+    @property
+    def version_label(self) -> str:
+        return f"v{self.version}"
+
+    @property
+    def feature_view_name(self) -> str:
+        """One Feast feature view per contract version, so v1 readers keep working after v2 ships."""
+        return f"{self.name}_{self.version_label}"
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.entity.join_key, self.timestamp_field, *(f.name for f in self.features)]
+
+    def schema_dict(self) -> dict[str, Any]:
+        """The part of the contract that defines the data's shape; see :func:`schema_hash`."""
+        return {
+            "name": self.name,
+            "entity": {"name": self.entity.name, "join_key": self.entity.join_key, "dtype": self.entity.dtype},
+            "timestamp_field": self.timestamp_field,
+            "ttl_seconds": self.ttl_seconds,
+            "features": sorted(
+                ({"name": f.name, "dtype": f.dtype, "nullable": f.nullable} for f in self.features),
+                key=lambda f: f["name"],
+            ),
+        }
+
+    @property
+    def schema_hash(self) -> str:
+        return schema_hash(self)
+
+    @property
+    def transform_hash(self) -> str:
+        """Changes when the rows a build would produce can change (source table or SQL)."""
+        payload = json.dumps({"table": self.source.table, "sql": " ".join(self.source.sql.split())})
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def schema_hash(contract: FeatureSetContract) -> str:
+    """Stable across key order, comments, whitespace and descriptions; changes with any name, type,
+    nullability, entity, timestamp or TTL change."""
+    canonical = json.dumps(contract.schema_dict(), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML loader that rejects duplicate mapping keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: Path, display: str | None = None) -> dict[str, Any]:
+    """Parse one YAML document safely; any problem becomes a ContractError naming the file."""
+    shown = display or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ContractError(shown, "", f"cannot read the file ({exc})") from exc
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ContractError(shown, where, f"invalid YAML: {problem}; fix the syntax") from exc
+    if not isinstance(data, dict):
+        raise ContractError(shown, "", "the file must hold one YAML mapping (key: value pairs), not "
+                            f"{type(data).__name__}")
+    return data
+
+
+def _field_path(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed at ``loc``'s parent, to suggest the fix for an unknown key."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        info = current.model_fields.get(part) if isinstance(current, type) else None
+        if info is None:
+            return []
+        annotation = info.annotation
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                current = candidate
+                break
+            for inner in getattr(candidate, "__args__", ()):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    current = inner
+                    break
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _explain(error: dict[str, Any], model: type[BaseModel]) -> str:
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "missing":
+        return "required field is missing; add it"
+    if kind == "extra_forbidden":
+        allowed = _allowed_fields(model, tuple(error["loc"]))
+        close = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown field; {hint}allowed fields: {', '.join(allowed)}"
+    if kind == "literal_error":
+        expected = ctx.get("expected", "")
+        names = re.findall(r"'([^']*)'", expected) or [expected]
+        return f"{value!r} is not one of {', '.join(names)}"
+    if kind == "string_pattern_mismatch":
+        return (f"{value!r} is not a safe name: use lower-case letters, digits and underscores, starting with a "
+                f"letter, at most 47 characters (pattern {ctx.get('pattern')})")
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", error["msg"]))
+    return f"{error['msg']} (got {value!r})"
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_model(model: type[M], data: dict[str, Any], file: str) -> M:
+    """Validate ``data`` against ``model``; every problem is reported with file and field path."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [ContractError(file, _field_path(e["loc"]), _explain(e, model)) for e in exc.errors()]
+        raise ContractErrors(errors) from exc
+
+
+_GIT_PATH = re.compile(r"(?:^|/)feature_sets/(?P<name>[^/]+)/v(?P<version>\d+)\.ya?ml$")
+_FLAT_PATH = re.compile(r"(?:^|/)feature_sets\.(?P<name>[^/.]+)\.v(?P<version>\d+)\.ya?ml$")
+
+
+def expected_identity(relative_path: str) -> tuple[str, int] | None:
+    """(name, version) implied by a contract's path, in Git or ConfigMap layout; None for other paths."""
+    match = _GIT_PATH.search(relative_path) or _FLAT_PATH.search(relative_path)
+    return (match["name"], int(match["version"])) if match else None
+
+
+def parse_feature_set(data: dict[str, Any], file: str) -> FeatureSetContract:
+    contract = validate_model(FeatureSetContract, data, file)
+    identity = expected_identity(file)
+    if identity and identity != (contract.name, contract.version):
+        name, version = identity
+        problem_field = "name" if name != contract.name else "version"
+        raise ContractError(
+            file, problem_field,
+            f"the file path says {name} v{version} but the file says {contract.name} v{contract.version}; "
+            f"rename the file to feature_sets/{contract.name}/v{contract.version}.yaml or fix the field",
+        )
+    return contract
+
+
+def load_feature_set(path: Path | str, display: str | None = None) -> FeatureSetContract:
+    path = Path(path)
+    shown = display or str(path)
+    return parse_feature_set(read_yaml(path, shown), shown)
+
+
+def iter_contract_files(root: Path) -> Iterator[tuple[Path, str]]:
+    """Every ``*.yaml`` below ``root`` exactly once, as (path, path relative to root).
+
+    Kubernetes mounts a ConfigMap as symlinks into a hidden ``..data`` -> ``..<timestamp>`` directory; names
+    starting with ``.`` are skipped so each contract is read once, through its visible symlink.
+    """
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            yield path, relative.as_posix()
+
+
+@dataclass(frozen=True)
+class ContractSet:
+    """All contracts of one directory, indexed."""
+
+    root: Path
+    feature_sets: dict[tuple[str, int], FeatureSetContract] = field(default_factory=dict)
+    files: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return sorted({name for name, _ in self.feature_sets})
+
+    def versions(self, name: str) -> list[FeatureSetContract]:
+        return [self.feature_sets[k] for k in sorted(k for k in self.feature_sets if k[0] == name)]
+
+    def get(self, name: str, version: int | None = None) -> FeatureSetContract:
+        versions = self.versions(name)
+        if not versions:
+            known = ", ".join(self.names()) or "none"
+            raise ContractError(str(self.root), "", f"no feature set named {name!r}; known: {known}")
+        if version is None:
+            return versions[-1]
+        for contract in versions:
+            if contract.version == version:
+                return contract
+        have = ", ".join(c.version_label for c in versions)
+        raise ContractError(str(self.root), "", f"{name} has no version v{version}; have {have}")
+
+    def latest_versions(self) -> list[FeatureSetContract]:
+        return [self.versions(name)[-1] for name in self.names()]
+
+    def all(self) -> list[FeatureSetContract]:
+        return [self.feature_sets[k] for k in sorted(self.feature_sets)]
+
+
+def _is_feature_set_file(relative: str) -> bool:
+    return relative.startswith("feature_sets/") or relative.startswith("feature_sets.")
+
+
+def load_contracts(root: Path | str) -> ContractSet:
+    """Load and validate every feature-set contract under ``root``; all errors are collected and raised together."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ContractErrors([ContractError(str(root), "", "contracts directory does not exist; set "
+                                            "FEATURE_PLATFORM_CONTRACTS or pass --contracts")])
+    contracts = ContractSet(root=root)
+    errors: list[ContractError] = []
+    for path, relative in iter_contract_files(root):
+        if not _is_feature_set_file(relative):
+            continue
+        shown = display_path(root, relative)
+        try:
+            contract = load_feature_set(path, shown)
+        except ContractErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        except ContractError as exc:
+            errors.append(exc)
+            continue
+        key = (contract.name, contract.version)
+        if key in contracts.feature_sets:
+            errors.append(ContractError(shown, "version", f"{contract.name} v{contract.version} is also "
+                                        f"declared in {contracts.files[key]}; each version lives in one file"))
+            continue
+        contracts.feature_sets[key] = contract
+        contracts.files[key] = shown
+    errors.extend(_check_entities_agree(contracts))
+    if errors:
+        raise ContractErrors(errors)
+    return contracts
+
+
+def display_path(root: Path, relative: str) -> str:
+    """How a contract file is named in messages: ``contracts/<relative>`` for the repo, else the full path."""
+    return f"{root.name}/{relative}" if root.name == "contracts" else str(root / relative)
+
+
+def _check_entities_agree(contracts: ContractSet) -> list[ContractError]:
+    """One entity name means one join key and type everywhere, or Feast would get two different entities."""
+    first: dict[str, tuple[Entity, str]] = {}
+    errors = []
+    for key, contract in sorted(contracts.feature_sets.items()):
+        entity = contract.entity
+        if entity.name in first:
+            seen, file = first[entity.name]
+            if (seen.join_key, seen.dtype) != (entity.join_key, entity.dtype):
+                errors.append(ContractError(
+                    contracts.files[key], "entity",
+                    f"entity {entity.name!r} is declared with join_key {entity.join_key}/{entity.dtype} here but "
+                    f"{seen.join_key}/{seen.dtype} in {file}; one entity has one join key and type"))
+        else:
+            first[entity.name] = (entity, contracts.files[key])
+    return errors
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the feature-set contract format (for editors and CI)."""
+    schema = FeatureSetContract.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "feature-platform FeatureSet contract"
+    return schema
+
+
+# ------------------------------------------------------------------------------------------ lock and diff
+
+LOCK_FILE = "contracts.lock"
+
+
+def read_lock(root: Path) -> dict[str, dict[str, str]]:
+    """{feature set: {"v1": schema_hash}} of released versions; empty when there is no lock yet."""
+    path = root / LOCK_FILE
+    if not path.exists():
+        return {}
+    data = read_yaml(path, display_path(root, LOCK_FILE))
+    return {str(name): {str(label): str(digest) for label, digest in (versions or {}).items()}
+            for name, versions in (data.get("feature_sets") or {}).items()}
+
+
+def write_lock(root: Path, contracts: ContractSet) -> dict[str, dict[str, str]]:
+    """Record every version's schema_hash. Refuses to change an already locked (released) hash."""
+    problems = check_lock(root, contracts, require_locked=False)
+    if problems:
+        raise CompatibilityError("\n".join(problems))
+    lock: dict[str, dict[str, str]] = {}
+    for contract in contracts.all():
+        lock.setdefault(contract.name, {})[contract.version_label] = contract.schema_hash
+    for name, versions in read_lock(root).items():  # keep entries whose files are gone: check reports them
+        for label, digest in versions.items():
+            lock.setdefault(name, {}).setdefault(label, digest)
+    header = ("# Released contract versions and their schema_hash. Written by `featurectl contracts lock`;\n"
+              "# a released version is immutable: change the schema in a new version file instead.\n")
+    body = yaml.safe_dump({"feature_sets": lock}, sort_keys=True)
+    (root / LOCK_FILE).write_text(header + body, encoding="utf-8")
+    return lock
+
+
+def check_lock(root: Path, contracts: ContractSet, require_locked: bool = True) -> list[str]:
+    """Problems between the working tree and the lock: changed or deleted released versions, unlocked ones."""
+    lock = read_lock(root)
+    problems = []
+    for contract in contracts.all():
+        file = contracts.files[(contract.name, contract.version)]
+        locked = lock.get(contract.name, {}).get(contract.version_label)
+        if locked is None:
+            if require_locked:
+                problems.append(f"{file}: {contract.name} {contract.version_label} is not in {LOCK_FILE}; "
+                                "run `featurectl contracts lock` and commit the lock with the new version")
+        elif locked != contract.schema_hash:
+            problems.append(f"{file}: released version {contract.name} {contract.version_label} changed its "
+                            f"schema in place ({locked} -> {contract.schema_hash}); revert it and add "
+                            f"v{contract.version + 1}.yaml instead")
+    for name, versions in lock.items():
+        for label in versions:
+            if (name, int(label.lstrip("v"))) not in contracts.feature_sets:
+                problems.append(f"{display_path(root, LOCK_FILE)}: released version {name} {label} has no "
+                                "contract file; released versions cannot be deleted while readers may use them")
+    return problems
+
+
+@dataclass(frozen=True)
+class Change:
+    breaking: bool
+    what: str
+
+
+def diff_contracts(old: FeatureSetContract, new: FeatureSetContract) -> list[Change]:
+    """Classify each difference between two versions as breaking (for readers or the store) or compatible."""
+    changes: list[Change] = []
+    if old.name != new.name:
+        changes.append(Change(True, f"feature set renamed {old.name} -> {new.name}"))
+    if old.entity.model_dump(exclude={"description"}) != new.entity.model_dump(exclude={"description"}):
+        changes.append(Change(True, f"entity changed {old.entity.name}/{old.entity.join_key}/{old.entity.dtype} "
+                                    f"-> {new.entity.name}/{new.entity.join_key}/{new.entity.dtype}"))
+    if old.timestamp_field != new.timestamp_field:
+        changes.append(Change(True, f"timestamp_field changed {old.timestamp_field} -> {new.timestamp_field}"))
+    if old.ttl_seconds != new.ttl_seconds:
+        changes.append(Change(False, f"ttl changed {old.ttl} -> {new.ttl}"))
+    old_features = {f.name: f for f in old.features}
+    new_features = {f.name: f for f in new.features}
+    for name in sorted(old_features.keys() - new_features.keys()):
+        changes.append(Change(True, f"feature {name} removed (or renamed)"))
+    for name in sorted(new_features.keys() - old_features.keys()):
+        feature = new_features[name]
+        if feature.nullable:
+            changes.append(Change(False, f"optional feature {name} ({feature.dtype}) added"))
+        else:
+            changes.append(Change(True, f"required (non-nullable) feature {name} added; older builds lack it"))
+    for name in sorted(old_features.keys() & new_features.keys()):
+        before, after = old_features[name], new_features[name]
+        if before.dtype != after.dtype:
+            changes.append(Change(True, f"feature {name} retyped {before.dtype} -> {after.dtype}"))
+        if before.nullable != after.nullable:
+            changes.append(Change(after.nullable, f"feature {name} nullable {before.nullable} -> {after.nullable}"))
+        if before.description != after.description or before.constraints != after.constraints:
+            changes.append(Change(False, f"feature {name} description or constraints changed"))
+    if (old.description, old.owner, old.tags, old.pii, old.online) != (
+            new.description, new.owner, new.tags, new.pii, new.online):
+        changes.append(Change(False, "documentation, owner, tags, pii or online flag changed"))
+    if old.transform_hash != new.transform_hash:
+        changes.append(Change(False, "source table or SQL changed (rows may differ; schema is checked at build)"))
+    return changes

@@ -1,0 +1,245 @@
+"""Environment (repo) contracts and runtime settings.
+
+An environment contract (``contracts/environments/<name>.yaml``) says where one environment keeps its data, its
+Feast registry and its online store. Secrets are never in it: it names the environment variables that hold them.
+
+:class:`Settings` is the one place that reads the process environment; everything else receives values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from feature_platform.contracts import (
+    NAME_PATTERN,
+    ContractSet,
+    StrictModel,
+    display_path,
+    iter_contract_files,
+    load_contracts,
+    read_yaml,
+    validate_model,
+)
+from feature_platform.errors import ConfigError, ContractError, ContractErrors
+
+ENV_VAR_PATTERN = r"^[A-Z][A-Z0-9_]*$"
+EnvVarName = Annotated[str, Field(pattern=ENV_VAR_PATTERN, description="name of an environment variable")]
+
+
+def _check_uri(uri: str) -> str:
+    if ".." in uri.split("/") or " " in uri:
+        raise ValueError(f"{uri!r} must not contain '..' segments or spaces")
+    if "://" in uri and not uri.startswith("s3://"):
+        raise ValueError(f"{uri!r}: only s3:// URIs or local paths (relative to FEATURE_PLATFORM_HOME) are allowed")
+    return uri.rstrip("/")
+
+
+class ObjectStoreConfig(StrictModel):
+    """``s3://bucket/prefix`` or a local directory relative to FEATURE_PLATFORM_HOME (local only)."""
+
+    uri: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _safe(self) -> ObjectStoreConfig:
+        _check_uri(self.uri)
+        return self
+
+
+class FileRegistryConfig(StrictModel):
+    type: Literal["file"] = "file"
+    uri: str = Field(min_length=1, description="s3://bucket/key.db or a local path")
+    cache_ttl_seconds: int = Field(default=600, ge=0, description="how long a server trusts its registry copy")
+
+    @model_validator(mode="after")
+    def _safe(self) -> FileRegistryConfig:
+        _check_uri(self.uri)
+        return self
+
+
+class SqlRegistryConfig(StrictModel):
+    """PostgreSQL registry for concurrent production writers; the URL (with password) comes from an env var."""
+
+    type: Literal["sql"]
+    url_env: EnvVarName
+    cache_ttl_seconds: int = Field(default=600, ge=0)
+
+
+class RedisConfig(StrictModel):
+    type: Literal["redis"]
+    address_env: EnvVarName = Field(description="env var holding host:port")
+    password_env: EnvVarName | None = Field(default=None, description="env var holding the password")
+    db: int = Field(ge=0, le=15)
+
+
+class SqliteConfig(StrictModel):
+    type: Literal["sqlite"]
+    path: str = Field(default="online_store.db", description="relative to the environment's work directory")
+
+
+class OfflineStoreConfig(StrictModel):
+    type: Literal["file"] = "file"
+
+
+class ScheduleConfig(StrictModel):
+    cron: str = Field(default="@daily", description="Airflow schedule of every feature set's DAG")
+    catchup: bool = False
+    retries: int = Field(default=2, ge=0, le=10)
+    retry_delay_seconds: int = Field(default=60, ge=1)
+
+
+class EnvironmentContract(StrictModel):
+    kind: Literal["Environment"]
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    description: str = ""
+    feast_project: Annotated[str, Field(pattern=NAME_PATTERN)]
+    object_store: ObjectStoreConfig
+    raw_data: ObjectStoreConfig
+    registry: FileRegistryConfig | SqlRegistryConfig = Field(discriminator="type")
+    online_store: RedisConfig | SqliteConfig = Field(discriminator="type")
+    offline_store: OfflineStoreConfig = Field(default_factory=OfflineStoreConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+    @property
+    def is_s3(self) -> bool:
+        return self.object_store.uri.startswith("s3://")
+
+
+def load_environment(root: Path, name: str) -> EnvironmentContract:
+    environments = load_environments(root)
+    if name not in environments:
+        known = ", ".join(sorted(environments)) or "none"
+        raise ConfigError(f"no environment named {name!r} in {root}; known: {known}")
+    return environments[name]
+
+
+def _is_environment_file(relative: str) -> bool:
+    return relative.startswith("environments/") or relative.startswith("environments.")
+
+
+def load_environments(root: Path) -> dict[str, EnvironmentContract]:
+    """Every environment contract under ``root`` (Git or ConfigMap layout), validated and checked for isolation."""
+    environments: dict[str, EnvironmentContract] = {}
+    files: dict[str, str] = {}
+    errors: list[ContractError] = []
+    for path, relative in iter_contract_files(root):
+        if not _is_environment_file(relative):
+            continue
+        shown = display_path(root, relative)
+        try:
+            env = validate_model(EnvironmentContract, read_yaml(path, shown), shown)
+        except ContractErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        except ContractError as exc:
+            errors.append(exc)
+            continue
+        stem = Path(relative).stem.removeprefix("environments.")  # Git: environments/dev.yaml; ConfigMap: environments.dev.yaml
+        if stem != env.name:
+            errors.append(ContractError(shown, "name", f"file is named {stem!r} but declares {env.name!r}; "
+                                        "make them equal"))
+            continue
+        environments[env.name] = env
+        files[env.name] = shown
+    errors.extend(_check_isolation(environments, files))
+    if errors:
+        raise ContractErrors(errors)
+    return environments
+
+
+def _check_isolation(envs: dict[str, EnvironmentContract], files: dict[str, str]) -> list[ContractError]:
+    """No two environments may share a Feast project, data prefix, registry or Redis database."""
+
+    def keys(env: EnvironmentContract) -> dict[str, Any]:
+        online = env.online_store
+        registry = env.registry
+        return {
+            "feast_project": env.feast_project,
+            "object_store.uri": env.object_store.uri,
+            "registry": registry.uri if isinstance(registry, FileRegistryConfig) else registry.url_env,
+            "online_store": (online.address_env, online.db) if isinstance(online, RedisConfig) else None,
+        }
+
+    errors = []
+    names = sorted(envs)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            a, b = keys(envs[first]), keys(envs[second])
+            for key, value in a.items():
+                if value is not None and value == b[key]:
+                    errors.append(ContractError(files[second], key, f"shares {value!r} with environment {first}; "
+                                                "environments must never share data, registry or Redis DB"))
+            store_a, store_b = envs[first].object_store.uri + "/", envs[second].object_store.uri + "/"
+            if store_a != store_b and (store_a.startswith(store_b) or store_b.startswith(store_a)):
+                errors.append(ContractError(files[second], "object_store.uri",
+                                            f"is nested with {first}'s {store_a!r}; use disjoint prefixes"))
+    return errors
+
+
+# --------------------------------------------------------------------------------------------------- settings
+
+DEFAULT_MOUNTED_CONTRACTS = Path("/etc/feature-platform/contracts")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings, read once from the process environment."""
+
+    contracts_dir: Path
+    home: Path
+    env_name: str
+    s3_endpoint_url: str | None
+    contracts_commit: str | None
+    values: dict[str, str]
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        environ = dict(os.environ if environ is None else environ)
+        contracts = environ.get("FEATURE_PLATFORM_CONTRACTS")
+        if contracts is None:
+            contracts = "contracts" if Path("contracts").is_dir() else str(DEFAULT_MOUNTED_CONTRACTS)
+        settings = cls(
+            contracts_dir=Path(contracts).absolute(),
+            home=Path(environ.get("FEATURE_PLATFORM_HOME", ".feature-platform")).absolute(),
+            env_name=environ.get("FEATURE_PLATFORM_ENV", "local"),
+            s3_endpoint_url=environ.get("FEAST_S3_ENDPOINT_URL") or environ.get("AWS_ENDPOINT_URL") or None,
+            contracts_commit=environ.get("FEATURE_PLATFORM_CONTRACTS_COMMIT") or None,
+            values=environ,
+        )
+        return settings.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+    def replace(self, **changes: Any) -> Settings:
+        from dataclasses import replace
+
+        if "contracts_dir" in changes:
+            changes["contracts_dir"] = Path(changes["contracts_dir"]).absolute()
+        if "home" in changes:
+            changes["home"] = Path(changes["home"]).absolute()
+        return replace(self, **changes)
+
+    def require(self, var: str, why: str) -> str:
+        value = self.values.get(var)
+        if not value:
+            raise ConfigError(f"environment variable {var} is not set; it must hold {why}")
+        return value
+
+    def contracts(self) -> ContractSet:
+        return load_contracts(self.contracts_dir)
+
+    def environment(self, name: str | None = None) -> EnvironmentContract:
+        return load_environment(self.contracts_dir, name or self.env_name)
+
+    def env_home(self, env: EnvironmentContract) -> Path:
+        """Local working directory of one environment (generated Feast config, local data, run records)."""
+        return self.home / env.name
+
+    def resolve_uri(self, env: EnvironmentContract, uri: str) -> str:
+        """s3:// URIs stay; local paths are taken relative to the environment's work directory."""
+        if uri.startswith("s3://"):
+            return uri
+        path = Path(uri)
+        return str(path if path.is_absolute() else self.env_home(env) / path)

@@ -1,0 +1,102 @@
+"""The named steps of the loop, each idempotent, shared by featurectl, the Airflow DAGs and the proof.
+
+Contract -> build -> versioned store -> latest pointer -> apply -> materialize -> online read.
+Steps pass references (feature set, version, build id), never data.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from feature_platform import build as builds
+from feature_platform.contracts import FeatureSetContract
+from feature_platform.environments import EnvironmentContract, Settings
+from feature_platform.sample_data import SampleSpec, write_sample_data
+from feature_platform.store import ObjectStore
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def object_store(settings: Settings, env: EnvironmentContract) -> ObjectStore:
+    return ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
+
+
+def raw_store(settings: Settings, env: EnvironmentContract) -> ObjectStore:
+    return ObjectStore(settings.resolve_uri(env, env.raw_data.uri), settings.s3_endpoint_url)
+
+
+def contracts_commit(settings: Settings) -> str | None:
+    """The Git commit the contracts came from: set by the deployment, else asked of git, else unknown."""
+    if settings.contracts_commit:
+        return settings.contracts_commit
+    try:
+        out = subprocess.run(["git", "-C", str(settings.contracts_dir), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "-C", str(settings.contracts_dir), "status", "--porcelain", "--", "."],
+                           capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def generate_sample_data(settings: Settings, spec: SampleSpec) -> dict[str, int]:
+    env = settings.environment()
+    return write_sample_data(raw_store(settings, env), spec)
+
+
+def build(settings: Settings, feature_set: str, version: int | None = None, run_id: str | None = None,
+          progress: Progress = _quiet) -> tuple[FeatureSetContract, builds.BuildResult]:
+    """Build (or find the finished build of) one contract version; does not promote."""
+    env = settings.environment()
+    contract = settings.contracts().get(feature_set, version)
+    result = builds.build_version(
+        contract, object_store(settings, env), raw_store(settings, env), environment=env.name,
+        contracts_commit=contracts_commit(settings), run_id=run_id, progress=progress)
+    return contract, result
+
+
+def promote(settings: Settings, feature_set: str, version: int | None, build_id: str) -> dict[str, Any]:
+    env = settings.environment()
+    contract = settings.contracts().get(feature_set, version)
+    store = object_store(settings, env)
+    return builds.promote(store, contract, builds.read_metadata(store, contract, build_id))
+
+
+def build_and_promote(settings: Settings, feature_set: str, version: int | None = None, run_id: str | None = None,
+                      progress: Progress = _quiet) -> dict[str, Any]:
+    contract, result = build(settings, feature_set, version, run_id, progress)
+    promote(settings, feature_set, contract.version, result.build_id)
+    return {"feature_set": feature_set, "version": contract.version_label, "build_id": result.build_id,
+            "row_count": result.metadata["row_count"], "reused": result.reused}
+
+
+def build_all(settings: Settings, run_id: str | None = None, progress: Progress = _quiet) -> list[dict[str, Any]]:
+    """Build and promote every version of every feature set (older versions first, so latest ends on the newest)."""
+    return [build_and_promote(settings, c.name, c.version, run_id, progress) for c in settings.contracts().all()]
+
+
+def versions(settings: Settings, feature_set: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    env = settings.environment()
+    settings.contracts().get(feature_set)  # a clear error for an unknown name
+    store = object_store(settings, env)
+    try:
+        pointer = builds.read_pointer(store, feature_set)
+    except builds.PointerMissingError:
+        pointer = None
+    return builds.list_builds(store, feature_set), pointer
+
+
+def rollback(settings: Settings, feature_set: str, build_id: str) -> dict[str, Any]:
+    env = settings.environment()
+    store = object_store(settings, env)
+    metadata = builds.find_build(store, feature_set, build_id)
+    contract = settings.contracts().get(feature_set, int(str(metadata["version"]).lstrip("v")))
+    return builds.promote(store, contract, metadata)

@@ -1,0 +1,159 @@
+"""One object-store interface over a local directory and S3, through fsspec.
+
+The same code path serves ``local`` (a directory, the embedded default) and dev/prod (S3, or any S3 API such as
+moto's server in tests). Small JSON documents (pointers, metadata) are written in one PUT on S3 and with
+write-to-temp + rename locally, so a reader sees the old or the new document, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from feature_platform.errors import StoreError
+
+
+def s3_filesystem(endpoint_url: str | None) -> fsspec.AbstractFileSystem:
+    """An s3fs filesystem; ``endpoint_url`` for S3-compatible servers. Credentials come from the usual AWS chain."""
+    try:
+        import s3fs
+    except ImportError as exc:  # a known failure: s3fs is in no Feast extra
+        raise StoreError("s3fs is not installed, so s3:// cannot be read or written; "
+                         "install it: pip install s3fs (the platform image and requirements.lock include it)") from exc
+    client_kwargs = {"endpoint_url": endpoint_url} if endpoint_url else {}
+    # A fresh instance: fsspec caches instances per argument set, which would outlive a moto server in tests.
+    return s3fs.S3FileSystem(client_kwargs=client_kwargs, skip_instance_cache=True, use_listings_cache=False)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    size: int
+    etag: str | None
+
+
+class ObjectStore:
+    """Keys are ``/``-separated and relative to the store's root (``s3://bucket/prefix`` or a directory)."""
+
+    def __init__(self, root_uri: str, endpoint_url: str | None = None) -> None:
+        self.root_uri = root_uri.rstrip("/")
+        self.is_s3 = self.root_uri.startswith("s3://")
+        if self.is_s3:
+            self.fs = s3_filesystem(endpoint_url)
+            self._root = self.root_uri.removeprefix("s3://")
+        else:
+            self.fs = fsspec.filesystem("file")
+            self._root = str(Path(self.root_uri).absolute())
+        self.endpoint_url = endpoint_url
+
+    def path(self, key: str = "") -> str:
+        """Path as fsspec and pyarrow (with ``self.fs``) take it: ``bucket/prefix/key`` or ``/abs/dir/key``."""
+        return f"{self._root}/{key}".rstrip("/") if key else self._root
+
+    def url(self, key: str = "") -> str:
+        """Full URL for tools without our filesystem object (Feast FileSource, humans)."""
+        return ("s3://" if self.is_s3 else "") + self.path(key)
+
+    def exists(self, key: str) -> bool:
+        try:
+            return bool(self.fs.exists(self.path(key)))
+        except Exception as exc:
+            raise StoreError(f"cannot reach the object store at {self.url(key)}: {exc}") from exc
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return bytes(self.fs.cat_file(self.path(key)))
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot read {self.url(key)}: {exc}") from exc
+
+    def read_json(self, key: str) -> dict[str, Any]:
+        raw = self.read_bytes(key)
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{self.url(key)} is not valid JSON ({exc}); it was not written by this platform") from exc
+
+    def write_bytes_atomic(self, key: str, data: bytes) -> None:
+        """Readers see the previous object or this one, never a partial write."""
+        target = self.path(key)
+        try:
+            if self.is_s3:
+                self.fs.pipe_file(target, data)  # one PUT: S3 makes it visible whole or not at all
+                return
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=Path(target).parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot write {self.url(key)}: {exc}") from exc
+
+    def write_json_atomic(self, key: str, document: dict[str, Any]) -> None:
+        self.write_bytes_atomic(key, (json.dumps(document, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+    def upload(self, local_path: Path, key: str) -> None:
+        """Copy a finished local file into the store (S3: one object, visible only once complete)."""
+        target = self.path(key)
+        try:
+            if not self.is_s3:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(target).parent / f".tmp-{Path(target).name}"
+                self.fs.put_file(str(local_path), str(tmp))
+                os.replace(tmp, target)
+            else:
+                self.fs.put_file(str(local_path), target)
+        except Exception as exc:
+            raise StoreError(f"cannot upload {local_path} to {self.url(key)}: {exc}") from exc
+
+    def list_files(self, key: str, suffix: str = "") -> list[FileInfo]:
+        """Files below ``key`` (recursively), sorted, with size and ETag where the store has one."""
+        base = self.path(key)
+        try:
+            if not self.fs.exists(base):
+                return []
+            found = self.fs.find(base, detail=True)
+        except Exception as exc:
+            raise StoreError(f"cannot list {self.url(key)}: {exc}") from exc
+        infos = []
+        for path, info in sorted(found.items()):
+            name = path.rsplit("/", 1)[-1]
+            if name.startswith((".", "_")) or not name.endswith(suffix):
+                continue
+            etag = info.get("ETag") or info.get("etag")
+            if etag is None and "mtime" in info:  # local files: size + mtime stand in for an ETag
+                etag = f"mtime:{info['mtime']}"
+            infos.append(FileInfo(path=path, size=int(info.get("size") or 0), etag=str(etag).strip('"')))
+        return infos
+
+    def list_dirs(self, key: str) -> list[str]:
+        """Names of the direct sub-directories (prefixes) of ``key``."""
+        base = self.path(key)
+        try:
+            if not self.fs.exists(base):
+                return []
+            entries = self.fs.ls(base, detail=True)
+        except Exception as exc:
+            raise StoreError(f"cannot list {self.url(key)}: {exc}") from exc
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm(self.path(key), recursive=True)
+        except FileNotFoundError:
+            pass
