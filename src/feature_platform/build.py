@@ -112,7 +112,8 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, feature_set: str) -> pa.R
             problems.append(f"missing column(s) {', '.join(sorted(want - got))}")
         if got - want:
             problems.append(f"column(s) not in the contract {', '.join(sorted(got - want))}")
-        raise QualityGateError(feature_set, [f"the transform's output drifted from the contract: {'; '.join(problems)}"])
+        drift = "; ".join(problems)
+        raise QualityGateError(feature_set, [f"the transform's output drifted from the contract: {drift}"])
     columns = []
     for target in schema:
         column = batch.column(target.name)
@@ -154,7 +155,8 @@ def quality_gate(con: Any, contract: FeatureSetContract) -> tuple[list[str], dic
     if row_count == 0:
         return [f"the transform returned no rows from source table {contract.source.table}"], {"row_count": 0}
     stats: dict[str, Any] = {"row_count": row_count, "columns": {}}
-    required = [(key, False, None), (ts, False, None)] + [(f.name, f.nullable, f.constraints) for f in contract.features]
+    required = [(key, False, None), (ts, False, None)]
+    required += [(f.name, f.nullable, f.constraints) for f in contract.features]
     for name, nullable, constraints in required:
         nulls, low, high = con.execute(
             f'SELECT count(*) - count("{name}"), min("{name}"), max("{name}") FROM built').fetchone()

@@ -184,7 +184,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _add_common(parser: argparse.ArgumentParser, env: bool = True) -> None:
-    parser.add_argument("--contracts", help="contracts directory (default: $FEATURE_PLATFORM_CONTRACTS or ./contracts)")
+    parser.add_argument("--contracts",
+                        help="contracts directory (default: $FEATURE_PLATFORM_CONTRACTS or ./contracts)")
     parser.add_argument("--home", help="work directory (default: $FEATURE_PLATFORM_HOME or ./.feature-platform)")
     if env:
         parser.add_argument("--env", help="environment name (default: $FEATURE_PLATFORM_ENV or local)")
@@ -192,7 +193,8 @@ def _add_common(parser: argparse.ArgumentParser, env: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="featurectl", description="feature-platform: contracts -> builds -> Feast -> online reads.")
+    parser = argparse.ArgumentParser(
+        prog="featurectl", description="feature-platform: contracts -> builds -> Feast -> online reads.")
     parser.add_argument("--version", action="version", version=f"featurectl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

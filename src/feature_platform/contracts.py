@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from feature_platform.errors import CompatibilityError, ContractError, ContractErrors
 
@@ -121,18 +121,27 @@ class FeatureSetContract(StrictModel):
         parse_duration(value)
         return value
 
-    @model_validator(mode="after")
-    def _unique_columns(self) -> FeatureSetContract:
-        seen: set[str] = {self.entity.join_key, self.timestamp_field}
-        if self.entity.join_key == self.timestamp_field:
-            raise ValueError("timestamp_field must differ from entity.join_key")
-        for feature in self.features:
+    @field_validator("timestamp_field")
+    @classmethod
+    def _timestamp_is_not_the_key(cls, value: str, info: ValidationInfo) -> str:
+        entity = info.data.get("entity")
+        if entity is not None and entity.join_key == value:
+            raise ValueError(f"{value!r} is the entity's join_key; the event timestamp needs its own column")
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _unique_columns(cls, features: list[Feature], info: ValidationInfo) -> list[Feature]:
+        entity, timestamp = info.data.get("entity"), info.data.get("timestamp_field")
+        reserved = {c for c in (entity.join_key if entity else None, timestamp) if c}
+        seen: set[str] = set()
+        for index, feature in enumerate(features):
+            if feature.name in reserved:
+                raise ValueError(f"features[{index}] {feature.name!r} clashes with the join key or timestamp column")
             if feature.name in seen:
-                raise ValueError(
-                    f"feature name {feature.name!r} is used twice (or clashes with the join key or timestamp)"
-                )
+                raise ValueError(f"features[{index}] {feature.name!r} is declared twice; feature names are unique")
             seen.add(feature.name)
-        return self
+        return features
 
     @property
     def ttl_seconds(self) -> int:
@@ -212,7 +221,7 @@ def read_yaml(path: Path, display: str | None = None) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ContractError(shown, "", f"cannot read the file ({exc})") from exc
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
@@ -227,6 +236,8 @@ def read_yaml(path: Path, display: str | None = None) -> dict[str, Any]:
 def _field_path(loc: Iterable[Any]) -> str:
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic marks an invalid dict key this way; the key itself is already in the path
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:
@@ -268,6 +279,8 @@ def _explain(error: dict[str, Any], model: type[BaseModel]) -> str:
         expected = ctx.get("expected", "")
         names = re.findall(r"'([^']*)'", expected) or [expected]
         return f"{value!r} is not one of {', '.join(names)}"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") != NAME_PATTERN:
+        return f"{value!r} must match the pattern {ctx.get('pattern')}"
     if kind == "string_pattern_mismatch":
         return (f"{value!r} is not a safe name: use lower-case letters, digits and underscores, starting with a "
                 f"letter, at most 47 characters (pattern {ctx.get('pattern')})")

@@ -138,7 +138,8 @@ def load_environments(root: Path) -> dict[str, EnvironmentContract]:
         except ContractError as exc:
             errors.append(exc)
             continue
-        stem = Path(relative).stem.removeprefix("environments.")  # Git: environments/dev.yaml; ConfigMap: environments.dev.yaml
+        # Git: environments/dev.yaml; ConfigMap key: environments.dev.yaml
+        stem = Path(relative).stem.removeprefix("environments.")
         if stem != env.name:
             errors.append(ContractError(shown, "name", f"file is named {stem!r} but declares {env.name!r}; "
                                         "make them equal"))

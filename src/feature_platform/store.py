@@ -7,6 +7,7 @@ write-to-temp + rename locally, so a reader sees the old or the new document, ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -153,7 +154,5 @@ class ObjectStore:
         return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
 
     def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path(key), recursive=True)
-        except FileNotFoundError:
-            pass
