@@ -180,6 +180,112 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------- feast
+
+
+def cmd_feast_config(args: argparse.Namespace) -> int:
+    from feature_platform.feast_bridge import write_feature_store_yaml
+
+    settings = _settings(args)
+    env = settings.environment()
+    path = write_feature_store_yaml(settings, env)
+    print(path)
+    print(f"# plain Feast on this repo: FEATURE_PLATFORM_ENV={env.name} feast -c feature_repo -f {path} apply",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from feature_platform import pipeline
+
+    result = pipeline.apply(_settings(args))
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"applied: {', '.join(result['changed']) or 'nothing changed (no-op)'}")
+        if result["unmanaged"]:
+            print(f"in the registry but in no contract (left alone): {', '.join(result['unmanaged'])}")
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    from feature_platform import pipeline
+
+    done = pipeline.materialize(_settings(args), incremental=args.incremental, feature_views=args.feature_view)
+    if args.json:
+        _print_json(done)
+    else:
+        for view in done:
+            print(f"{view['feature_view']}: build {view['build_id']} {view['start']} .. {view['end']}")
+    return 0
+
+
+def cmd_online(args: argparse.Namespace) -> int:
+    from feature_platform.feast_bridge import read_online
+
+    rows = read_online(_settings(args), args.feature_set, args.keys, version=args.version)
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            print(json.dumps(row, default=str))
+    return 0
+
+
+def cmd_historical(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from feature_platform.feast_bridge import historical
+
+    path = Path(args.entities)
+    entity_df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    if "event_timestamp" in entity_df:
+        entity_df["event_timestamp"] = pd.to_datetime(entity_df["event_timestamp"], utc=True)
+    frame, provenance = historical(_settings(args), entity_df, args.feature_set, version=args.version,
+                                   build_id=args.build)
+    if args.out:
+        frame.to_parquet(args.out, index=False)
+        Path(str(args.out) + ".provenance.json").write_text(json.dumps(provenance, indent=2))
+        print(f"wrote {len(frame)} rows to {args.out} (provenance: {args.out}.provenance.json)")
+    else:
+        print(frame.to_string(index=False))
+    print(json.dumps(provenance), file=sys.stderr)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from feature_platform import pipeline
+
+    results = pipeline.verify(_settings(args), sample=args.sample)
+    if args.json:
+        _print_json(results)
+    else:
+        for r in results:
+            print(f"ok  {r['feature_view']}: {r['sampled']} sampled entities online == offline, "
+                  f"newest {r['newest_online']} within ttl {r['ttl_seconds']}s")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from feature_platform import pipeline
+    from feature_platform.sample_data import SampleSpec
+
+    settings = _settings(args)
+    progress = _progress(args)
+    contracts = settings.contracts()
+    progress(f"contracts: {len(contracts.all())} versions of {len(contracts.names())} feature sets valid")
+    written = pipeline.generate_sample_data(settings, SampleSpec(scale=args.scale))
+    progress("sample data: " + ", ".join(f"{t} {n:,} rows" for t, n in written.items()))
+    result = pipeline.run_loop(settings, progress=progress)
+    if args.json:
+        _print_json(result)
+    else:
+        for r in result["verify"]:
+            print(f"PASS {r['feature_view']}: build {r['build_id']}, {r['sampled']} entities online == offline")
+        print(f"loop complete on environment {settings.env_name}; state in {settings.home / settings.env_name}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- parser
 
 
@@ -248,6 +354,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(handler=cmd_rollback)
 
+    p = commands.add_parser("feast-config", help="write the environment's feature_store.yaml and print its path")
+    _add_common(p)
+    p.set_defaults(handler=cmd_feast_config)
+
+    p = commands.add_parser("apply", help="register the contracts' Feast objects (no-op when unchanged)")
+    _add_common(p)
+    p.set_defaults(handler=cmd_apply)
+
+    p = commands.add_parser("materialize", help="load the promoted builds into the online store")
+    p.add_argument("--incremental", action="store_true", help="resume from Feast's last materialization")
+    p.add_argument("--feature-view", action="append", help="only this feature view (repeatable)")
+    _add_common(p)
+    p.set_defaults(handler=cmd_materialize)
+
+    p = commands.add_parser("online", help="print online values of a feature set for entity keys")
+    p.add_argument("feature_set")
+    p.add_argument("keys", nargs="+")
+    p.add_argument("--version", type=lambda v: int(v.lstrip("v")), help="contract version (default: newest)")
+    _add_common(p)
+    p.set_defaults(handler=cmd_online)
+
+    p = commands.add_parser("historical", help="point-in-time join for an entity file (csv or parquet)")
+    p.add_argument("feature_set")
+    p.add_argument("--entities", required=True, help="file with the join key and event_timestamp columns")
+    p.add_argument("--version", type=lambda v: int(v.lstrip("v")), help="contract version (default: newest)")
+    p.add_argument("--build", help="pin a build id to reproduce a training set exactly")
+    p.add_argument("--out", help="write Parquet here (plus <out>.provenance.json)")
+    _add_common(p)
+    p.set_defaults(handler=cmd_historical)
+
+    p = commands.add_parser("verify", help="check online values equal the offline latest and are fresh")
+    p.add_argument("--sample", type=int, default=20, help="entities sampled per feature view")
+    _add_common(p)
+    p.set_defaults(handler=cmd_verify)
+
+    p = commands.add_parser("demo", help="the whole loop on embedded defaults: sample data -> ... -> verify")
+    p.add_argument("--scale", type=float, default=1.0, help="sample data size (1.0 ~ 130k raw rows)")
+    _add_common(p)
+    p.set_defaults(handler=cmd_demo)
     return parser
 
 

@@ -198,14 +198,18 @@ class Settings:
     values: dict[str, str]
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(cls, environ: dict[str, str] | None = None, repo_root: Path | None = None,
+                 **overrides: Any) -> Settings:
+        """``repo_root``: where ``contracts/`` and ``.feature-platform/`` are when the variables are unset
+        (default: the current directory; falls back to the Kubernetes mount for contracts)."""
         environ = dict(os.environ if environ is None else environ)
+        root = repo_root or Path.cwd()
         contracts = environ.get("FEATURE_PLATFORM_CONTRACTS")
         if contracts is None:
-            contracts = "contracts" if Path("contracts").is_dir() else str(DEFAULT_MOUNTED_CONTRACTS)
+            contracts = str(root / "contracts") if (root / "contracts").is_dir() else str(DEFAULT_MOUNTED_CONTRACTS)
         settings = cls(
             contracts_dir=Path(contracts).absolute(),
-            home=Path(environ.get("FEATURE_PLATFORM_HOME", ".feature-platform")).absolute(),
+            home=Path(environ.get("FEATURE_PLATFORM_HOME", root / ".feature-platform")).absolute(),
             env_name=environ.get("FEATURE_PLATFORM_ENV", "local"),
             s3_endpoint_url=environ.get("FEAST_S3_ENDPOINT_URL") or environ.get("AWS_ENDPOINT_URL") or None,
             contracts_commit=environ.get("FEATURE_PLATFORM_CONTRACTS_COMMIT") or None,

@@ -100,3 +100,49 @@ def rollback(settings: Settings, feature_set: str, build_id: str) -> dict[str, A
     metadata = builds.find_build(store, feature_set, build_id)
     contract = settings.contracts().get(feature_set, int(str(metadata["version"]).lstrip("v")))
     return builds.promote(store, contract, metadata)
+
+
+def apply(settings: Settings) -> dict[str, Any]:
+    from feature_platform import feast_bridge
+
+    result = feast_bridge.apply(settings)
+    return {"changed": result.changed, "unchanged": result.unchanged, "unmanaged": result.unmanaged}
+
+
+def materialize(settings: Settings, incremental: bool = False,
+                feature_views: list[str] | None = None) -> list[dict[str, Any]]:
+    from feature_platform import feast_bridge
+
+    return feast_bridge.materialize(settings, incremental=incremental, feature_views=feature_views)
+
+
+def verify(settings: Settings, sample: int = 20) -> list[dict[str, Any]]:
+    """Offline/online consistency and freshness; raises VerifyFailed when any feature view is off."""
+    from feature_platform import feast_bridge
+    from feature_platform.errors import FeastError
+
+    results = feast_bridge.verify(settings, sample=sample)
+    bad = [r for r in results if not r["ok"]]
+    if bad:
+        reasons = []
+        for r in bad:
+            why = [f"{r['mismatch_count']} mismatch(es) e.g. {r['mismatches'][0]}" if r["mismatches"] else "",
+                   f"{r['missing']} of {r['sampled']} sampled entities missing online" if r["missing"] else "",
+                   "" if r["fresh"] else f"stale: newest online {r['newest_online']} older than ttl "
+                                         f"{r['ttl_seconds']}s"]
+            reasons.append(f"{r['feature_view']}: " + ", ".join(w for w in why if w))
+        raise FeastError("offline/online verification failed: " + "; ".join(reasons))
+    return results
+
+
+def run_loop(settings: Settings, run_id: str | None = None, progress: Progress = _quiet) -> dict[str, Any]:
+    """The whole loop for every feature set: build -> promote -> apply -> materialize -> verify."""
+    built = build_all(settings, run_id, progress)
+    progress(f"built and promoted {len(built)} contract version(s)")
+    applied = apply(settings)
+    progress(f"feast apply: {len(applied['changed'])} changed, {len(applied['unchanged'])} unchanged")
+    materialized = materialize(settings)
+    progress(f"materialized {len(materialized)} feature view(s)")
+    verified = verify(settings)
+    progress(f"verified {len(verified)} feature view(s) online == offline")
+    return {"builds": built, "apply": applied, "materialize": materialized, "verify": verified}
