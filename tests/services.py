@@ -1,3 +1,156 @@
-"""Real services for tests, each started on a free port and stopped afterwards."""
+"""Real services for tests: a redis-server process and moto's S3 server over HTTP, each on a free port.
+
+Nothing here is mocked: the platform reaches them through redis-py, boto3, s3fs and pyarrow as it would reach
+production. Readiness is polled with a deadline; nothing sleeps to synchronise.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REDIS_PASSWORD = "test-only-password"  # a throwaway test server's password, not a secret
+BUCKETS = ("feature-platform-dev", "feature-platform-prod")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(0.05)  # readiness poll with a deadline
+    raise RuntimeError(f"{what} did not become ready in {timeout}s: {last}")
+
+
+@dataclass
+class RedisServer:
+    port: int
+    password: str
+    process: subprocess.Popen
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self, db: int = 0):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, db=db)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def start_redis(password: str = REDIS_PASSWORD) -> RedisServer:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run `scripts/dev setup` (or apt-get install -y redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--requirepass", password, "--protected-mode", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(port, password, process)
+    wait_until(lambda: server.client().ping(), f"redis-server on port {port}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_clean(redis_server: RedisServer) -> RedisServer:
+    redis_server.client().flushall()
+    return redis_server
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint)
+
+    def reset(self) -> None:
+        client = self.client()
+        for bucket in client.list_buckets().get("Buckets", []):
+            objects = client.list_objects_v2(Bucket=bucket["Name"]).get("Contents", [])
+            for obj in objects:
+                client.delete_object(Bucket=bucket["Name"], Key=obj["Key"])
+        for name in BUCKETS:
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                client.create_bucket(Bucket=name)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 API over real HTTP on a free port. Dummy credentials for the whole test session."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
+        os.environ[key] = value
+    os.environ.pop("AWS_PROFILE", None)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    s3 = S3Server(f"http://127.0.0.1:{port}")
+    wait_until(lambda: s3.client().list_buckets() is not None, "moto S3 server")
+    yield s3
+    server.stop()
+
+
+@pytest.fixture
+def s3_clean(s3_server: S3Server) -> S3Server:
+    s3_server.reset()
+    return s3_server
+
+
+def service_environ(redis: RedisServer | None, s3: S3Server | None) -> dict[str, str]:
+    """The variables a deployment would set: Redis address and password, S3 endpoint and credentials."""
+    environ = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    if redis is not None:
+        environ["FEATURE_PLATFORM_REDIS_ADDRESS"] = redis.address
+        environ["FEATURE_PLATFORM_REDIS_PASSWORD"] = redis.password
+    if s3 is not None:
+        environ["FEAST_S3_ENDPOINT_URL"] = s3.endpoint
+    return environ
+
+
+@pytest.fixture
+def dev_settings(tmp_path: Path, contracts_copy: Path, redis_clean: RedisServer, s3_clean: S3Server):
+    """Settings for the real `dev` environment contract against redis-server and moto's S3 server."""
+    from feature_platform.environments import Settings
+
+    return Settings.from_env(environ=service_environ(redis_clean, s3_clean), contracts_dir=contracts_copy,
+                             home=tmp_path / "home", env_name="dev")

@@ -55,12 +55,16 @@ Progress = Callable[[str], None]
 
 
 def arrow_schema(contract: FeatureSetContract) -> pa.Schema:
-    """The exact Arrow schema a build of ``contract`` writes."""
+    """The exact Arrow schema a build of ``contract`` writes.
+
+    Every field is nullable here: nullability is enforced by the quality gate, which can say which column and
+    how many rows, instead of the Parquet writer's bare refusal.
+    """
     fields = [
-        pa.field(contract.entity.join_key, ARROW_TYPES[contract.entity.dtype], nullable=False),
-        pa.field(contract.timestamp_field, TIMESTAMP_TYPE, nullable=False),
+        pa.field(contract.entity.join_key, ARROW_TYPES[contract.entity.dtype]),
+        pa.field(contract.timestamp_field, TIMESTAMP_TYPE),
     ]
-    fields += [pa.field(f.name, ARROW_TYPES[f.dtype], nullable=f.nullable) for f in contract.features]
+    fields += [pa.field(f.name, ARROW_TYPES[f.dtype]) for f in contract.features]
     return pa.schema(fields)
 
 
