@@ -266,6 +266,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_command(settings: Any, host: str, port: int) -> list[str]:
+    """`feast serve` on the generated config. The registry is refreshed in the background every cache TTL, never
+    on the request path, and the server never applies: it only reads what `featurectl apply` registered."""
+    from feature_platform.feast_bridge import check_runtime_env, write_feature_store_yaml
+
+    env = settings.environment()
+    check_runtime_env(settings, env)
+    path = write_feature_store_yaml(settings, env)
+    return ["feast", "-f", str(path), "serve", "-h", host, "-p", str(port),
+            "-r", str(max(env.registry.cache_ttl_seconds, 1)), "--no-access-log"]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    settings = _settings(args)
+    command = serve_command(settings, args.host, args.port)
+    if args.print_command:
+        print(" ".join(command))
+        return 0
+    binary = shutil.which("feast") or str(Path(sys.executable).parent / "feast")
+    from feature_platform.feast_bridge import feast_process_environment
+
+    with feast_process_environment(settings):
+        os.execv(binary, [binary, *command[1:]])
+    return 0  # not reached
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from feature_platform import pipeline
     from feature_platform.sample_data import SampleSpec
@@ -388,6 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=20, help="entities sampled per feature view")
     _add_common(p)
     p.set_defaults(handler=cmd_verify)
+
+    p = commands.add_parser("serve", help="run Feast's HTTP feature server for the environment (read-only)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=6566)
+    p.add_argument("--print-command", action="store_true", help="print the feast command instead of running it")
+    _add_common(p)
+    p.set_defaults(handler=cmd_serve)
 
     p = commands.add_parser("demo", help="the whole loop on embedded defaults: sample data -> ... -> verify")
     p.add_argument("--scale", type=float, default=1.0, help="sample data size (1.0 ~ 130k raw rows)")

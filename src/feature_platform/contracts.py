@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -337,12 +338,14 @@ def iter_contract_files(root: Path) -> Iterator[tuple[Path, str]]:
     Kubernetes mounts a ConfigMap as symlinks into a hidden ``..data`` -> ``..<timestamp>`` directory; names
     starting with ``.`` are skipped so each contract is read once, through its visible symlink.
     """
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if path.suffix in (".yaml", ".yml") and path.is_file():
-            yield path, relative.as_posix()
+    found = []
+    for directory, subdirs, files in os.walk(root, followlinks=True):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        for name in files:
+            path = Path(directory) / name
+            if not name.startswith(".") and path.suffix in (".yaml", ".yml") and path.is_file():
+                found.append((path, path.relative_to(root).as_posix()))
+    yield from sorted(found, key=lambda item: item[1])
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,32 +121,42 @@ def check_runtime_env(settings: Settings, env: EnvironmentContract) -> None:
                               "pip install s3fs (the platform image includes it)") from exc
 
 
+_ENVIRON_LOCK = threading.RLock()
+
+
 @contextmanager
-def _feast_environment(settings: Settings) -> Iterator[None]:
-    """Feast reads its S3 endpoint and secrets only from the process environment; set them for the call."""
+def feast_process_environment(settings: Settings) -> Iterator[None]:
+    """Feast reads its S3 endpoint and secrets only from the process environment; set them for the call.
+
+    In a deployment they are already there and nothing changes. The lock keeps threads with different
+    settings (tests, embedded use) from seeing each other's values; never take a registry lease inside it.
+    """
     wanted = {k: v for k, v in settings.values.items() if k.startswith(("FEATURE_PLATFORM_", "AWS_"))}
     if settings.s3_endpoint_url:
         wanted["FEAST_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with _ENVIRON_LOCK:
+        saved = {k: os.environ.get(k) for k in wanted}
+        os.environ.update(wanted)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def open_store(settings: Settings, env: EnvironmentContract) -> FeatureStore:
     check_runtime_env(settings, env)
     path = write_feature_store_yaml(settings, env)
-    with _feast_environment(settings):
+    with feast_process_environment(settings):
         from feast import FeatureStore
 
         try:
-            return FeatureStore(repo_path=str(path.parent), fs_yaml_file=path)
+            store = FeatureStore(repo_path=str(path.parent), fs_yaml_file=path)
+            _ = store.registry  # loaded lazily; load it now, while the S3 endpoint variable is set
+            return store
         except Exception as exc:
             raise FeastError(f"cannot open the Feast store for {env.name} ({path}): {_one_line(exc)}") from exc
 
@@ -291,7 +302,7 @@ def apply(settings: Settings, env: EnvironmentContract | None = None) -> ApplyRe
     env = env or settings.environment()
     wanted = definitions(settings, env)
     store = open_store(settings, env)
-    with registry_lock(settings, env), _feast_environment(settings):
+    with registry_lock(settings, env), feast_process_environment(settings):
         existing = registered_views(store)
         changed = [fv.name for fv in wanted.feature_views
                    if fv.tags[DEFINITION_TAG] != getattr(existing.get(fv.name), "tags", {}).get(DEFINITION_TAG)]
@@ -352,7 +363,7 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
     contracts = settings.contracts()
     store = open_store(settings, env)
     object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
-    with _feast_environment(settings):
+    with feast_process_environment(settings):
         registered = check_registry_matches(store, contracts)
         done = []
         for contract in contracts.all():
@@ -427,7 +438,7 @@ def read_online(settings: Settings, feature_set: str, keys: list[str], version: 
     contracts = settings.contracts()
     contract = contracts.get(feature_set, version)
     store = open_store(settings, env)
-    with _feast_environment(settings):
+    with feast_process_environment(settings):
         check_registry_matches(store, contracts)
         return online_read(store, contract, keys)
 
@@ -463,7 +474,7 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
     object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
     now = now or datetime.now(UTC)
     results = []
-    with _feast_environment(settings):
+    with feast_process_environment(settings):
         registered = check_registry_matches(store, contracts)
         for contract in contracts.all():
             if not contract.online:
@@ -513,7 +524,7 @@ def historical(settings: Settings, entity_df: Any, feature_set: str, version: in
     contracts = settings.contracts()
     contract = contracts.get(feature_set, version)
     store = open_store(settings, env)
-    with _feast_environment(settings):
+    with feast_process_environment(settings):
         registered = check_registry_matches(store, contracts)
         build_id = build_id or registered[contract.feature_view_name].tags[TAG_PREFIX + "build_id"]
         pinned = definitions(settings, env, contracts, pins={contract.feature_view_name: build_id})

@@ -1,0 +1,242 @@
+"""Feast on real parts: redis-server, moto's S3 server (registry + data), the plain feast CLI and feast serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from feature_platform import feast_bridge, pipeline
+from feature_platform.cli import main
+from feature_platform.environments import Settings
+from feature_platform.errors import LockTimeout
+from feature_platform.locks import s3_lock
+from tests.conftest import REPO
+from tests.helpers import seed_raw
+from tests.services import free_port, start_redis, wait_until
+
+pytestmark = pytest.mark.e2e
+
+REGISTRY_KEY = "feast/registry.db"
+
+
+def registry_head(s3) -> dict:
+    return s3.client().head_object(Bucket="feature-platform-dev", Key=REGISTRY_KEY)
+
+
+def test_full_loop_online_equals_offline(dev_settings, s3_clean, redis_clean) -> None:
+    """build -> apply (S3 registry) -> materialize (Redis) -> online == offline latest, for every feature set."""
+    seed_raw(dev_settings)
+    result = pipeline.run_loop(dev_settings)
+    assert {r["feature_view"] for r in result["verify"]} == {
+        "customer_profile_v1", "customer_spend_v1", "customer_spend_v2", "driver_hourly_stats_v1"}
+    assert all(r["ok"] and r["sampled"] > 0 and r["mismatch_count"] == 0 for r in result["verify"])
+    assert registry_head(s3_clean)["ContentLength"] > 0
+    assert redis_clean.client(db=0).dbsize() > 0
+    assert redis_clean.client(db=1).dbsize() == 0  # prod's Redis DB is untouched by dev
+
+    before = registry_head(s3_clean)
+    again = pipeline.apply(dev_settings)
+    assert again["changed"] == []
+    assert registry_head(s3_clean)["ETag"] == before["ETag"]  # a true no-op: the registry was not rewritten
+
+    rows = feast_bridge.read_online(dev_settings, "customer_spend", ["1001", "1002"], version=2)
+    assert all(r["max_txn_amount_1d"] is not None and r["txn_count_1d"] >= 1 for r in rows)
+
+
+def test_v1_to_v2_upgrade_keeps_v1_readers(dev_settings, contracts_copy) -> None:
+    """Shipping v2 adds a feature view; v1's view, build and online values are untouched."""
+    v2 = contracts_copy / "feature_sets/customer_spend/v2.yaml"
+    v2_text = v2.read_text()
+    v2.unlink()
+    seed_raw(dev_settings)
+    pipeline.run_loop(dev_settings)
+    v1_before = feast_bridge.read_online(dev_settings, "customer_spend", ["1001", "1003"], version=1)
+
+    v2.write_text(v2_text)
+    pipeline.build_and_promote(dev_settings, "customer_spend", version=2)
+    applied = pipeline.apply(dev_settings)
+    assert applied["changed"] == ["customer_spend_v2"]
+    pipeline.materialize(dev_settings, feature_views=["customer_spend_v2"])
+    assert feast_bridge.read_online(dev_settings, "customer_spend", ["1001", "1003"], version=1) == v1_before
+    v2_rows = feast_bridge.read_online(dev_settings, "customer_spend", ["1001", "1003"], version=2)
+    assert [r["txn_amount_1d"] for r in v2_rows] == [r["txn_amount_1d"] for r in v1_before]
+    assert all(r["max_txn_amount_1d"] is not None for r in v2_rows)
+    pipeline.verify(dev_settings)
+
+
+def test_incremental_materialize_resumes(dev_settings) -> None:
+    """materialize --incremental after a full one succeeds and keeps online == offline."""
+    seed_raw(dev_settings)
+    pipeline.run_loop(dev_settings)
+    done = pipeline.materialize(dev_settings, incremental=True)
+    assert all(v["incremental"] for v in done)
+    pipeline.verify(dev_settings)
+
+
+def test_concurrent_applies_lose_no_update(dev_settings, contracts_copy, tmp_path) -> None:
+    """Two applies from different contract sets at once: the lease serializes them, both views survive."""
+    seed_raw(dev_settings)
+    pipeline.build_all(dev_settings)
+    only = {}
+    for name in ("customer_profile", "driver_hourly_stats"):
+        root = tmp_path / f"only_{name}"
+        (root / "feature_sets").mkdir(parents=True)
+        (root / "environments").symlink_to(contracts_copy / "environments")
+        (root / "feature_sets" / name).symlink_to(contracts_copy / "feature_sets" / name)
+        only[name] = dev_settings.replace(contracts_dir=root)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def run(settings: Settings) -> None:
+        try:
+            barrier.wait(timeout=30)
+            feast_bridge.apply(settings)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in only.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert errors == []
+    store = feast_bridge.open_store(dev_settings, dev_settings.environment())
+    assert {"customer_profile_v1", "driver_hourly_stats_v1"} <= set(feast_bridge.registered_views(store))
+
+
+def test_apply_waits_for_the_registry_lease(dev_settings, monkeypatch) -> None:
+    """While another writer holds the lease, apply does not write; past the timeout it fails clearly."""
+    seed_raw(dev_settings)
+    pipeline.build_all(dev_settings)
+    monkeypatch.setattr(feast_bridge, "APPLY_LOCK_TIMEOUT", 1.0)
+    lock_uri = "s3://feature-platform-dev/feast/registry.db.lock"
+    with s3_lock(lock_uri, dev_settings.s3_endpoint_url, timeout=5), pytest.raises(LockTimeout, match="held by"):
+        feast_bridge.apply(dev_settings)
+    assert feast_bridge.apply(dev_settings).changed  # released: the next apply goes through
+
+
+def cli(settings: Settings, *args: str, capsys) -> tuple[int, str, str]:
+    """Run featurectl in-process with the settings' variables as the process environment."""
+    env = {**settings.values, "FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
+           "FEATURE_PLATFORM_HOME": str(settings.home), "FEATURE_PLATFORM_ENV": settings.env_name}
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        code = main(list(args))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_clear_errors_not_tracebacks(dev_settings, contracts_copy, capsys) -> None:
+    """latest missing, registry missing, contract/registry mismatch, Redis down: one line, non-zero exit."""
+    code, _, err = cli(dev_settings, "apply", capsys=capsys)
+    assert code == 1 and "no latest pointer" in err and "featurectl build" in err and "Traceback" not in err
+
+    seed_raw(dev_settings)
+    pipeline.build_all(dev_settings)
+    code, _, err = cli(dev_settings, "materialize", capsys=capsys)
+    assert code == 1 and "is not in the registry" in err and "run `featurectl apply`" in err
+
+    assert cli(dev_settings, "apply", capsys=capsys)[0] == 0
+    profile = contracts_copy / "feature_sets/customer_profile/v1.yaml"
+    profile.write_text(profile.read_text().replace("ttl: 30d", "ttl: 31d"))
+    code, _, err = cli(dev_settings, "online", "customer_profile", "1001", capsys=capsys)
+    assert code == 1 and "customer_profile_v1 was applied from schema" in err
+    profile.write_text(profile.read_text().replace("ttl: 31d", "ttl: 30d"))
+
+    down = dev_settings.replace(values={**dev_settings.values,
+                                        "FEATURE_PLATFORM_REDIS_ADDRESS": f"127.0.0.1:{free_port()}"})
+    code, _, err = cli(down, "materialize", capsys=capsys)
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and "unreachable while materializing" in line and "Traceback" not in err
+
+    no_password = dev_settings.replace(values={k: v for k, v in dev_settings.values.items()
+                                               if k != "FEATURE_PLATFORM_REDIS_PASSWORD"})
+    code, _, err = cli(no_password, "verify", capsys=capsys)
+    assert code == 2 and "FEATURE_PLATFORM_REDIS_PASSWORD is not set" in err, err
+
+
+def test_redis_down_during_materialize_then_recovery(dev_settings, tmp_path) -> None:
+    """Redis dies mid-run: materialize fails with a clear error; once Redis is back, a re-run succeeds."""
+    from feature_platform.errors import OnlineStoreUnavailable
+
+    redis = start_redis()
+    settings = dev_settings.replace(values={**dev_settings.values, "FEATURE_PLATFORM_REDIS_ADDRESS": redis.address})
+    seed_raw(settings)
+    pipeline.build_all(settings)
+    pipeline.apply(settings)
+    redis.stop()
+    with pytest.raises(OnlineStoreUnavailable, match="unreachable while materializing"):
+        pipeline.materialize(settings)
+    again = start_redis()
+    try:
+        settings = settings.replace(values={**settings.values, "FEATURE_PLATFORM_REDIS_ADDRESS": again.address})
+        pipeline.materialize(settings)
+        pipeline.verify(settings)
+    finally:
+        again.stop()
+
+
+def _process_env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, **settings.values, "FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
+            "FEATURE_PLATFORM_HOME": str(settings.home), "FEATURE_PLATFORM_ENV": settings.env_name,
+            "PYTHONPATH": str(REPO / "src")}
+
+
+def test_plain_feast_cli_works_on_the_generated_repo(dev_settings) -> None:
+    """`feast apply`, `feast feature-views list` and `feast materialize-incremental` work on feature_repo/."""
+    seed_raw(dev_settings)
+    pipeline.build_all(dev_settings)
+    config = feast_bridge.write_feature_store_yaml(dev_settings, dev_settings.environment())
+    feast = str(Path(sys.executable).parent / "feast")
+    env = _process_env(dev_settings)
+    run = lambda *a: subprocess.run([feast, "-c", str(REPO / "feature_repo"), "-f", str(config), *a],  # noqa: E731
+                                    env=env, capture_output=True, text=True, timeout=300)
+    applied = run("apply")
+    assert applied.returncode == 0, applied.stderr[-2000:]
+    listed = run("feature-views", "list")
+    assert listed.returncode == 0 and "customer_spend_v2" in listed.stdout and "driver_hourly_stats_v1" in listed.stdout
+    assert run("materialize-incremental", "2100-01-01T00:00:00").returncode == 0
+    rows = feast_bridge.read_online(dev_settings, "driver_hourly_stats", ["5001"])
+    assert rows[0]["conv_rate"] is not None
+
+
+def test_feast_serve_answers_online_requests(dev_settings) -> None:
+    """The HTTP feature server (featurectl serve) returns the same values as the SDK."""
+    seed_raw(dev_settings)
+    pipeline.run_loop(dev_settings)
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "featurectl"), "serve", "--port", str(port)]
+    server = subprocess.Popen(command, env=_process_env(dev_settings), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        def healthy() -> bool:
+            if server.poll() is not None:
+                raise AssertionError(server.stderr.read()[-2000:])
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                return response.status == 200
+
+        wait_until(healthy, "feast serve", timeout=90)
+        body = json.dumps({"features": ["customer_profile_v1:tier", "customer_profile_v1:country"],
+                           "entities": {"customer_id": [1001, 1002]}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/get-online-features", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+        names = answer["metadata"]["feature_names"]
+        tiers = answer["results"][names.index("tier")]["values"]
+        sdk = feast_bridge.read_online(dev_settings, "customer_profile", ["1001", "1002"])
+        assert tiers == [row["tier"] for row in sdk]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
