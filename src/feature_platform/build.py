@@ -203,68 +203,99 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _stage(raw: ObjectStore, snapshot: list[dict[str, Any]], contract: FeatureSetContract, target: Path,
-           progress: Progress) -> Any:
-    """Run the SQL over the source in batches, writing conformed rows to ``target``; returns the DuckDB connection."""
+def _duckdb() -> Any:
     import duckdb
 
     con = duckdb.connect()
-    con.execute("SET memory_limit = '2GB'")
+    con.execute("SET memory_limit = '2GB'")  # DuckDB spills to disk past this: memory stays bounded
     con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _transform_to_file(raw: ObjectStore, snapshot: list[dict[str, Any]], contract: FeatureSetContract,
+                       target: Path, progress: Progress) -> int:
+    """Run the contract's SQL over the source, streaming conformed batches into ``target``; returns rows."""
+    import duckdb
+
     paths = [entry["path"].removeprefix("s3://") for entry in snapshot]
     try:
         source = ds.dataset(paths, format="parquet", filesystem=raw.fs)
     except Exception as exc:
         raise BuildError(f"{contract.name}: cannot open source {raw.url(contract.source.table)}: {exc}") from exc
-    con.register("source", source)
     schema = arrow_schema(contract)
+    con = _duckdb()
     try:
-        reader = con.sql(contract.source.sql).to_arrow_reader(BATCH_ROWS)
-    except duckdb.Error as exc:
-        first_line = str(exc).strip().splitlines()[0]
-        raise BuildError(f"{contract.name} v{contract.version}: source.sql failed on table "
-                         f"{contract.source.table}: {first_line}; check the SQL and the raw column types") from exc
-    rows = 0
-    with pq.ParquetWriter(target, schema, compression="zstd") as writer:
-        for batch in reader:
-            writer.write_batch(_conform(batch, schema, contract.name))
-            rows += batch.num_rows
-            progress(f"{contract.name} v{contract.version}: {rows:,} rows written")
-    con.unregister("source")
-    con.register("built", ds.dataset(str(target), format="parquet"))
-    return con
+        con.register("source", source)
+        try:
+            reader = con.sql(contract.source.sql).to_arrow_reader(BATCH_ROWS)
+        except duckdb.Error as exc:
+            first_line = str(exc).strip().splitlines()[0]
+            raise BuildError(f"{contract.name} v{contract.version}: source.sql failed on table "
+                             f"{contract.source.table}: {first_line}; check the SQL and the raw column types"
+                             ) from exc
+        rows = 0
+        with pq.ParquetWriter(target, schema, compression="zstd") as writer:
+            for batch in reader:
+                writer.write_batch(_conform(batch, schema, contract.name))
+                rows += batch.num_rows
+                progress(f"{contract.name} v{contract.version}: {rows:,} rows written")
+        return rows
+    finally:
+        con.close()
 
 
 # --------------------------------------------------------------------------------------------- the build
+#
+# Three steps, each idempotent, so an orchestrator can run and retry them separately:
+#   stage_build    source -> SQL -> conformed Parquet at <build>/features.parquet (no metadata: unfinished)
+#   check_quality  the quality gate over the staged file; a failure deletes the unfinished build
+#   finalize_build metadata.json, written last: from then on the build is complete and can be promoted
+# build_version runs all three.
 
 
-def build_version(
-    contract: FeatureSetContract,
-    store: ObjectStore,
-    raw: ObjectStore,
-    *,
-    environment: str,
-    contracts_commit: str | None = None,
-    run_id: str | None = None,
-    progress: Progress = lambda _msg: None,
-) -> BuildResult:
-    """Build one contract version into the store, unpromoted. Idempotent per source snapshot."""
+def stage_build(contract: FeatureSetContract, store: ObjectStore, raw: ObjectStore,
+                progress: Progress = lambda _msg: None) -> dict[str, Any]:
+    """Write the build's data; returns a small reference {build_id, source snapshot, complete}."""
     snapshot = source_snapshot(raw, contract)
     build_id = compute_build_id(contract, snapshot)
     prefix = build_key(contract, build_id)
+    staged = {"feature_set": contract.name, "version": contract.version_label, "build_id": build_id,
+              "source": snapshot}
     if store.exists(f"{prefix}/{METADATA_FILE}"):
         progress(f"{contract.name} v{contract.version}: build {build_id} is already complete; reusing it")
-        return BuildResult(read_metadata(store, contract, build_id), reused=True)
+        return {**staged, "complete": True}
     with tempfile.TemporaryDirectory(prefix="feature-build-") as tmp:
-        staged = Path(tmp) / DATA_FILE
-        con = _stage(raw, snapshot, contract, staged, progress)
-        try:
-            failures, stats = quality_gate(con, contract)
-        finally:
-            con.close()
-        if failures:
-            raise QualityGateError(f"{contract.name} v{contract.version}", failures)
-        store.upload(staged, f"{prefix}/{DATA_FILE}")
+        local = Path(tmp) / DATA_FILE
+        _transform_to_file(raw, snapshot, contract, local, progress)
+        store.upload(local, f"{prefix}/{DATA_FILE}")
+    return {**staged, "complete": False}
+
+
+def check_quality(contract: FeatureSetContract, store: ObjectStore, build_id: str) -> dict[str, Any]:
+    """Run the quality gate over a staged build; returns its statistics or raises QualityGateError."""
+    prefix = build_key(contract, build_id)
+    con = _duckdb()
+    try:
+        con.register("built", ds.dataset(store.path(f"{prefix}/{DATA_FILE}"), format="parquet",
+                                         filesystem=store.fs))
+        failures, stats = quality_gate(con, contract)
+    finally:
+        con.close()
+    if failures:
+        if not store.exists(f"{prefix}/{METADATA_FILE}"):
+            store.delete(prefix)  # unfinished and never pointed to: nothing may build on it
+        raise QualityGateError(f"{contract.name} v{contract.version}", failures)
+    return stats
+
+
+def finalize_build(contract: FeatureSetContract, store: ObjectStore, raw: ObjectStore, staged: dict[str, Any],
+                   stats: dict[str, Any], *, environment: str, contracts_commit: str | None = None,
+                   run_id: str | None = None) -> dict[str, Any]:
+    """Write metadata.json (last), which makes the build complete. Keeps an existing one untouched."""
+    build_id = staged["build_id"]
+    prefix = build_key(contract, build_id)
+    if store.exists(f"{prefix}/{METADATA_FILE}"):
+        return read_metadata(store, contract, build_id)
     metadata = {
         "format": METADATA_FORMAT,
         "feature_set": contract.name,
@@ -280,13 +311,35 @@ def build_version(
         "event_time_max": stats["event_time_max"],
         "columns": stats["columns"],
         "data": store.url(f"{prefix}/{DATA_FILE}"),
-        "source": {"table": contract.source.table, "uri": raw.url(contract.source.table), "files": snapshot},
+        "source": {"table": contract.source.table, "uri": raw.url(contract.source.table),
+                   "files": staged["source"]},
         "contracts_commit": contracts_commit or "unknown",
         "library_version": __version__,
         "run_id": run_id,
     }
     write_metadata(store, prefix, metadata)
-    progress(f"{contract.name} v{contract.version}: build {build_id} complete ({stats['row_count']:,} rows)")
+    return metadata
+
+
+def build_version(
+    contract: FeatureSetContract,
+    store: ObjectStore,
+    raw: ObjectStore,
+    *,
+    environment: str,
+    contracts_commit: str | None = None,
+    run_id: str | None = None,
+    progress: Progress = lambda _msg: None,
+) -> BuildResult:
+    """Build one contract version into the store, unpromoted. Idempotent per source snapshot."""
+    staged = stage_build(contract, store, raw, progress)
+    if staged["complete"]:
+        return BuildResult(read_metadata(store, contract, staged["build_id"]), reused=True)
+    stats = check_quality(contract, store, staged["build_id"])
+    metadata = finalize_build(contract, store, raw, staged, stats, environment=environment,
+                              contracts_commit=contracts_commit, run_id=run_id)
+    progress(f"{contract.name} v{contract.version}: build {staged['build_id']} complete "
+             f"({stats['row_count']:,} rows)")
     return BuildResult(metadata, reused=False)
 
 
@@ -335,7 +388,7 @@ def read_pointer(store: ObjectStore, feature_set: str, version_label: str | None
     try:
         return store.read_json(key)
     except FileNotFoundError as exc:
-        raise PointerMissingError(feature_set + (f" {version_label}" if version_label else ""), store.url(key)
+        raise PointerMissingError([feature_set + (f" {version_label}" if version_label else "")], store.url(key)
                                   ) from exc
 
 

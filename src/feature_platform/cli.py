@@ -198,7 +198,7 @@ def cmd_feast_config(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     from feature_platform import pipeline
 
-    result = pipeline.apply(_settings(args))
+    result = pipeline.apply(_settings(args), feature_sets=args.feature_set)
     if args.json:
         _print_json(result)
     else:
@@ -295,6 +295,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def cmd_step(args: argparse.Namespace) -> int:
+    from feature_platform import pipeline
+    from feature_platform.dag_factory import write_xcom
+
+    inputs = {name: json.loads(value) for name in ("staged", "stats", "written")
+              if (value := getattr(args, name)) is not None}
+    result = pipeline.run_named_step(_settings(args), args.step, args.feature_set, args.version, inputs,
+                                     run_id=args.run_id)
+    _print_json(result)
+    if args.xcom:
+        write_xcom(result)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from feature_platform import pipeline
     from feature_platform.sample_data import SampleSpec
@@ -388,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_feast_config)
 
     p = commands.add_parser("apply", help="register the contracts' Feast objects (no-op when unchanged)")
+    p.add_argument("--feature-set", action="append", help="only this feature set's objects (repeatable)")
     _add_common(p)
     p.set_defaults(handler=cmd_apply)
 
@@ -424,6 +439,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-command", action="store_true", help="print the feast command instead of running it")
     _add_common(p)
     p.set_defaults(handler=cmd_serve)
+
+    p = commands.add_parser("step", help="run one orchestrated step (what each Airflow task runs in a pod)")
+    p.add_argument("step", choices=["validate_contract", "build", "quality_gate", "write_version", "promote_latest",
+                                     "feast_apply", "materialize", "verify_online"])
+    p.add_argument("feature_set")
+    p.add_argument("--version", type=lambda v: int(v.lstrip("v")))
+    p.add_argument("--staged", help="JSON result of the build step")
+    p.add_argument("--stats", help="JSON result of the quality_gate step")
+    p.add_argument("--written", help="JSON result of the write_version step")
+    p.add_argument("--run-id")
+    p.add_argument("--xcom", action="store_true", help="also write the result to /airflow/xcom/return.json")
+    _add_common(p)
+    p.set_defaults(handler=cmd_step)
 
     p = commands.add_parser("demo", help="the whole loop on embedded defaults: sample data -> ... -> verify")
     p.add_argument("--scale", type=float, default=1.0, help="sample data size (1.0 ~ 130k raw rows)")

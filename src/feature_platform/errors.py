@@ -69,10 +69,10 @@ class QualityGateError(BuildError):
 class PointerMissingError(StoreError):
     """No ``latest`` pointer exists yet for a feature set."""
 
-    def __init__(self, feature_set: str, location: str) -> None:
-        super().__init__(
-            f"{feature_set}: no latest pointer at {location}; run `featurectl build {feature_set}` first"
-        )
+    def __init__(self, feature_sets: list[str], location: str) -> None:
+        names = ", ".join(feature_sets)
+        first = feature_sets[0].replace(" v", " --version ")
+        super().__init__(f"{names}: no latest pointer at {location}; build first, e.g. `featurectl build {first}`")
 
 
 class FeastError(PlatformError):

@@ -226,8 +226,9 @@ def feature_view(contract: FeatureSetContract, pointer: dict[str, Any], entity: 
 
 
 def definitions(settings: Settings, env: EnvironmentContract, contracts: ContractSet | None = None,
-                pins: dict[str, str] | None = None) -> Definitions:
-    """Feast objects for every contract version, each reading its version's ``latest`` build.
+                pins: dict[str, str] | None = None, feature_sets: list[str] | None = None) -> Definitions:
+    """Feast objects for every contract version (or those of ``feature_sets``), each reading its version's
+    ``latest`` build.
 
     ``pins`` maps a feature view name to a build id to read instead (reproducing an old training set).
     """
@@ -238,7 +239,8 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
     entities: dict[str, Any] = {}
     views: dict[str, Any] = {}
     missing = []
-    for contract in contracts.all():
+    selected = [c for c in contracts.all() if not feature_sets or c.name in feature_sets]
+    for contract in selected:
         e = contract.entity
         if e.name not in entities:
             value_type = ValueType.INT64 if e.dtype == "int64" else ValueType.STRING
@@ -255,11 +257,11 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
         views[contract.feature_view_name] = feature_view(contract, pointer, entities[e.name],
                                                          settings.s3_endpoint_url)
     if missing:
-        raise PointerMissingError(", ".join(missing), store.url())
+        raise PointerMissingError(missing, store.url())
     services = [FeatureService(name=c.name, features=[views[c.feature_view_name]],
                                description=f"{c.description} (newest version, {c.version_label})",
                                tags={TAG_PREFIX + "version": c.version_label}, owner=c.owner)
-                for c in contracts.latest_versions()]
+                for c in contracts.latest_versions() if not feature_sets or c.name in feature_sets]
     return Definitions(list(entities.values()), list(views.values()), services)
 
 
@@ -297,10 +299,12 @@ class ApplyResult:
     unmanaged: list[str]  # in the registry but in no contract: reported, never pruned automatically
 
 
-def apply(settings: Settings, env: EnvironmentContract | None = None) -> ApplyResult:
-    """Register the contracts' Feast objects; a no-op when nothing changed. Serialized per environment."""
+def apply(settings: Settings, env: EnvironmentContract | None = None,
+          feature_sets: list[str] | None = None) -> ApplyResult:
+    """Register the contracts' Feast objects (all, or only ``feature_sets``: a per-feature-set DAG owns just its
+    own); never deletes anything. A no-op when nothing changed. Serialized per environment."""
     env = env or settings.environment()
-    wanted = definitions(settings, env)
+    wanted = definitions(settings, env, feature_sets=feature_sets)
     store = open_store(settings, env)
     with registry_lock(settings, env), feast_process_environment(settings):
         existing = registered_views(store)
@@ -314,15 +318,16 @@ def apply(settings: Settings, env: EnvironmentContract | None = None) -> ApplyRe
             except Exception as exc:
                 raise FeastError(f"feast apply failed for {env.name}: {_one_line(exc)}") from exc
     names = {fv.name for fv in wanted.feature_views}
+    known = {c.feature_view_name for c in settings.contracts().all()}
     return ApplyResult(changed=changed, unchanged=sorted(names - set(changed)),
-                       unmanaged=sorted(set(existing) - names))
+                       unmanaged=sorted(set(existing) - known))
 
 
-def check_registry_matches(store: FeatureStore, contracts: ContractSet) -> dict[str, Any]:
-    """Every contract version is registered with the contract's schema_hash, or a clear error says which is not."""
+def check_registry_matches(store: FeatureStore, contracts: list[FeatureSetContract]) -> dict[str, Any]:
+    """Each given contract version is registered with its schema_hash, or a clear error says which is not."""
     existing = registered_views(store)
     problems = []
-    for contract in contracts.all():
+    for contract in contracts:
         view = existing.get(contract.feature_view_name)
         if view is None:
             problems.append(f"{contract.feature_view_name} is not in the registry")
@@ -363,13 +368,13 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
     contracts = settings.contracts()
     store = open_store(settings, env)
     object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
+    selected = [c for c in contracts.all()
+                if c.online and (not feature_views or c.feature_view_name in feature_views)]
     with feast_process_environment(settings):
-        registered = check_registry_matches(store, contracts)
+        registered = check_registry_matches(store, selected)
         done = []
-        for contract in contracts.all():
+        for contract in selected:
             name = contract.feature_view_name
-            if not contract.online or (feature_views and name not in feature_views):
-                continue
             build_id = registered[name].tags[TAG_PREFIX + "build_id"]
             metadata = builds.read_metadata(object_store, contract, build_id)
             start, end = _event_range(metadata)
@@ -439,7 +444,7 @@ def read_online(settings: Settings, feature_set: str, keys: list[str], version: 
     contract = contracts.get(feature_set, version)
     store = open_store(settings, env)
     with feast_process_environment(settings):
-        check_registry_matches(store, contracts)
+        check_registry_matches(store, [contract])
         return online_read(store, contract, keys)
 
 
@@ -464,7 +469,7 @@ def _as_utc(value: Any) -> datetime | None:
 
 
 def verify(settings: Settings, env: EnvironmentContract | None = None, sample: int = 20,
-           now: datetime | None = None) -> list[dict[str, Any]]:
+           now: datetime | None = None, feature_views: list[str] | None = None) -> list[dict[str, Any]]:
     """Offline/online consistency: for sampled entities, the online row equals the newest offline row of the
     build the registry points at, and the newest online timestamp is within the view's TTL (Feast does not
     enforce TTL on online reads, so freshness is checked here)."""
@@ -474,11 +479,11 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
     object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
     now = now or datetime.now(UTC)
     results = []
+    selected = [c for c in contracts.all()
+                if c.online and (not feature_views or c.feature_view_name in feature_views)]
     with feast_process_environment(settings):
-        registered = check_registry_matches(store, contracts)
-        for contract in contracts.all():
-            if not contract.online:
-                continue
+        registered = check_registry_matches(store, selected)
+        for contract in selected:
             build_id = registered[contract.feature_view_name].tags[TAG_PREFIX + "build_id"]
             metadata = builds.read_metadata(object_store, contract, build_id)
             newest = builds.newest_rows_per_entity(builds.read_build_table(object_store, metadata),
@@ -525,7 +530,7 @@ def historical(settings: Settings, entity_df: Any, feature_set: str, version: in
     contract = contracts.get(feature_set, version)
     store = open_store(settings, env)
     with feast_process_environment(settings):
-        registered = check_registry_matches(store, contracts)
+        registered = check_registry_matches(store, [contract])
         build_id = build_id or registered[contract.feature_view_name].tags[TAG_PREFIX + "build_id"]
         pinned = definitions(settings, env, contracts, pins={contract.feature_view_name: build_id})
         view = next(fv for fv in pinned.feature_views if fv.name == contract.feature_view_name)

@@ -102,10 +102,10 @@ def rollback(settings: Settings, feature_set: str, build_id: str) -> dict[str, A
     return builds.promote(store, contract, metadata)
 
 
-def apply(settings: Settings) -> dict[str, Any]:
+def apply(settings: Settings, feature_sets: list[str] | None = None) -> dict[str, Any]:
     from feature_platform import feast_bridge
 
-    result = feast_bridge.apply(settings)
+    result = feast_bridge.apply(settings, feature_sets=feature_sets)
     return {"changed": result.changed, "unchanged": result.unchanged, "unmanaged": result.unmanaged}
 
 
@@ -116,12 +116,12 @@ def materialize(settings: Settings, incremental: bool = False,
     return feast_bridge.materialize(settings, incremental=incremental, feature_views=feature_views)
 
 
-def verify(settings: Settings, sample: int = 20) -> list[dict[str, Any]]:
-    """Offline/online consistency and freshness; raises VerifyFailed when any feature view is off."""
+def verify(settings: Settings, sample: int = 20, feature_views: list[str] | None = None) -> list[dict[str, Any]]:
+    """Offline/online consistency and freshness; raises FeastError naming each feature view that is off."""
     from feature_platform import feast_bridge
     from feature_platform.errors import FeastError
 
-    results = feast_bridge.verify(settings, sample=sample)
+    results = feast_bridge.verify(settings, sample=sample, feature_views=feature_views)
     bad = [r for r in results if not r["ok"]]
     if bad:
         reasons = []
@@ -146,3 +146,74 @@ def run_loop(settings: Settings, run_id: str | None = None, progress: Progress =
     verified = verify(settings)
     progress(f"verified {len(verified)} feature view(s) online == offline")
     return {"builds": built, "apply": applied, "materialize": materialized, "verify": verified}
+
+
+# ------------------------------------------------------------------------------------------ orchestrated steps
+# The build split into the steps an orchestrator retries separately. Each takes names and small references
+# (build ids, statistics) and returns a JSON-able dict, so it runs the same in-process or in a pod.
+
+
+def step_validate(settings: Settings, feature_set: str) -> dict[str, Any]:
+    contracts = settings.contracts()
+    versions = contracts.versions(feature_set)
+    contracts.get(feature_set)  # a clear error for an unknown feature set
+    return {"feature_set": feature_set, "versions": {c.version_label: c.schema_hash for c in versions}}
+
+
+def step_build(settings: Settings, feature_set: str, version: int, progress: Progress = _quiet) -> dict[str, Any]:
+    env = settings.environment()
+    contract = settings.contracts().get(feature_set, version)
+    return builds.stage_build(contract, object_store(settings, env), raw_store(settings, env), progress)
+
+
+def step_quality_gate(settings: Settings, feature_set: str, version: int, staged: dict[str, Any]) -> dict[str, Any]:
+    env = settings.environment()
+    contract = settings.contracts().get(feature_set, version)
+    store = object_store(settings, env)
+    if staged["complete"]:
+        return builds.read_metadata(store, contract, staged["build_id"])  # already gated and recorded
+    return builds.check_quality(contract, store, staged["build_id"])
+
+
+def step_write_version(settings: Settings, feature_set: str, version: int, staged: dict[str, Any],
+                       stats: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+    env = settings.environment()
+    contract = settings.contracts().get(feature_set, version)
+    metadata = builds.finalize_build(contract, object_store(settings, env), raw_store(settings, env), staged,
+                                     stats, environment=env.name, contracts_commit=contracts_commit(settings),
+                                     run_id=run_id)
+    return {"build_id": metadata["build_id"], "row_count": metadata["row_count"],
+            "schema_hash": metadata["schema_hash"]}
+
+
+def feature_views_of(settings: Settings, feature_set: str) -> list[str]:
+    return [c.feature_view_name for c in settings.contracts().versions(feature_set)]
+
+
+STEPS = ("validate_contract", "build", "quality_gate", "write_version", "promote_latest", "feast_apply",
+         "materialize", "verify_online")
+
+
+def run_named_step(settings: Settings, step: str, feature_set: str, version: int | None,
+                   inputs: dict[str, Any], run_id: str | None = None) -> Any:
+    """Dispatch one orchestrated step by name; the DAG (in-process) and `featurectl step` (in a pod) share it."""
+    if step == "validate_contract":
+        return step_validate(settings, feature_set)
+    if step in ("build", "quality_gate", "write_version", "promote_latest") and version is None:
+        raise ValueError(f"step {step} needs a contract version")
+    if step == "build":
+        return step_build(settings, feature_set, version, progress=print)
+    if step == "quality_gate":
+        return step_quality_gate(settings, feature_set, version, inputs["staged"])
+    if step == "write_version":
+        return step_write_version(settings, feature_set, version, inputs["staged"], inputs["stats"], run_id)
+    if step == "promote_latest":
+        pointer = promote(settings, feature_set, version, inputs["written"]["build_id"])
+        return {"build_id": pointer["build_id"], "version": pointer["version"]}
+    if step == "feast_apply":
+        return apply(settings, feature_sets=[feature_set])
+    if step == "materialize":
+        return materialize(settings, incremental=True, feature_views=feature_views_of(settings, feature_set))
+    if step == "verify_online":
+        return verify(settings, feature_views=feature_views_of(settings, feature_set))
+    raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")

@@ -1,0 +1,198 @@
+"""One Airflow DAG per feature set, generated from the mounted contracts.
+
+Parse time stays fast and offline: only the contract YAML is read (no Feast, no DuckDB, no Airflow Variables,
+no network); every heavy import happens inside the task when it runs.
+
+Per DAG, for each contract version ``vN``::
+
+    validate_contract >> vN.build >> vN.quality_gate >> vN.write_version >> vN.promote_latest
+        >> feast_apply >> materialize >> verify_online
+
+Two execution modes, one graph (``FEATURE_PLATFORM_DAG_MODE``):
+- ``local``: each step runs in the worker's Python, calling the library (tests, laptops).
+- ``kubernetes``: each step is ``featurectl step ...`` in the platform image (KubernetesPodOperator), so Airflow's
+  dependency pins never meet Feast's. Results travel through XCom as small JSON references.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from feature_platform.contracts import ContractSet, FeatureSetContract, load_contracts
+from feature_platform.environments import EnvironmentContract, Settings, load_environment
+
+DAG_PREFIX = "feature_set__"
+START_DATE = datetime(2026, 1, 1)
+
+
+@dataclass(frozen=True)
+class DagConfig:
+    """Everything the DAG file needs, from the process environment (set by the Helm values), read once."""
+
+    settings: Settings
+    mode: str = "local"
+    image: str = "feature-platform:latest"
+    namespace: str = "default"
+    service_account: str = "feature-platform"
+    env_from_secret: str | None = None
+    failure_callback: str | None = None
+    pod_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> DagConfig:
+        environ = dict(os.environ if environ is None else environ)
+        mode = environ.get("FEATURE_PLATFORM_DAG_MODE", "local")
+        if mode not in ("local", "kubernetes"):
+            raise ValueError(f"FEATURE_PLATFORM_DAG_MODE={mode!r}: use 'local' or 'kubernetes'")
+        return cls(
+            settings=Settings.from_env(environ),
+            mode=mode,
+            image=environ.get("FEATURE_PLATFORM_IMAGE", cls.image),
+            namespace=environ.get("FEATURE_PLATFORM_NAMESPACE", cls.namespace),
+            service_account=environ.get("FEATURE_PLATFORM_SERVICE_ACCOUNT", cls.service_account),
+            env_from_secret=environ.get("FEATURE_PLATFORM_POD_ENV_SECRET") or None,
+            failure_callback=environ.get("FEATURE_PLATFORM_ON_FAILURE") or None,
+            pod_env={k: v for k, v in environ.items()
+                     if k.startswith("FEATURE_PLATFORM_") and k not in ("FEATURE_PLATFORM_DAG_MODE",)},
+        )
+
+
+def _callback(path: str | None) -> Callable[[Any], None] | None:
+    """``module:function`` from configuration: a hook that notifies (Slack, PagerDuty...) without code edits."""
+    if not path:
+        return None
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# ----------------------------------------------------------------------------------------- the local steps
+
+
+# Which earlier step's XCom each step reads, under the name pipeline.run_named_step expects.
+STEP_INPUTS: dict[str, dict[str, str]] = {
+    "quality_gate": {"staged": "build"},
+    "write_version": {"staged": "build", "stats": "quality_gate"},
+    "promote_latest": {"written": "write_version"},
+}
+
+
+def run_step(step: str, feature_set: str, version: int | None = None, **context: Any) -> Any:
+    """What a task runs in ``local`` mode: settings from the environment, inputs from XCom, one pipeline step."""
+    from feature_platform import pipeline
+
+    ti = context["ti"]
+    inputs = {name: ti.xcom_pull(task_ids=f"v{version}.{source}")
+              for name, source in STEP_INPUTS.get(step, {}).items()}
+    return pipeline.run_named_step(Settings.from_env(), step, feature_set, version, inputs,
+                                   run_id=context.get("run_id"))
+
+
+# -------------------------------------------------------------------------------------------- the factory
+
+
+def _operator(config: DagConfig, step: str, feature_set: str, version: int | None, task_id: str) -> Any:
+    if config.mode == "local":
+        from airflow.providers.standard.operators.python import PythonOperator
+
+        return PythonOperator(task_id=task_id, python_callable=run_step,
+                              op_kwargs={"step": step, "feature_set": feature_set, "version": version})
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
+
+    group = f"v{version}" if version else None
+    arguments = ["step", step, feature_set, "--xcom"]
+    if version:
+        arguments += ["--version", str(version)]
+    for name, source in STEP_INPUTS.get(step, {}).items():
+        arguments += [f"--{name}", "{{ ti.xcom_pull(task_ids='" + f"{group}.{source}" + "') | tojson }}"]
+    if step == "write_version":
+        arguments += ["--run-id", "{{ run_id }}"]
+    env_from = ([k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=config.env_from_secret))]
+                if config.env_from_secret else None)
+    return KubernetesPodOperator(
+        task_id=task_id,
+        name=f"{feature_set}-{group or ''}-{task_id}".replace("_", "-").replace("--", "-")[:63],
+        namespace=config.namespace,
+        image=config.image,
+        cmds=["featurectl"],
+        arguments=arguments,
+        env_vars=config.pod_env,
+        env_from=env_from,
+        service_account_name=config.service_account,
+        do_xcom_push=True,
+        get_logs=True,
+        on_finish_action="delete_succeeded_pod",
+        volumes=[k8s.V1Volume(name="contracts", config_map=k8s.V1ConfigMapVolumeSource(
+            name=config.pod_env.get("FEATURE_PLATFORM_CONTRACTS_CONFIGMAP", "feature-platform-contracts")))],
+        # Mounted as a directory, never subPath: the kubelet then updates the files when the ConfigMap changes.
+        volume_mounts=[k8s.V1VolumeMount(name="contracts", mount_path=str(config.settings.contracts_dir),
+                                         read_only=True)],
+    )
+
+
+def build_dag(config: DagConfig, env: EnvironmentContract, feature_set: str,
+              versions: list[FeatureSetContract]) -> Any:
+    from airflow.sdk import DAG, TaskGroup
+
+    newest = versions[-1]
+    schedule = env.schedule
+    callback = _callback(config.failure_callback)
+    default_args = {
+        "owner": newest.owner,
+        "retries": schedule.retries,
+        "retry_delay": timedelta(seconds=schedule.retry_delay_seconds),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(hours=1),
+        "on_failure_callback": callback,
+        "on_retry_callback": callback,
+    }
+    with DAG(
+        dag_id=f"{DAG_PREFIX}{feature_set}",
+        description=f"{newest.description} ({env.name}: contract -> build -> latest -> Feast -> Redis)",
+        schedule=schedule.cron,
+        start_date=START_DATE,
+        catchup=schedule.catchup,
+        max_active_runs=1,  # one build per feature set at a time; the registry lease serializes applies
+        default_args=default_args,
+        tags=["feature-platform", env.name, feature_set, *(["pii"] if newest.pii else [])],
+        doc_md=f"Generated from `contracts/feature_sets/{feature_set}/` by feature_platform.dag_factory.",
+    ) as dag:
+        validate = _operator(config, "validate_contract", feature_set, None, "validate_contract")
+        promotes = []
+        for contract in versions:
+            with TaskGroup(group_id=contract.version_label):
+                chain = [_operator(config, step, feature_set, contract.version, step)  # ids get the group prefix
+                         for step in ("build", "quality_gate", "write_version", "promote_latest")]
+            validate >> chain[0]
+            for upstream, downstream in itertools.pairwise(chain):
+                upstream >> downstream
+            promotes.append(chain[-1])
+        apply = _operator(config, "feast_apply", feature_set, None, "feast_apply")
+        materialize = _operator(config, "materialize", feature_set, None, "materialize")
+        verify = _operator(config, "verify_online", feature_set, None, "verify_online")
+        promotes >> apply
+        apply >> materialize >> verify
+    return dag
+
+
+def build_dags(config: DagConfig | None = None) -> dict[str, Any]:
+    """Every feature set's DAG, in sorted order, keyed by dag_id."""
+    config = config or DagConfig.from_env()
+    contracts: ContractSet = load_contracts(config.settings.contracts_dir)
+    env = load_environment(config.settings.contracts_dir, config.settings.env_name)
+    return {f"{DAG_PREFIX}{name}": build_dag(config, env, name, contracts.versions(name))
+            for name in contracts.names()}
+
+
+def write_xcom(value: Any, path: Path = Path("/airflow/xcom/return.json")) -> None:
+    """KubernetesPodOperator's XCom sidecar reads the step's result from this file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, default=str))

@@ -1,0 +1,174 @@
+"""Airflow for real: the DAG folder through Airflow's own DagBag, and whole DAG runs with `airflow dags test`
+on a SQLite metadata DB against redis-server and moto's S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from feature_platform import build as builds
+from feature_platform import feast_bridge, pipeline
+from tests.conftest import REPO
+from tests.helpers import data_store, raw_store, seed_raw
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory) -> Path:
+    """A migrated SQLite metadata DB, made once per session."""
+    home = tmp_path_factory.mktemp("airflow")
+    result = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=_airflow_env(home, {}),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return home
+
+
+def _airflow_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "PYTHONPATH": str(REPO), **extra}
+
+
+PARSE_SCRIPT = """
+import json, sys, time
+start = time.perf_counter()
+from airflow.dag_processing.dagbag import DagBag
+imported = time.perf_counter()
+bag = DagBag(dag_folder=sys.argv[1])
+parsed = time.perf_counter()
+print(json.dumps({
+    "import_errors": {k: str(v) for k, v in bag.import_errors.items()},
+    "dags": {dag_id: {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} for dag_id, dag in bag.dags.items()},
+    "heavy_modules": sorted(m for m in ("feast", "duckdb", "pyarrow", "redis", "boto3") if m in sys.modules),
+    "parse_seconds": parsed - imported,
+}))
+"""
+
+
+def _dagbag(home: Path, extra: dict[str, str]) -> dict:
+    result = subprocess.run([sys.executable, "-c", PARSE_SCRIPT, str(REPO / "dags")],
+                            env=_airflow_env(home, extra), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_dagbag_has_one_dag_per_feature_set(airflow_home, contracts_copy) -> None:
+    """Airflow's DagBag loads the folder with no import errors: one DAG per feature set, tasks in order,
+    and parsing stays light (no Feast, DuckDB, pyarrow or network clients imported)."""
+    bag = _dagbag(airflow_home, {"FEATURE_PLATFORM_CONTRACTS": str(contracts_copy)})
+    assert bag["import_errors"] == {}
+    assert sorted(bag["dags"]) == ["feature_set__customer_profile", "feature_set__customer_spend",
+                                   "feature_set__driver_hourly_stats"]
+    spend = bag["dags"]["feature_set__customer_spend"]
+    assert spend["validate_contract"] == ["v1.build", "v2.build"]
+    for v in ("v1", "v2"):
+        assert spend[f"{v}.build"] == [f"{v}.quality_gate"]
+        assert spend[f"{v}.quality_gate"] == [f"{v}.write_version"]
+        assert spend[f"{v}.write_version"] == [f"{v}.promote_latest"]
+        assert spend[f"{v}.promote_latest"] == ["feast_apply"]
+    assert spend["feast_apply"] == ["materialize"]
+    assert spend["materialize"] == ["verify_online"]
+    assert bag["heavy_modules"] == []
+    assert bag["parse_seconds"] < 5  # generous; measured ~0.1 s (see README)
+
+
+def test_kubernetes_mode_builds_pod_operators(airflow_home, contracts_copy) -> None:
+    """The same graph in kubernetes mode: every task is a pod running `featurectl step` in the platform image."""
+    script = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+dag = bag.dags["feature_set__customer_spend"]
+out = {}
+for t in dag.tasks:
+    mounts = [(m.mount_path, m.sub_path) for m in t.volume_mounts]
+    out[t.task_id] = {"type": type(t).__name__, "image": t.image, "cmds": t.cmds, "arguments": t.arguments,
+                      "mounts": mounts, "namespace": t.namespace}
+print(json.dumps(out))
+"""
+    env = _airflow_env(airflow_home, {"FEATURE_PLATFORM_CONTRACTS": str(contracts_copy),
+                                      "FEATURE_PLATFORM_DAG_MODE": "kubernetes",
+                                      "FEATURE_PLATFORM_IMAGE": "registry.example.com/feature-platform@sha256:abc",
+                                      "FEATURE_PLATFORM_NAMESPACE": "feature-platform-dev",
+                                      "FEATURE_PLATFORM_ENV": "dev"})
+    result = subprocess.run([sys.executable, "-c", script, str(REPO / "dags")], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tasks = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {t["type"] for t in tasks.values()} == {"KubernetesPodOperator"}
+    gate = tasks["v2.quality_gate"]
+    assert gate["cmds"] == ["featurectl"] and gate["arguments"][:3] == ["step", "quality_gate", "customer_spend"]
+    assert "{{ ti.xcom_pull(task_ids='v2.build') | tojson }}" in gate["arguments"]
+    assert gate["image"].endswith("@sha256:abc") and gate["namespace"] == "feature-platform-dev"
+    assert all(sub is None for t in tasks.values() for _, sub in t["mounts"])  # never subPath
+
+
+def _dev_contracts(contracts_copy: Path) -> None:
+    """Retry after one second in tests (the shipped dev contract waits a minute)."""
+    path = contracts_copy / "environments/dev.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["schedule"].update({"retries": 1, "retry_delay_seconds": 1})
+    path.write_text(yaml.safe_dump(data))
+
+
+def _run_dag(airflow_home: Path, settings, dag_id: str, extra: dict[str, str] | None = None):
+    env = _airflow_env(airflow_home, {
+        **settings.values, "FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
+        "FEATURE_PLATFORM_HOME": str(settings.home), "FEATURE_PLATFORM_ENV": settings.env_name, **(extra or {})})
+    return subprocess.run([str(BIN / "airflow"), "dags", "test", dag_id], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_dag_run_builds_promotes_and_serves(airflow_home, dev_settings, contracts_copy, s3_clean) -> None:
+    """`airflow dags test` runs the whole chain: S3 has version + latest + metadata.json, Redis serves values."""
+    _dev_contracts(contracts_copy)
+    seed_raw(dev_settings)
+    result = _run_dag(airflow_home, dev_settings, "feature_set__customer_spend")
+    assert result.returncode == 0 and "state=success" in result.stdout + result.stderr, result.stderr[-4000:]
+
+    store = data_store(dev_settings)
+    for version in ("v1", "v2"):
+        pointer = builds.read_pointer(store, "customer_spend", version)
+        contract = dev_settings.contracts().get("customer_spend", int(version[1:]))
+        metadata = builds.read_metadata(store, contract, pointer["build_id"])
+        assert metadata["schema_hash"] == contract.schema_hash
+        assert metadata["run_id"].startswith("manual__")
+    keys = {o["Key"] for o in s3_clean.client().list_objects_v2(Bucket="feature-platform-dev")["Contents"]}
+    assert "feast/registry.db" in keys and "features/customer_spend/latest.json" in keys
+    rows = feast_bridge.read_online(dev_settings, "customer_spend", ["1001", "1002", "1003"])
+    assert all(r["txn_count_1d"] is not None for r in rows)
+
+
+def test_failed_build_keeps_latest_and_retry_succeeds(airflow_home, dev_settings, contracts_copy, tmp_path) -> None:
+    """The raw table vanishes: the build task fails, latest stays on the previous build; the retry succeeds."""
+    _dev_contracts(contracts_copy)
+    seed_raw(dev_settings)
+    first = pipeline.build_and_promote(dev_settings, "customer_profile")
+
+    raw = raw_store(dev_settings)
+    backup = tmp_path / "raw_backup"
+    backup.mkdir()
+    table = pq.read_table(raw.path("customers"), filesystem=raw.fs)
+    pq.write_table(table.slice(0, table.num_rows - 5), backup / "part-00000.parquet")  # new data comes back
+    raw.delete("customers")
+
+    record = tmp_path / "hook.json"
+    result = _run_dag(airflow_home, dev_settings, "feature_set__customer_profile", {
+        "FEATURE_PLATFORM_ON_FAILURE": "tests.airflow_hooks:repair_source_on_retry",
+        "TEST_HOOK_RECORD": str(record), "TEST_RAW_BACKUP": str(backup)})
+    assert result.returncode == 0 and "state=success" in result.stdout + result.stderr, result.stderr[-4000:]
+    calls = json.loads(record.read_text())
+    assert [c["task"] for c in calls] == ["v1.build"]
+    assert calls[0]["latest"]["build_id"] == first["build_id"]  # the failure moved nothing
+    latest = builds.read_pointer(data_store(dev_settings), "customer_profile")
+    assert latest["build_id"] != first["build_id"]  # the retry built and promoted the new data
