@@ -58,10 +58,11 @@ class DagConfig:
             image=environ.get("FEATURE_PLATFORM_IMAGE", cls.image),
             namespace=environ.get("FEATURE_PLATFORM_NAMESPACE", cls.namespace),
             service_account=environ.get("FEATURE_PLATFORM_SERVICE_ACCOUNT", cls.service_account),
-            env_from_secret=environ.get("FEATURE_PLATFORM_POD_ENV_SECRET") or None,
+            env_from_secret=environ.get("FEATURE_PLATFORM_STEP_ENV_FROM") or None,
             failure_callback=environ.get("FEATURE_PLATFORM_ON_FAILURE") or None,
-            pod_env={k: v for k, v in environ.items()
-                     if k.startswith("FEATURE_PLATFORM_") and k not in ("FEATURE_PLATFORM_DAG_MODE",)},
+            # Plain settings travel as env vars; secrets only through env_from_secret, never into a pod spec.
+            pod_env={k: v for k, v in environ.items() if k.startswith("FEATURE_PLATFORM_")
+                     and k != "FEATURE_PLATFORM_DAG_MODE" and not k.endswith(("PASSWORD", "SECRET", "TOKEN"))},
         )
 
 
@@ -127,6 +128,7 @@ def _operator(config: DagConfig, step: str, feature_set: str, version: int | Non
         env_vars=config.pod_env,
         env_from=env_from,
         service_account_name=config.service_account,
+        labels={"redis-client": "true", "app.kubernetes.io/part-of": "feature-platform"},
         do_xcom_push=True,
         get_logs=True,
         on_finish_action="delete_succeeded_pod",
