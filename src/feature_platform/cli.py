@@ -309,6 +309,28 @@ def cmd_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_proof(report: Any) -> None:
+    for check in report.checks:
+        print(f"{check.status:4}  {check.name}  ({check.seconds:.2f}s)")
+        for line in check.evidence:
+            print(f"        {line}")
+    print(f"proof {'PASSED' if report.ok else 'FAILED'} for environment {report.environment}")
+
+
+def cmd_proof(args: argparse.Namespace) -> int:
+    from feature_platform.proof import run_proof, write_report
+
+    report = run_proof(_settings(args), sample=args.sample)
+    if args.report:
+        json_path, md_path = write_report(report, Path(args.report))
+        print(f"report: {json_path} and {md_path}", file=sys.stderr)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        _print_proof(report)
+    return 0 if report.ok else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from feature_platform import pipeline
     from feature_platform.sample_data import SampleSpec
@@ -319,14 +341,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     progress(f"contracts: {len(contracts.all())} versions of {len(contracts.names())} feature sets valid")
     written = pipeline.generate_sample_data(settings, SampleSpec(scale=args.scale))
     progress("sample data: " + ", ".join(f"{t} {n:,} rows" for t, n in written.items()))
-    result = pipeline.run_loop(settings, progress=progress)
+    pipeline.run_loop(settings, progress=progress)
+    from feature_platform.proof import run_proof, write_report
+
+    report = run_proof(settings)
+    _, md_path = write_report(report, settings.home / settings.env_name / "proof")
     if args.json:
-        _print_json(result)
+        _print_json(report.to_json())
     else:
-        for r in result["verify"]:
-            print(f"PASS {r['feature_view']}: build {r['build_id']}, {r['sampled']} entities online == offline")
-        print(f"loop complete on environment {settings.env_name}; state in {settings.home / settings.env_name}")
-    return 0
+        _print_proof(report)
+        print(f"state in {settings.home / settings.env_name}; report {md_path}")
+    return 0 if report.ok else 1
 
 
 # ------------------------------------------------------------------------------------------------- parser
@@ -452,6 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xcom", action="store_true", help="also write the result to /airflow/xcom/return.json")
     _add_common(p)
     p.set_defaults(handler=cmd_step)
+
+    p = commands.add_parser("proof", help="check the whole loop and print PASS/FAIL with evidence")
+    p.add_argument("--report", help="also write FILE.json and FILE.md")
+    p.add_argument("--sample", type=int, default=20, help="entities sampled per feature view")
+    _add_common(p)
+    p.set_defaults(handler=cmd_proof)
 
     p = commands.add_parser("demo", help="the whole loop on embedded defaults: sample data -> ... -> verify")
     p.add_argument("--scale", type=float, default=1.0, help="sample data size (1.0 ~ 130k raw rows)")

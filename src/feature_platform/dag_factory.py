@@ -66,12 +66,28 @@ class DagConfig:
         )
 
 
-def _callback(path: str | None) -> Callable[[Any], None] | None:
+def _hook(path: str | None) -> Callable[[Any], None] | None:
     """``module:function`` from configuration: a hook that notifies (Slack, PagerDuty...) without code edits."""
     if not path:
         return None
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def _failure_callback(config: DagConfig) -> Callable[[Any], None]:
+    """Record the failed run (read by `featurectl proof`), then call the configured notifier, if any."""
+    hook = _hook(config.failure_callback)
+
+    def on_failure(context: Any) -> None:  # called once retries are exhausted
+        from feature_platform import pipeline
+
+        ti = context["ti"]
+        pipeline.record_run(Settings.from_env(), ti.dag_id.removeprefix(DAG_PREFIX), "failed",
+                            context.get("run_id"), f"task {ti.task_id} failed: {context.get('exception')}")
+        if hook:
+            hook(context)
+
+    return on_failure
 
 
 # ----------------------------------------------------------------------------------------- the local steps
@@ -146,15 +162,14 @@ def build_dag(config: DagConfig, env: EnvironmentContract, feature_set: str,
 
     newest = versions[-1]
     schedule = env.schedule
-    callback = _callback(config.failure_callback)
     default_args = {
         "owner": newest.owner,
         "retries": schedule.retries,
         "retry_delay": timedelta(seconds=schedule.retry_delay_seconds),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(hours=1),
-        "on_failure_callback": callback,
-        "on_retry_callback": callback,
+        "on_failure_callback": _failure_callback(config),
+        "on_retry_callback": _hook(config.failure_callback),
     }
     with DAG(
         dag_id=f"{DAG_PREFIX}{feature_set}",

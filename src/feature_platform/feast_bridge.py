@@ -393,15 +393,7 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
                 raise FeastError(f"materialize of {name} failed: {_one_line(exc)}") from exc
             done.append({"feature_view": name, "build_id": build_id, "start": start.isoformat(),
                          "end": end.isoformat(), "rows": metadata["row_count"], "incremental": incremental})
-    _record(settings, env, "materialize", {"at": datetime.now(UTC).isoformat(), "views": done})
     return done
-
-
-def _record(settings: Settings, env: EnvironmentContract, step: str, value: dict[str, Any]) -> None:
-    """Keep the last result of a step on disk, for `featurectl proof` and humans."""
-    path = settings.env_home(env) / "runs" / f"{step}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2, default=str))
 
 
 # ----------------------------------------------------------------------------------------------------- reads
@@ -511,7 +503,6 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
                 "age_seconds": age, "ttl_seconds": contract.ttl_seconds, "fresh": fresh,
                 "ok": not mismatches and missing == 0 and fresh,
             })
-    _record(settings, env, "verify", {"at": now.isoformat(), "results": results})
     return results
 
 

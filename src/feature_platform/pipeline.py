@@ -6,8 +6,11 @@ Steps pass references (feature set, version, build id), never data.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from feature_platform import build as builds
@@ -135,8 +138,39 @@ def verify(settings: Settings, sample: int = 20, feature_views: list[str] | None
     return results
 
 
+def _run_record_path(settings: Settings, env: EnvironmentContract, feature_set: str) -> Path:
+    return settings.env_home(env) / "runs" / "feature_sets" / f"{feature_set}.json"
+
+
+def record_run(settings: Settings, feature_set: str, status: str, run_id: str | None = None,
+               detail: str = "") -> None:
+    """The last run of a feature set's loop, for `featurectl proof` where no Airflow API is configured."""
+    env = settings.environment()
+    path = _run_record_path(settings, env, feature_set)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"feature_set": feature_set, "status": status, "run_id": run_id,
+                                "at": datetime.now(UTC).isoformat(), "detail": detail}))
+
+
+def read_run_record(settings: Settings, env: EnvironmentContract, feature_set: str) -> dict[str, Any] | None:
+    path = _run_record_path(settings, env, feature_set)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def run_loop(settings: Settings, run_id: str | None = None, progress: Progress = _quiet) -> dict[str, Any]:
     """The whole loop for every feature set: build -> promote -> apply -> materialize -> verify."""
+    try:
+        result = _run_loop(settings, run_id, progress)
+    except Exception as exc:
+        for name in settings.contracts().names():
+            record_run(settings, name, "failed", run_id, str(exc).splitlines()[0] if str(exc) else repr(exc))
+        raise
+    for name in settings.contracts().names():
+        record_run(settings, name, "success", run_id)
+    return result
+
+
+def _run_loop(settings: Settings, run_id: str | None, progress: Progress) -> dict[str, Any]:
     built = build_all(settings, run_id, progress)
     progress(f"built and promoted {len(built)} contract version(s)")
     applied = apply(settings)
@@ -215,5 +249,7 @@ def run_named_step(settings: Settings, step: str, feature_set: str, version: int
     if step == "materialize":
         return materialize(settings, incremental=True, feature_views=feature_views_of(settings, feature_set))
     if step == "verify_online":
-        return verify(settings, feature_views=feature_views_of(settings, feature_set))
+        result = verify(settings, feature_views=feature_views_of(settings, feature_set))
+        record_run(settings, feature_set, "success", run_id)
+        return result
     raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")

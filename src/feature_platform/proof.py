@@ -1,0 +1,218 @@
+"""The operational checklist as code: each check returns PASS/FAIL/WARN with evidence and its timing.
+
+Run by `featurectl proof --env ENV`, by the README's main command, in CI and against a live cluster (from the
+feature-server pod). Checks read state; they never repair it, so a FAIL always shows what is really there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from feature_platform import build as builds
+from feature_platform.contracts import check_lock, iter_contract_files, load_contracts, read_lock
+from feature_platform.environments import EnvironmentContract, FileRegistryConfig, Settings
+from feature_platform.errors import PlatformError
+
+PASS, FAIL, WARN = "PASS", "FAIL", "WARN"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    evidence: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class Report:
+    environment: str
+    started_at: str
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != FAIL for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"environment": self.environment, "started_at": self.started_at, "ok": self.ok,
+                "checks": [asdict(c) for c in self.checks]}
+
+    def to_markdown(self) -> str:
+        lines = [f"# Proof: environment `{self.environment}`", "",
+                 f"Started {self.started_at}; result **{'PASS' if self.ok else 'FAIL'}**.", "",
+                 "| check | status | seconds | evidence |", "| --- | --- | ---: | --- |"]
+        for c in self.checks:
+            evidence = "<br>".join(e.replace("|", "\\|") for e in c.evidence)
+            lines.append(f"| {c.name} | {c.status} | {c.seconds:.2f} | {evidence} |")
+        return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------- checks
+
+
+def check_contracts(settings: Settings, _env: EnvironmentContract) -> tuple[str, list[str]]:
+    """Contracts readable where the platform expects them, identical to Git (contracts.lock), not stale."""
+    root = settings.contracts_dir
+    contracts = load_contracts(root)
+    evidence = [f"{len(contracts.all())} contract versions read from {root}"]
+    problems = check_lock(root, contracts) if read_lock(root) else ["no contracts.lock next to the contracts"]
+    if (root / "..data").exists():  # a Kubernetes ConfigMap volume
+        for path, relative in iter_contract_files(root):
+            if not path.is_symlink():
+                problems.append(f"{relative} is a plain file in a ConfigMap mount: it was mounted with subPath "
+                                "and will never update; mount the ConfigMap as a directory")
+    if problems:
+        return FAIL, evidence + problems
+    from feature_platform.pipeline import contracts_commit
+
+    commit = contracts_commit(settings) or "commit unknown"
+    return PASS, [*evidence, f"every schema_hash matches contracts.lock ({commit})"]
+
+
+def _last_dag_run_from_api(settings: Settings, dag_id: str) -> dict[str, Any]:
+    url = settings.values["FEATURE_PLATFORM_AIRFLOW_URL"].rstrip("/")
+    request = urllib.request.Request(f"{url}/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=1")
+    token = settings.values.get("FEATURE_PLATFORM_AIRFLOW_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        runs = json.loads(response.read()).get("dag_runs", [])
+    return runs[0] if runs else {}
+
+
+def check_dag_runs(settings: Settings, env: EnvironmentContract) -> tuple[str, list[str]]:
+    """The latest run of each feature set's DAG (Airflow REST API if configured, else the local run records)."""
+    from feature_platform.dag_factory import DAG_PREFIX
+    from feature_platform.pipeline import read_run_record
+
+    evidence, failed = [], False
+    for name in settings.contracts().names():
+        if settings.values.get("FEATURE_PLATFORM_AIRFLOW_URL"):
+            try:
+                run = _last_dag_run_from_api(settings, f"{DAG_PREFIX}{name}")
+            except (urllib.error.URLError, TimeoutError, ValueError) as exc:
+                return FAIL, [f"Airflow API unreachable: {exc}"]
+            state, when = run.get("state", "no runs"), run.get("end_date") or run.get("run_after")
+        else:
+            record = read_run_record(settings, env, name)
+            state, when = (record["status"], record["at"]) if record else ("no runs", None)
+        failed |= state != "success"
+        evidence.append(f"{name}: last run {state}" + (f" at {when}" if when else ""))
+    return (FAIL if failed else PASS), evidence
+
+
+def check_store(settings: Settings, env: EnvironmentContract) -> tuple[str, list[str]]:
+    """Each feature set has a version prefix and latest pointers that agree; metadata matches the contract."""
+    from feature_platform.pipeline import object_store
+
+    store = object_store(settings, env)
+    contracts = settings.contracts()
+    evidence, status = [], PASS
+    for name in contracts.names():
+        try:
+            top = builds.read_pointer(store, name)
+        except builds.PointerMissingError as exc:
+            return FAIL, [*evidence, str(exc)]
+        listed = builds.list_builds(store, name)
+        unfinished = [b["build_id"] for b in listed if not b["complete"]]
+        for contract in contracts.versions(name):
+            pointer = builds.read_pointer(store, name, contract.version_label)
+            metadata = builds.read_metadata(store, contract, pointer["build_id"])
+            if not metadata.get("schema_hash") or not metadata.get("generated_at"):
+                return FAIL, [*evidence, f"{contract.feature_view_name}: metadata.json lacks schema_hash or "
+                                         "generated_at"]
+            if metadata["schema_hash"] != contract.schema_hash:
+                return FAIL, [*evidence, f"{contract.feature_view_name}: build {pointer['build_id']} was made from "
+                                         f"schema {metadata['schema_hash']} but the contract is now "
+                                         f"{contract.schema_hash}; the data drifted from the contract: rebuild it"]
+            if top["version"] == contract.version_label and top["build_id"] != pointer["build_id"]:
+                return FAIL, [*evidence, f"{name}: latest.json -> {top['build_id']} but {contract.version_label}/"
+                                         f"latest.json -> {pointer['build_id']}; re-run the build to promote again"]
+            evidence.append(f"{contract.feature_view_name}: latest build {pointer['build_id']} "
+                            f"({metadata['row_count']} rows, generated {metadata['generated_at']}, schema matches)")
+        if unfinished:
+            status = WARN if status == PASS else status
+            evidence.append(f"{name}: {len(unfinished)} unfinished build(s) never promoted: {', '.join(unfinished)}")
+    return status, evidence
+
+
+def check_registry(settings: Settings, env: EnvironmentContract) -> tuple[str, list[str]]:
+    """The registry exists where the environment says and holds every contract's feature view, same schema."""
+    from feature_platform import feast_bridge
+
+    evidence = []
+    if isinstance(env.registry, FileRegistryConfig):
+        location = settings.resolve_uri(env, env.registry.uri)
+        if location.startswith("s3://"):
+            from feature_platform.store import s3_filesystem
+
+            exists = s3_filesystem(settings.s3_endpoint_url).exists(location.removeprefix("s3://"))
+        else:
+            exists = Path(location).exists()
+        if not exists:
+            return FAIL, [f"no registry at {location}; run `featurectl apply --env {env.name}`"]
+        evidence.append(f"registry object present at {location}")
+    store = feast_bridge.open_store(settings, env)
+    with feast_bridge.feast_process_environment(settings):
+        views = feast_bridge.check_registry_matches(store, settings.contracts().all())
+    evidence.append(f"{len(views)} feature views registered, schema_hash equal to the contracts")
+    return PASS, evidence
+
+
+def check_online(settings: Settings, env: EnvironmentContract, sample: int) -> tuple[str, list[str]]:
+    """Materialized and fresh (newest online timestamp within TTL); sampled online rows equal the offline latest."""
+    from feature_platform import feast_bridge
+
+    results = feast_bridge.verify(settings, env, sample=sample)
+    evidence, status = [], PASS
+    for r in results:
+        line = (f"{r['feature_view']}: {r['sampled']} sampled, {r['missing']} missing, {r['mismatch_count']} "
+                f"mismatched, newest online {r['newest_online']} (ttl {r['ttl_seconds']}s)")
+        if not r["ok"]:
+            status = FAIL
+            line += " -> " + "; ".join([*r["mismatches"][:2], *([] if r["fresh"] else ["STALE"])])
+        evidence.append(line)
+    return status, evidence
+
+
+def run_proof(settings: Settings, sample: int = 20) -> Report:
+    env = settings.environment()
+    started = datetime.now(UTC).isoformat()
+    steps: list[tuple[str, Callable[[], tuple[str, list[str]]]]] = [
+        ("contracts readable and identical to Git", lambda: check_contracts(settings, env)),
+        ("latest DAG run per feature set succeeded", lambda: check_dag_runs(settings, env)),
+        ("version prefix, latest pointer and metadata.json agree", lambda: check_store(settings, env)),
+        ("feast registry holds every contract", lambda: check_registry(settings, env)),
+        ("materialized, fresh, online == offline", lambda: check_online(settings, env, sample)),
+    ]
+    checks = []
+    for name, run in steps:
+        start = time.perf_counter()
+        try:
+            status, evidence = run()
+        except PlatformError as exc:
+            status, evidence = FAIL, [str(exc)]
+        checks.append(Check(name, status, evidence, round(time.perf_counter() - start, 3)))
+    return Report(env.name, started, checks)
+
+
+def write_report(report: Report, path: Path) -> tuple[Path, Path]:
+    """FILE.json for machines and FILE.md for people."""
+    base = path.with_suffix("")
+    json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report.to_json(), indent=2))
+    md_path.write_text(report.to_markdown())
+    return json_path, md_path
+
+
+__all__ = ["Check", "Report", "run_proof", "write_report"]
