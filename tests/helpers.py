@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,3 +46,22 @@ def replace_raw(settings: Settings, table: str, data: pa.Table) -> None:
         local = Path(tmp) / "part-00000.parquet"
         pq.write_table(data, local)
         raw.upload(local, f"{table}/part-00000.parquet")
+
+
+def configmap_mount(contracts: Path, mount: Path, stamp: str = "..2026_11_23_07_00_00.000000001") -> Path:
+    """Lay out ``contracts`` exactly as the kubelet mounts a ConfigMap: keys are paths with "/" -> ".",
+    stored in a hidden timestamped directory, reached through ``..data`` and one visible symlink per key."""
+    data_dir = mount / stamp
+    data_dir.mkdir(parents=True)
+    for path in [*sorted(contracts.rglob("*.yaml")), contracts / "contracts.lock"]:
+        if path.exists():
+            key = path.relative_to(contracts).as_posix().replace("/", ".")
+            (data_dir / key).write_bytes(path.read_bytes())
+    link = mount / "..data"
+    if link.is_symlink():
+        link.unlink()
+    os.symlink(stamp, link)
+    for key in os.listdir(data_dir):
+        if not (mount / key).is_symlink():
+            os.symlink(f"..data/{key}", mount / key)
+    return mount

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from feature_platform.contracts import (
 )
 from feature_platform.errors import ContractError, ContractErrors
 from tests.conftest import CONTRACTS
+from tests.helpers import configmap_mount
 
 SPEND_V1 = CONTRACTS / "feature_sets" / "customer_spend" / "v1.yaml"
 
@@ -168,25 +168,11 @@ def test_repo_contracts_are_valid() -> None:
     assert [c.version for c in contracts.versions("customer_spend")] == [1, 2]
 
 
-def configmap_mount(tmp_path: Path) -> Path:
-    """Lay out the contracts exactly as the kubelet mounts a ConfigMap: ..data -> ..<ts>/, visible symlinks."""
-    mount = tmp_path / "mount"
-    stamp = mount / "..2026_11_23_07_00_00.000000001"
-    stamp.mkdir(parents=True)
-    for path in sorted(CONTRACTS.rglob("*.yaml")):
-        key = path.relative_to(CONTRACTS).as_posix().replace("/", ".")
-        (stamp / key).write_bytes(path.read_bytes())
-    os.symlink(stamp.name, mount / "..data")
-    for key in os.listdir(stamp):
-        os.symlink(f"..data/{key}", mount / key)
-    return mount
-
-
 def test_configmap_mount_layout_reads_each_contract_once(tmp_path: Path) -> None:
     """Symlinks into ..data are followed, hidden ..* entries ignored, every contract read exactly once."""
     from feature_platform.environments import load_environments
 
-    mounted = load_contracts(configmap_mount(tmp_path))
+    mounted = load_contracts(configmap_mount(CONTRACTS, tmp_path / "mount"))
     from_git = load_contracts(CONTRACTS)
     assert sorted(mounted.feature_sets) == sorted(from_git.feature_sets)
     for key, contract in from_git.feature_sets.items():

@@ -129,12 +129,17 @@ def _run_dag(airflow_home: Path, settings, dag_id: str, extra: dict[str, str] | 
                           timeout=600)
 
 
-def test_dag_run_builds_promotes_and_serves(airflow_home, dev_settings, contracts_copy, s3_clean) -> None:
-    """`airflow dags test` runs the whole chain: S3 has version + latest + metadata.json, Redis serves values."""
+def test_dag_runs_build_promote_serve_and_pass_the_proof(airflow_home, dev_settings, contracts_copy,
+                                                         s3_clean) -> None:
+    """`airflow dags test` runs each feature set's whole chain: S3 has version + latest + metadata.json, Redis
+    serves values, and `featurectl proof` on the S3 profile passes afterwards."""
+    from feature_platform.proof import run_proof
+
     _dev_contracts(contracts_copy)
     seed_raw(dev_settings)
-    result = _run_dag(airflow_home, dev_settings, "feature_set__customer_spend")
-    assert result.returncode == 0 and "state=success" in result.stdout + result.stderr, result.stderr[-4000:]
+    for name in dev_settings.contracts().names():
+        result = _run_dag(airflow_home, dev_settings, f"feature_set__{name}")
+        assert result.returncode == 0 and "state=success" in result.stdout + result.stderr, result.stderr[-4000:]
 
     store = data_store(dev_settings)
     for version in ("v1", "v2"):
@@ -147,6 +152,8 @@ def test_dag_run_builds_promotes_and_serves(airflow_home, dev_settings, contract
     assert "feast/registry.db" in keys and "features/customer_spend/latest.json" in keys
     rows = feast_bridge.read_online(dev_settings, "customer_spend", ["1001", "1002", "1003"])
     assert all(r["txn_count_1d"] is not None for r in rows)
+    report = run_proof(dev_settings)
+    assert report.ok, [c.evidence for c in report.checks if c.status != "PASS"]
 
 
 def test_failed_build_keeps_latest_and_retry_succeeds(airflow_home, dev_settings, contracts_copy, tmp_path) -> None:

@@ -331,6 +331,17 @@ def cmd_proof(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_lint_dags(args: argparse.Namespace) -> int:
+    from feature_platform.dag_factory import lint_dag_folder
+
+    problems = lint_dag_folder(Path(args.folder))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(f"ok: no parse-time Variable reads or heavy imports in {args.folder}")
+    return 1 if problems else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from feature_platform import pipeline
     from feature_platform.sample_data import SampleSpec
@@ -483,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=20, help="entities sampled per feature view")
     _add_common(p)
     p.set_defaults(handler=cmd_proof)
+
+    p = commands.add_parser("lint-dags", help="flag Airflow Variable reads and heavy imports at DAG parse time")
+    p.add_argument("folder", nargs="?", default="dags")
+    p.set_defaults(handler=cmd_lint_dags)
 
     p = commands.add_parser("demo", help="the whole loop on embedded defaults: sample data -> ... -> verify")
     p.add_argument("--scale", type=float, default=1.0, help="sample data size (1.0 ~ 130k raw rows)")
