@@ -1,0 +1,152 @@
+"""featurectl's contract commands (exit codes, one line per problem, --json) and environment contracts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from feature_platform.cli import build_parser, main
+from feature_platform.environments import Settings, load_environments
+from feature_platform.errors import ContractErrors
+from feature_platform.sample_data import SampleSpec, transactions
+from tests.conftest import CONTRACTS, REPO
+from tests.helpers import AS_OF
+
+SPEND = CONTRACTS / "feature_sets/customer_spend"
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_command_has_help() -> None:
+    """`featurectl --help` lists every command and each has its own --help."""
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    assert {"contracts", "sample-data", "build", "versions", "rollback", "apply", "materialize", "online",
+            "historical", "verify", "serve", "step", "proof", "demo", "lint-dags", "feast-config"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([name, "--help"])
+        assert info.value.code == 0
+    result = subprocess.run([str(Path(sys.executable).parent / "featurectl"), "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "proof" in result.stdout
+
+
+def test_validate_ok_and_json(capsys) -> None:
+    code, out, _ = run(capsys, "contracts", "validate", "--contracts", str(CONTRACTS))
+    assert code == 0 and "ok    customer_spend v2 sha256:" in out and "ok    environment prod" in out
+    code, out, _ = run(capsys, "contracts", "validate", "--json", str(SPEND / "v1.yaml"))
+    assert code == 0 and json.loads(out)["ok"] is True
+
+
+def test_validate_reports_one_line_per_problem(capsys, tmp_path: Path) -> None:
+    data = yaml.safe_load((SPEND / "v1.yaml").read_text())
+    data["features"][0]["dtype"] = "flaot"
+    data["ttl"] = "soon"
+    bad = tmp_path / "feature_sets/customer_spend/v1.yaml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(yaml.safe_dump(data))
+    code, _, err = run(capsys, "contracts", "validate", str(bad))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2
+    assert any(f"{bad}: features[0].dtype: 'flaot' is not one of" in line for line in lines)
+    code, out, _ = run(capsys, "contracts", "validate", "--json", str(bad))
+    assert {e["field"] for e in json.loads(out)["errors"]} == {"features[0].dtype", "ttl"}
+
+
+def test_hash_diff_check_schema(capsys, contracts_copy: Path) -> None:
+    code, out, _ = run(capsys, "contracts", "hash", str(SPEND / "v1.yaml"))
+    assert code == 0 and out.startswith("sha256:")
+    code, out, _ = run(capsys, "contracts", "diff", str(SPEND / "v1.yaml"), str(SPEND / "v2.yaml"))
+    assert code == 0 and "result: compatible" in out
+    code, out, _ = run(capsys, "contracts", "diff", "--json", str(SPEND / "v2.yaml"), str(SPEND / "v1.yaml"))
+    assert code == 3 and json.loads(out)["breaking"] is True
+    assert run(capsys, "contracts", "check", "--contracts", str(contracts_copy))[0] == 0
+    profile = contracts_copy / "feature_sets/customer_profile/v1.yaml"
+    profile.write_text(profile.read_text().replace("ttl: 30d", "ttl: 31d"))
+    code, _, err = run(capsys, "contracts", "check", "--contracts", str(contracts_copy))
+    assert code == 3 and "changed its schema in place" in err
+    code, out, _ = run(capsys, "contracts", "schema")
+    schema = json.loads(out)
+    assert schema["title"] == "feature-platform FeatureSet contract" and "features" in schema["properties"]
+
+
+def test_repo_lock_is_current(capsys) -> None:
+    """The committed contracts.lock records every shipped version (CI fails on an unlocked or edited one)."""
+    assert run(capsys, "contracts", "check", "--contracts", str(CONTRACTS))[0] == 0
+
+
+def test_unknown_feature_set_is_a_clear_error(capsys, local_settings) -> None:
+    code, _, err = run(capsys, "build", "nope", "--contracts", str(local_settings.contracts_dir),
+                       "--home", str(local_settings.home), "--env", "local")
+    assert code == 2 and "no feature set named 'nope'; known: customer_profile, customer_spend" in err
+
+
+# ----------------------------------------------------------------------------------------------- environments
+
+
+def test_environments_are_isolated() -> None:
+    """dev and prod differ in Feast project, data prefix, registry and Redis DB."""
+    envs = load_environments(CONTRACTS)
+    dev, prod = envs["dev"], envs["prod"]
+    assert dev.feast_project != prod.feast_project
+    assert dev.object_store.uri != prod.object_store.uri
+    assert dev.registry.uri != prod.registry.uri
+    assert dev.online_store.db != prod.online_store.db
+
+
+def _write_env(root: Path, name: str, data: dict) -> None:
+    (root / "environments").mkdir(parents=True, exist_ok=True)
+    (root / "environments" / f"{name}.yaml").write_text(yaml.safe_dump(data))
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "fragment"),
+    [
+        ({"online_store": {"type": "redis", "address_env": "FEATURE_PLATFORM_REDIS_ADDRESS", "db": 0}},
+         "online_store", "shares"),
+        ({"feast_project": "feature_platform_dev"}, "feast_project", "shares"),
+        ({"object_store": {"uri": "s3://feature-platform-dev/features/prod"}}, "object_store.uri", "nested"),
+        ({"online_store": {"type": "redis", "address_env": "X", "db": 1, "password": "hunter2"}},
+         "online_store.redis.password", "unknown field"),
+        ({"object_store": {"uri": "s3://bucket/../dev"}}, "object_store", "'..'"),
+    ],
+    ids=["same-redis-db", "same-project", "nested-prefix", "literal-password", "dotdot"],
+)
+def test_bad_environment_contracts(tmp_path: Path, change: dict, field: str, fragment: str) -> None:
+    for name in ("dev", "prod"):
+        _write_env(tmp_path, name, yaml.safe_load((CONTRACTS / f"environments/{name}.yaml").read_text()))
+    prod = yaml.safe_load((CONTRACTS / "environments/prod.yaml").read_text())
+    prod.update(change)
+    _write_env(tmp_path, "prod", prod)
+    with pytest.raises(ContractErrors) as info:
+        load_environments(tmp_path)
+    matching = [e for e in info.value.errors if e.field == field]
+    assert matching, [str(e) for e in info.value.errors]
+    assert fragment in matching[0].problem and matching[0].file.endswith("environments/prod.yaml")
+
+
+def test_settings_come_from_the_environment(tmp_path: Path) -> None:
+    settings = Settings.from_env({"FEATURE_PLATFORM_CONTRACTS": str(CONTRACTS), "FEATURE_PLATFORM_HOME": str(tmp_path),
+                                  "FEATURE_PLATFORM_ENV": "dev", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert settings.env_name == "dev" and settings.s3_endpoint_url == "http://127.0.0.1:9"
+    assert settings.resolve_uri(settings.environment("local"), "store") == str(tmp_path / "local" / "store")
+    default = Settings.from_env({}, repo_root=REPO)
+    assert default.contracts_dir == CONTRACTS and default.env_name == "local"
+
+
+def test_sample_data_is_deterministic() -> None:
+    """Same seed, scale and as-of: identical rows; another seed: different rows."""
+    spec = SampleSpec(seed=3, scale=0.05, as_of=AS_OF)
+    assert transactions(spec).equals(transactions(spec))
+    assert not transactions(spec).equals(transactions(SampleSpec(seed=4, scale=0.05, as_of=AS_OF)))
+    assert transactions(SampleSpec(scale=2, as_of=AS_OF)).num_rows == 2 * transactions(SampleSpec(as_of=AS_OF)).num_rows
