@@ -29,7 +29,7 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 def test_every_command_has_help() -> None:
     """`featurectl --help` lists every command and each has its own --help."""
     parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    commands = parser._subparsers._group_actions[0].choices
     assert {"contracts", "sample-data", "build", "versions", "rollback", "apply", "materialize", "online",
             "historical", "verify", "serve", "step", "proof", "demo", "lint-dags", "feast-config"} <= set(commands)
     for name in commands:
