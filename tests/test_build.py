@@ -59,16 +59,25 @@ def _change_source(settings) -> None:
     replace_raw(settings, "customers", table.slice(0, table.num_rows - 10))
 
 
+def _promoted_then_new_source(settings) -> dict:
+    """A promoted build, then new raw data upstream; returns the promoted build."""
+    seed_raw(settings)
+    before = pipeline.build_and_promote(settings, "customer_profile")
+    _change_source(settings)
+    return before
+
+
+def _crash(message: str):
+    def crash(*_args, **_kwargs):
+        raise RuntimeError(message)
+
+    return crash
+
+
 def test_crash_between_data_and_metadata_leaves_latest(dev_settings, monkeypatch) -> None:
     """Data written but metadata not: the build stays unfinished, latest and its data stay readable."""
-    seed_raw(dev_settings)
-    before = pipeline.build_and_promote(dev_settings, "customer_profile")
-    _change_source(dev_settings)
-
-    def crash(*_args, **_kwargs):
-        raise RuntimeError("killed between data and metadata")
-
-    monkeypatch.setattr(builds, "write_metadata", crash)
+    before = _promoted_then_new_source(dev_settings)
+    monkeypatch.setattr(builds, "write_metadata", _crash("killed between data and metadata"))
     with pytest.raises(RuntimeError, match="killed"):
         pipeline.build_and_promote(dev_settings, "customer_profile")
     store = data_store(dev_settings)
@@ -89,14 +98,8 @@ def test_crash_between_data_and_metadata_leaves_latest(dev_settings, monkeypatch
 
 def test_crash_between_metadata_and_pointer_leaves_latest(dev_settings, monkeypatch) -> None:
     """A complete build whose promotion died is not served; latest stays on the previous build until a re-run."""
-    seed_raw(dev_settings)
-    before = pipeline.build_and_promote(dev_settings, "customer_profile")
-    _change_source(dev_settings)
-
-    def crash(*_args, **_kwargs):
-        raise RuntimeError("killed between metadata and pointer")
-
-    monkeypatch.setattr(builds, "promote", crash)
+    before = _promoted_then_new_source(dev_settings)
+    monkeypatch.setattr(builds, "promote", _crash("killed between metadata and pointer"))
     with pytest.raises(RuntimeError, match="killed"):
         pipeline.build_and_promote(dev_settings, "customer_profile")
     store = data_store(dev_settings)

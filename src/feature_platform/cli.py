@@ -29,6 +29,15 @@ def _settings(args: argparse.Namespace) -> Any:
                              env_name=getattr(args, "env", None))
 
 
+def _report(problems: list[str], ok_message: str, exit_code: int) -> int:
+    """One line per problem on stderr and ``exit_code``, or the ok message and 0."""
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(ok_message)
+    return exit_code if problems else 0
+
+
 def _progress(args: argparse.Namespace) -> Callable[[str], None]:
     if getattr(args, "quiet", False):
         return lambda _msg: None
@@ -103,11 +112,7 @@ def cmd_contracts_check(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     problems = check_lock(settings.contracts_dir, settings.contracts())
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    if not problems:
-        print(f"ok: every contract version matches {settings.contracts_dir.name}/contracts.lock")
-    return 3 if problems else 0
+    return _report(problems, f"ok: every contract version matches {settings.contracts_dir.name}/contracts.lock", 3)
 
 
 def cmd_contracts_lock(args: argparse.Namespace) -> int:
@@ -335,11 +340,7 @@ def cmd_lint_dags(args: argparse.Namespace) -> int:
     from feature_platform.dag_factory import lint_dag_folder
 
     problems = lint_dag_folder(Path(args.folder))
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    if not problems:
-        print(f"ok: no parse-time Variable reads or heavy imports in {args.folder}")
-    return 1 if problems else 0
+    return _report(problems, f"ok: no parse-time Variable reads or heavy imports in {args.folder}", 1)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
