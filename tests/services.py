@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -154,3 +155,57 @@ def dev_settings(tmp_path: Path, contracts_copy: Path, redis_clean: RedisServer,
 
     return Settings.from_env(environ=service_environ(redis_clean, s3_clean), contracts_dir=contracts_copy,
                              home=tmp_path / "home", env_name="dev")
+
+
+@dataclass
+class PostgresServer:
+    port: int
+    process: subprocess.Popen
+
+    def url(self, database: str = "feast") -> str:
+        return f"postgresql+psycopg://feast:feast@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+def _postgres_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
+    if found is None:
+        pytest.fail("PostgreSQL server binaries are missing: run `scripts/dev setup` "
+                    "(or apt-get install -y postgresql)")
+    return str(found)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL on a free port, for the SQL registry. initdb refuses root, so run as `postgres` then
+    (in a directory of its own: pytest's temporary directories are private to root)."""
+    import psycopg
+
+    root = Path(tempfile.mkdtemp(prefix="feature-platform-pg-"))
+    data = root / "data"
+    data.mkdir()
+    pwfile = root / "pwfile"
+    pwfile.write_text("feast\n")
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        for path in (root, data, pwfile):
+            shutil.chown(path, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_user, _postgres_bin("initdb"), "-D", str(data), "-U", "feast", "--pwfile", str(pwfile),
+                    "-A", "scram-sha-256"], check=True, capture_output=True, timeout=120)
+    port = free_port()
+    process = subprocess.Popen([*as_user, _postgres_bin("postgres"), "-D", str(data), "-p", str(port),
+                                "-c", "listen_addresses=127.0.0.1", "-k", str(data), "-c", "fsync=off"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = PostgresServer(port, process)
+    dsn = f"host=127.0.0.1 port={port} user=feast password=feast dbname=postgres"
+    wait_until(lambda: psycopg.connect(dsn, connect_timeout=2).close() is None, "postgres", timeout=60)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE feast")
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
