@@ -77,7 +77,7 @@ def test_incremental_materialize_resumes(dev_settings) -> None:
     seed_raw(dev_settings)
     pipeline.run_loop(dev_settings)
     done = pipeline.materialize(dev_settings, incremental=True)
-    assert all(v["incremental"] for v in done)
+    assert [v["mode"] for v in done] == ["incremental"] * len(done)
     pipeline.verify(dev_settings)
 
 
@@ -306,3 +306,39 @@ def test_historical_reproduces_a_pinned_build(local_settings, tmp_path, capsys) 
                        "--out", str(tmp_path / "train.parquet"), capsys=capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "train.parquet.provenance.json").read_text())["build_id"] == build_a
+
+
+def _reclassify_all_customers(settings: Settings, tier: str) -> None:
+    """An upstream correction: same rows and event timestamps, new values."""
+    from tests.helpers import read_raw, replace_raw
+
+    table = read_raw(settings, "customers")
+    index = table.schema.get_field_index("tier")
+    replace_raw(settings, "customers", table.set_column(index, "tier", pa.array([tier] * table.num_rows)))
+
+
+def test_corrections_and_rollback_reach_redis(dev_settings) -> None:
+    """Redis keeps a row unless the new one is newer; a corrected or rolled-back build has the same timestamps.
+    A view whose build changed is therefore rewritten in full, even when asked for an incremental run."""
+    seed_raw(dev_settings)
+    pipeline.run_loop(dev_settings)
+    first = pipeline.versions(dev_settings, "customer_profile")[1]["build_id"]
+    original = feast_bridge.read_online(dev_settings, "customer_profile", ["1001", "1002"])
+
+    _reclassify_all_customers(dev_settings, "gold")
+    pipeline.build_and_promote(dev_settings, "customer_profile")
+    pipeline.apply(dev_settings)
+    done = pipeline.materialize(dev_settings, incremental=True, feature_views=["customer_profile_v1"])
+    assert [d["mode"] for d in done] == ["full"]  # the build changed: incremental would keep stale rows
+    assert {r["tier"] for r in feast_bridge.read_online(dev_settings, "customer_profile", ["1001", "1002"])} == {
+        "gold"}
+    pipeline.verify(dev_settings)
+
+    again = pipeline.materialize(dev_settings, incremental=True, feature_views=["customer_profile_v1"])
+    assert [d["mode"] for d in again] == ["incremental"]  # same build: incremental is safe
+
+    pipeline.rollback(dev_settings, "customer_profile", first)
+    pipeline.apply(dev_settings)
+    pipeline.materialize(dev_settings, incremental=True)
+    assert feast_bridge.read_online(dev_settings, "customer_profile", ["1001", "1002"]) == original
+    pipeline.verify(dev_settings)

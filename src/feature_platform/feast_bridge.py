@@ -71,7 +71,10 @@ def feature_store_config(settings: Settings, env: EnvironmentContract) -> dict[s
         connection = f"${{{online.address_env}}},db={online.db}"
         if online.password_env:
             connection += f",password=${{{online.password_env}}}"
-        online_cfg: dict[str, Any] = {"type": "redis", "connection_string": connection}
+        # skip_dedup: Feast's Redis store otherwise keeps a row unless the new one is strictly newer, so a
+        # corrected or rolled-back build (same event timestamps) would never reach Redis. Each materialization
+        # writes one row per entity from one build, and one DAG run per feature set at a time writes them.
+        online_cfg: dict[str, Any] = {"type": "redis", "connection_string": connection, "skip_dedup": True}
     else:
         online_cfg = {"type": "sqlite", "path": str(home / online.path)}
     return {
@@ -357,12 +360,22 @@ def _online_errors() -> tuple[type[BaseException], ...]:
             ConnectionError)
 
 
+ONLINE_MARKER = "online.json"
+
+
+def _online_marker_key(contract: FeatureSetContract) -> str:
+    return f"{builds.version_key(contract)}/{ONLINE_MARKER}"
+
+
 def materialize(settings: Settings, env: EnvironmentContract | None = None, incremental: bool = False,
                 feature_views: list[str] | None = None) -> list[dict[str, Any]]:
     """Load each online feature view's build into the online store.
 
     The time range comes from the build's metadata.json (event_time_min..max), never from the clock, so the
-    same build always materializes the same rows. ``incremental`` resumes from Feast's last materialization.
+    same build always materializes the same rows. ``incremental`` resumes from Feast's last materialization,
+    but only while the view's build is the one last materialized (recorded in ``<version>/online.json``): a
+    new, corrected or rolled-back build carries rows with timestamps the online store has already seen, so its
+    view is rewritten in full.
     """
     env = env or settings.environment()
     contracts = settings.contracts()
@@ -378,9 +391,11 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
             build_id = registered[name].tags[TAG_PREFIX + "build_id"]
             metadata = builds.read_metadata(object_store, contract, build_id)
             start, end = _event_range(metadata)
+            marker = _read_online_marker(object_store, contract)
+            mode = "incremental" if incremental and marker.get("build_id") == build_id else "full"
             try:
                 with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress; stdout is for results
-                    if incremental:
+                    if mode == "incremental":
                         store.materialize_incremental(end_date=end, feature_views=[name])
                     else:
                         store.materialize(start_date=start, end_date=end, feature_views=[name])
@@ -391,9 +406,20 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
                 ) from exc
             except Exception as exc:
                 raise FeastError(f"materialize of {name} failed: {_one_line(exc)}") from exc
-            done.append({"feature_view": name, "build_id": build_id, "start": start.isoformat(),
-                         "end": end.isoformat(), "rows": metadata["row_count"], "incremental": incremental})
+            record = {"feature_view": name, "build_id": build_id, "start": start.isoformat(),
+                      "end": end.isoformat(), "rows": metadata["row_count"], "mode": mode,
+                      "at": datetime.now(UTC).isoformat()}
+            object_store.write_json_atomic(_online_marker_key(contract), record)
+            done.append(record)
     return done
+
+
+def _read_online_marker(object_store: ObjectStore, contract: FeatureSetContract) -> dict[str, Any]:
+    """What was last materialized for this contract version: {build_id, start, end, mode, at}, or {}."""
+    try:
+        return object_store.read_json(_online_marker_key(contract))
+    except FileNotFoundError:
+        return {}
 
 
 # ----------------------------------------------------------------------------------------------------- reads
@@ -496,12 +522,14 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
                                 default=None)
             age = (now - newest_online).total_seconds() if newest_online else None
             fresh = age is not None and age <= contract.ttl_seconds
+            materialized = _read_online_marker(object_store, contract).get("build_id")
             results.append({
-                "feature_view": contract.feature_view_name, "build_id": build_id, "sampled": len(keys),
+                "feature_view": contract.feature_view_name, "build_id": build_id,
+                "materialized_build_id": materialized, "sampled": len(keys),
                 "missing": missing, "mismatches": mismatches[:5], "mismatch_count": len(mismatches),
                 "newest_online": newest_online.isoformat() if newest_online else None,
                 "age_seconds": age, "ttl_seconds": contract.ttl_seconds, "fresh": fresh,
-                "ok": not mismatches and missing == 0 and fresh,
+                "ok": not mismatches and missing == 0 and fresh and materialized == build_id,
             })
     return results
 

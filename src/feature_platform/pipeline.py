@@ -132,7 +132,10 @@ def verify(settings: Settings, sample: int = 20, feature_views: list[str] | None
             why = [f"{r['mismatch_count']} mismatch(es) e.g. {r['mismatches'][0]}" if r["mismatches"] else "",
                    f"{r['missing']} of {r['sampled']} sampled entities missing online" if r["missing"] else "",
                    "" if r["fresh"] else f"stale: newest online {r['newest_online']} older than ttl "
-                                         f"{r['ttl_seconds']}s"]
+                                         f"{r['ttl_seconds']}s",
+                   "" if r["materialized_build_id"] == r["build_id"] else
+                   f"registry serves build {r['build_id']} but build {r['materialized_build_id']} was "
+                   "materialized last; run `featurectl materialize`"]
             reasons.append(f"{r['feature_view']}: " + ", ".join(w for w in why if w))
         raise FeastError("offline/online verification failed: " + "; ".join(reasons))
     return results

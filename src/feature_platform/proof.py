@@ -179,7 +179,10 @@ def check_online(settings: Settings, env: EnvironmentContract, sample: int) -> t
                 f"mismatched, newest online {r['newest_online']} (ttl {r['ttl_seconds']}s)")
         if not r["ok"]:
             status = FAIL
-            line += " -> " + "; ".join([*r["mismatches"][:2], *([] if r["fresh"] else ["STALE"])])
+            not_materialized = ([] if r["materialized_build_id"] == r["build_id"] else
+                                [f"build {r['build_id']} not materialized (last: {r['materialized_build_id']}); "
+                                 "run `featurectl materialize`"])
+            line += " -> " + "; ".join([*r["mismatches"][:2], *([] if r["fresh"] else ["STALE"]), *not_materialized])
         evidence.append(line)
     return status, evidence
 
