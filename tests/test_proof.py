@@ -201,3 +201,47 @@ def test_registry_from_other_contracts_is_a_mismatch(local_loop, tmp_path) -> No
     pipeline.apply(local_loop)  # recovery: apply from the contracts in use
     pipeline.materialize(local_loop)
     assert run_proof(local_loop).ok
+
+
+def test_dag_run_check_reads_the_airflow_api(local_settings) -> None:
+    """With FEATURE_PLATFORM_AIRFLOW_URL set, the proof asks Airflow's REST API (v2) for each DAG's last run,
+    sending the bearer token; a failed run fails the check. (A stub API on loopback: a live Airflow needs a
+    cluster.)"""
+    import http.server
+    import threading
+
+    from feature_platform.proof import check_dag_runs
+    from tests.services import free_port
+
+    seen: list[tuple[str, str | None]] = []
+    states = {"feature_set__customer_spend": "failed"}
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("Authorization")))
+            dag_id = self.path.split("/")[4]
+            body = json.dumps({"dag_runs": [{"state": states.get(dag_id, "success"),
+                                             "end_date": "2026-11-23T07:00:00Z"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", free_port()), Api)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings = local_settings.replace(values={
+            "FEATURE_PLATFORM_AIRFLOW_URL": f"http://127.0.0.1:{server.server_port}",
+            "FEATURE_PLATFORM_AIRFLOW_TOKEN": "t0ken"})
+        status, lines = check_dag_runs(settings, settings.environment())
+        assert status == FAIL and "customer_spend: last run failed at 2026-11-23T07:00:00Z" in lines
+        assert ("/api/v2/dags/feature_set__customer_profile/dagRuns?order_by=-run_after&limit=1",
+                "Bearer t0ken") in seen
+        states.clear()
+        assert check_dag_runs(settings, settings.environment())[0] == PASS
+    finally:
+        server.shutdown()

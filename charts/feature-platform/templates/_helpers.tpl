@@ -74,6 +74,17 @@ feature-platform.io/environment: {{ .Values.environment.name }}
       key: {{ .Values.redis.passwordSecret.key }}
 - name: AWS_REGION
   value: {{ .Values.s3.region | quote }}
+{{- if .Values.airflow.apiUrl }}
+- name: FEATURE_PLATFORM_AIRFLOW_URL
+  value: {{ .Values.airflow.apiUrl | quote }}
+{{- end }}
+{{- if .Values.airflow.tokenSecret }}
+- name: FEATURE_PLATFORM_AIRFLOW_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.airflow.tokenSecret }}
+      key: FEATURE_PLATFORM_AIRFLOW_TOKEN
+{{- end }}
 {{- if .Values.s3.endpointUrl }}
 - name: FEAST_S3_ENDPOINT_URL
   value: {{ .Values.s3.endpointUrl | quote }}
