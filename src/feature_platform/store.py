@@ -8,6 +8,7 @@ write-to-temp + rename locally, so a reader sees the old or the new document, ne
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -137,8 +138,9 @@ class ObjectStore:
             if name.startswith((".", "_")) or not name.endswith(suffix):
                 continue
             etag = info.get("ETag") or info.get("etag")
-            if etag is None and "mtime" in info:  # local files: size + mtime stand in for an ETag
-                etag = f"mtime:{info['mtime']}"
+            if etag is None and not self.is_s3:  # local files: an MD5 of the content, as S3 computes for one PUT
+                with open(path, "rb") as handle:
+                    etag = hashlib.file_digest(handle, "md5").hexdigest()
             infos.append(FileInfo(path=path, size=int(info.get("size") or 0), etag=str(etag).strip('"')))
         return infos
 
