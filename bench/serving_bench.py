@@ -148,6 +148,10 @@ def main() -> None:
 
             return run
 
+        probe = store.get_online_features(features=refs, entity_rows=batches[100][0]).to_dict()
+        if any(value is None for value in probe["f0"]):  # a benchmark of misses would flatter every figure
+            raise SystemExit("online reads returned None: materialization did not reach Redis")
+
         port = free_port()
         config = feast_bridge.config_path(settings, env)
         feast_bin = str(Path(sys.executable).parent / "feast")
