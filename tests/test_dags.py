@@ -179,3 +179,43 @@ def test_failed_build_keeps_latest_and_retry_succeeds(airflow_home, dev_settings
     assert calls[0]["latest"]["build_id"] == first["build_id"]  # the failure moved nothing
     latest = builds.read_pointer(data_store(dev_settings), "customer_profile")
     assert latest["build_id"] != first["build_id"]  # the retry built and promoted the new data
+
+
+def test_kubernetes_mode_steps_chain_through_xcom(local_settings, tmp_path, capsys) -> None:
+    """What each pod of the kubernetes mode runs, for real: the operators' own (templated) arguments rendered
+    with the upstream pods' XCom results, executed as `featurectl step ...` in topological order. Only the pod
+    scheduling is left out (no cluster here)."""
+    import jinja2
+
+    from feature_platform.cli import main
+    from feature_platform.dag_factory import DagConfig, build_dag
+    from tests.helpers import seed_raw
+
+    seed_raw(local_settings)
+    config = DagConfig(settings=local_settings, mode="kubernetes", image="registry.example.com/fp@sha256:" + "0" * 64)
+    dag = build_dag(config, local_settings.environment(), "customer_spend",
+                    local_settings.contracts().versions("customer_spend"))
+    xcoms: dict[str, object] = {}
+
+    class TaskInstance:
+        def xcom_pull(self, task_ids: str) -> object:
+            return xcoms[task_ids]
+
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    environment.policies["json.dumps_kwargs"] = {"sort_keys": True}
+    ran = []
+    for task in dag.topological_sort():
+        arguments = [environment.from_string(a).render(ti=TaskInstance(), run_id="manual__kpo") for a in task.arguments]
+        xcom_file = tmp_path / f"{task.task_id}.json"
+        code = main([*arguments, "--xcom-path", str(xcom_file), "--contracts", str(local_settings.contracts_dir),
+                     "--home", str(local_settings.home), "--env", "local"])
+        capsys.readouterr()
+        assert code == 0, task.task_id
+        xcoms[task.task_id] = json.loads(xcom_file.read_text())
+        ran.append(task.task_id)
+    assert ran[0] == "validate_contract" and ran[-1] == "verify_online"
+    assert xcoms["v2.write_version"]["build_id"] == xcoms["v2.promote_latest"]["build_id"]
+    assert all(r["ok"] for r in xcoms["verify_online"])
+    metadata = builds.read_metadata(data_store(local_settings), local_settings.contracts().get("customer_spend", 2),
+                                    xcoms["v2.write_version"]["build_id"])
+    assert metadata["run_id"] == "manual__kpo"

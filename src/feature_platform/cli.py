@@ -310,7 +310,7 @@ def cmd_step(args: argparse.Namespace) -> int:
                                      run_id=args.run_id)
     _print_json(result)
     if args.xcom:
-        write_xcom(result)
+        write_xcom(result, Path(args.xcom_path))
     return 0
 
 
@@ -486,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", help="JSON result of the quality_gate step")
     p.add_argument("--written", help="JSON result of the write_version step")
     p.add_argument("--run-id")
-    p.add_argument("--xcom", action="store_true", help="also write the result to /airflow/xcom/return.json")
+    p.add_argument("--xcom", action="store_true", help="also write the result where KubernetesPodOperator reads XCom")
+    p.add_argument("--xcom-path", default="/airflow/xcom/return.json", help=argparse.SUPPRESS)
     _add_common(p)
     p.set_defaults(handler=cmd_step)
 
