@@ -8,6 +8,7 @@ Feast registry and its online store. Secrets are never in it: it names the envir
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,13 +219,11 @@ class Settings:
         return settings.replace(**{k: v for k, v in overrides.items() if v is not None})
 
     def replace(self, **changes: Any) -> Settings:
-        from dataclasses import replace
-
         if "contracts_dir" in changes:
             changes["contracts_dir"] = Path(changes["contracts_dir"]).absolute()
         if "home" in changes:
             changes["home"] = Path(changes["home"]).absolute()
-        return replace(self, **changes)
+        return dataclasses.replace(self, **changes)
 
     def require(self, var: str, why: str) -> str:
         value = self.values.get(var)

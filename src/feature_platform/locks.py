@@ -8,6 +8,7 @@ taken over. The PostgreSQL (sql) registry is transactional and needs no lease.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -60,7 +61,7 @@ def s3_lock(uri: str, endpoint_url: str | None, timeout: float, lease_seconds: i
     deadline = time.monotonic() + timeout
     while True:
         try:
-            client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+            etag = client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")["ETag"]
             break
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
@@ -74,7 +75,9 @@ def s3_lock(uri: str, endpoint_url: str | None, timeout: float, lease_seconds: i
     try:
         yield
     finally:
-        client.delete_object(Bucket=bucket, Key=key)
+        # Only our own lease: if it expired and another writer took over, theirs stays.
+        with contextlib.suppress(ClientError):
+            client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
 
 
 def _expire_stale_lease(client: object, bucket: str, key: str) -> None:
