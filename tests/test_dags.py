@@ -181,7 +181,20 @@ def test_failed_build_keeps_latest_and_retry_succeeds(airflow_home, dev_settings
     assert latest["build_id"] != first["build_id"]  # the retry built and promoted the new data
 
 
-def test_kubernetes_mode_steps_chain_through_xcom(local_settings, tmp_path, capsys) -> None:
+@pytest.fixture
+def airflow_imported_in_process():
+    """Importing Airflow configures logging globally (root handlers on the stderr of that moment); put it back,
+    or later tests log into a closed capture stream."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_kubernetes_mode_steps_chain_through_xcom(local_settings, tmp_path, airflow_imported_in_process) -> None:
     """What each pod of the kubernetes mode runs, for real: the operators' own (templated) arguments rendered
     with the upstream pods' XCom results, executed as `featurectl step ...` in topological order. Only the pod
     scheduling is left out (no cluster here)."""
@@ -209,7 +222,6 @@ def test_kubernetes_mode_steps_chain_through_xcom(local_settings, tmp_path, caps
         xcom_file = tmp_path / f"{task.task_id}.json"
         code = main([*arguments, "--xcom-path", str(xcom_file), "--contracts", str(local_settings.contracts_dir),
                      "--home", str(local_settings.home), "--env", "local"])
-        capsys.readouterr()
         assert code == 0, task.task_id
         xcoms[task.task_id] = json.loads(xcom_file.read_text())
         ran.append(task.task_id)
