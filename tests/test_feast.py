@@ -342,3 +342,17 @@ def test_corrections_and_rollback_reach_redis(dev_settings) -> None:
     pipeline.materialize(dev_settings, incremental=True)
     assert feast_bridge.read_online(dev_settings, "customer_profile", ["1001", "1002"]) == original
     pipeline.verify(dev_settings)
+
+
+def test_materialize_waits_for_the_view_lease(local_settings, monkeypatch) -> None:
+    """Two materializations of one view never interleave: while one holds the view's lease, the other waits."""
+    from feature_platform.locks import lease
+
+    seed_raw(local_settings)
+    pipeline.run_loop(local_settings)
+    monkeypatch.setattr(feast_bridge, "APPLY_LOCK_TIMEOUT", 1.0)
+    store = pipeline.object_store(local_settings, local_settings.environment())
+    with lease(store.url("customer_profile/v1/materialize.lock"), None, timeout=5), \
+            pytest.raises(LockTimeout, match="held by"):
+        pipeline.materialize(local_settings, feature_views=["customer_profile_v1"])
+    assert pipeline.materialize(local_settings, feature_views=["customer_profile_v1"])[0]["mode"] == "full"

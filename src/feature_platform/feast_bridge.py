@@ -42,7 +42,7 @@ from feature_platform.errors import (
     PointerMissingError,
     RegistryMismatchError,
 )
-from feature_platform.locks import local_lock, s3_lock
+from feature_platform.locks import lease
 from feature_platform.store import ObjectStore
 
 if TYPE_CHECKING:
@@ -277,13 +277,8 @@ def registry_lock(settings: Settings, env: EnvironmentContract) -> Iterator[None
     if isinstance(registry, SqlRegistryConfig):
         yield  # transactional; Feast serializes writers itself
         return
-    uri = settings.resolve_uri(env, registry.uri) + ".lock"
-    if uri.startswith("s3://"):
-        with s3_lock(uri, settings.s3_endpoint_url, APPLY_LOCK_TIMEOUT):
-            yield
-    else:
-        with local_lock(Path(uri), APPLY_LOCK_TIMEOUT):
-            yield
+    with lease(settings.resolve_uri(env, registry.uri) + ".lock", settings.s3_endpoint_url, APPLY_LOCK_TIMEOUT):
+        yield
 
 
 def registered_views(store: FeatureStore) -> dict[str, Any]:
@@ -385,8 +380,13 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
                 if c.online and (not feature_views or c.feature_view_name in feature_views)]
     with feast_process_environment(settings):
         registered = check_registry_matches(store, selected)
-        done = []
-        for contract in selected:
+    done = []
+    for contract in selected:
+        # One writer per view (with skip_dedup the last write wins), and the registry lease too: Feast records
+        # the materialized interval in the registry, which the file registry rewrites whole.
+        view_lease = object_store.url(f"{builds.version_key(contract)}/materialize.lock")
+        with lease(view_lease, settings.s3_endpoint_url, APPLY_LOCK_TIMEOUT), registry_lock(settings, env), \
+                feast_process_environment(settings):
             name = contract.feature_view_name
             build_id = registered[name].tags[TAG_PREFIX + "build_id"]
             metadata = builds.read_metadata(object_store, contract, build_id)

@@ -1,4 +1,4 @@
-"""One writer at a time for an environment's Feast registry.
+"""One writer at a time: for an environment's Feast registry, and for each feature view's online rows.
 
 Feast's file registry is rewritten whole on every apply, so two concurrent applies would lose an update.
 Locally an ``flock`` serializes writers; on S3 a lease object is created with a conditional PUT
@@ -40,7 +40,7 @@ def local_lock(path: Path, timeout: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise LockTimeout(f"registry lock {path} is held by another apply for over {timeout:.0f}s; "
+                    raise LockTimeout(f"lock {path} is held by another writer for over {timeout:.0f}s; "
                                       "wait for it or find the stuck process") from None
                 time.sleep(POLL_SECONDS)  # polling a lock, not synchronizing a test
         try:
@@ -66,10 +66,10 @@ def s3_lock(uri: str, endpoint_url: str | None, timeout: float, lease_seconds: i
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code not in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise StoreError(f"cannot take the registry lock {uri}: {exc}") from exc
+                raise StoreError(f"cannot take the lock {uri}: {exc}") from exc
         _expire_stale_lease(client, bucket, key)
         if time.monotonic() > deadline:
-            raise LockTimeout(f"registry lock {uri} is held by another apply for over {timeout:.0f}s; "
+            raise LockTimeout(f"lock {uri} is held by another writer for over {timeout:.0f}s; "
                               "wait, or delete the object if its owner is gone")
         time.sleep(POLL_SECONDS)  # polling a lease, not synchronizing a test
     try:
@@ -91,3 +91,14 @@ def _expire_stale_lease(client: object, bucket: str, key: str) -> None:
             client.delete_object(Bucket=bucket, Key=key, IfMatch=current["ETag"])  # type: ignore[attr-defined]
     except (ClientError, ValueError):
         pass  # gone meanwhile, or replaced: try again
+
+
+@contextmanager
+def lease(uri: str, endpoint_url: str | None, timeout: float) -> Iterator[None]:
+    """One holder at a time for ``uri``: an S3 lease object for s3:// URIs, an flock for local paths."""
+    if uri.startswith("s3://"):
+        with s3_lock(uri, endpoint_url, timeout):
+            yield
+    else:
+        with local_lock(Path(uri), timeout):
+            yield
