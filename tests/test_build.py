@@ -205,3 +205,34 @@ def test_raw_type_the_sql_cannot_use_is_a_clear_error(dev_settings) -> None:
 def test_missing_source_is_a_clear_error(dev_settings) -> None:
     with pytest.raises(BuildError, match="source table 'transactions' has no Parquet files at s3://"):
         pipeline.build_and_promote(dev_settings, "customer_spend")
+
+
+def test_gc_keeps_pointed_newest_and_running_builds(local_settings, monkeypatch) -> None:
+    """Retention deletes only old builds: never the pointed-to, the newest `keep`, or a young unfinished one."""
+    seed_raw(local_settings)
+    ids = [pipeline.build_and_promote(local_settings, "customer_profile")["build_id"]]
+    for _ in range(2):
+        _change_source(local_settings)
+        ids.append(pipeline.build_and_promote(local_settings, "customer_profile")["build_id"])
+    pipeline.rollback(local_settings, "customer_profile", ids[0])  # latest -> the oldest build
+    _change_source(local_settings)
+    monkeypatch.setattr(builds, "write_metadata", _crash("killed"))
+    with pytest.raises(RuntimeError):
+        pipeline.build_and_promote(local_settings, "customer_profile")
+    monkeypatch.undo()
+    unfinished = [b["build_id"] for b in pipeline.versions(local_settings, "customer_profile")[0]
+                  if not b["complete"]]
+
+    planned = pipeline.collect_garbage(local_settings, ["customer_profile"], keep=1, min_age_seconds=3600,
+                                       dry_run=True)
+    assert [d["build_id"] for d in planned] == [ids[1]] and not planned[0]["deleted"]
+    assert len(pipeline.versions(local_settings, "customer_profile")[0]) == 4  # a dry run deletes nothing
+
+    pipeline.collect_garbage(local_settings, ["customer_profile"], keep=1, min_age_seconds=3600, dry_run=False)
+    left = {b["build_id"] for b in pipeline.versions(local_settings, "customer_profile")[0]}
+    assert left == {ids[0], ids[2], *unfinished}
+    pipeline.collect_garbage(local_settings, ["customer_profile"], keep=1, min_age_seconds=0, dry_run=False)
+    assert {b["build_id"] for b in pipeline.versions(local_settings, "customer_profile")[0]} == {ids[0], ids[2]}
+    store = data_store(local_settings)
+    assert builds.read_pointer(store, "customer_profile")["build_id"] == ids[0]
+    assert builds.read_build_table(store, builds.read_pointer(store, "customer_profile")).num_rows > 0

@@ -430,3 +430,38 @@ def newest_rows_per_entity(table: pa.Table, join_key: str, timestamp_field: str)
     first_of_entity = np.ones(len(keys), dtype=bool)
     first_of_entity[1:] = keys[1:] != keys[:-1]
     return ranked.filter(pa.array(first_of_entity))
+
+
+def collect_garbage(store: ObjectStore, versions: list[FeatureSetContract], keep: int, min_age_seconds: int,
+                    dry_run: bool = True, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Old builds of each contract version, deleted unless ``dry_run``.
+
+    Never touched: the ``keep`` newest complete builds, any build a ``latest`` pointer or the online marker
+    names, and unfinished builds younger than ``min_age_seconds`` (they may still be running).
+    """
+    now = now or datetime.now(UTC)
+    decisions = []
+    for contract in versions:
+        label = contract.version_label
+        protected = set()
+        for key in (f"{contract.name}/{POINTER_FILE}", f"{version_key(contract)}/{POINTER_FILE}",
+                    f"{version_key(contract)}/online.json"):
+            if store.exists(key):
+                protected.add(store.read_json(key).get("build_id"))
+        history = [b for b in list_builds(store, contract.name) if b["version"] == label]
+        complete = [b for b in history if b["complete"]]
+        protected |= {b["build_id"] for b in complete[-keep:]} if keep > 0 else set()
+        for build in history:
+            build_id = build["build_id"]
+            if build_id in protected:
+                continue
+            if not build["complete"]:
+                written = store.modified_at(build_key(contract, build_id))
+                if written is not None and (now - written).total_seconds() < min_age_seconds:
+                    continue
+            reason = "complete, older than the newest kept" if build["complete"] else "unfinished and stale"
+            if not dry_run:
+                store.delete(build_key(contract, build_id))
+            decisions.append({"feature_set": contract.name, "version": label, "build_id": build_id,
+                              "reason": reason, "deleted": not dry_run})
+    return decisions

@@ -336,6 +336,23 @@ def cmd_proof(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from feature_platform import pipeline
+    from feature_platform.contracts import parse_duration
+
+    decisions = pipeline.collect_garbage(_settings(args), args.feature_set, args.keep, parse_duration(args.min_age),
+                                         dry_run=not args.delete)
+    if args.json:
+        _print_json(decisions)
+        return 0
+    for d in decisions:
+        print(f"{'deleted' if d['deleted'] else 'would delete'} {d['feature_set']} {d['version']} {d['build_id']}"
+              f" ({d['reason']})")
+    if not args.delete:
+        print(f"dry run: {len(decisions)} build(s) would be deleted; add --delete to delete them")
+    return 0
+
+
 def cmd_lint_dags(args: argparse.Namespace) -> int:
     from feature_platform.dag_factory import lint_dag_folder
 
@@ -496,6 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=20, help="entities sampled per feature view")
     _add_common(p)
     p.set_defaults(handler=cmd_proof)
+
+    p = commands.add_parser("gc", help="retention: delete old builds (dry run unless --delete)")
+    p.add_argument("feature_set", nargs="*", help="feature sets (default: all)")
+    p.add_argument("--keep", type=int, default=5, help="newest complete builds kept per version (default 5)")
+    p.add_argument("--min-age", default="1d", help="unfinished builds younger than this are kept (default 1d)")
+    p.add_argument("--delete", action="store_true", help="really delete (default: only list)")
+    _add_common(p)
+    p.set_defaults(handler=cmd_gc)
 
     p = commands.add_parser("lint-dags", help="flag Airflow Variable reads and heavy imports at DAG parse time")
     p.add_argument("folder", nargs="?", default="dags")

@@ -256,3 +256,12 @@ def run_named_step(settings: Settings, step: str, feature_set: str, version: int
         record_run(settings, feature_set, "success", run_id)
         return result
     raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
+
+
+def collect_garbage(settings: Settings, feature_sets: list[str] | None, keep: int, min_age_seconds: int,
+                    dry_run: bool) -> list[dict[str, Any]]:
+    """Retention: delete old builds (see build.collect_garbage for what is always kept)."""
+    env = settings.environment()
+    contracts = settings.contracts()
+    versions = [c for c in contracts.all() if not feature_sets or c.name in feature_sets]
+    return builds.collect_garbage(object_store(settings, env), versions, keep, min_age_seconds, dry_run)

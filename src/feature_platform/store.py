@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,17 @@ class ObjectStore:
                     etag = hashlib.file_digest(handle, "md5").hexdigest()
             infos.append(FileInfo(path=path, size=int(info.get("size") or 0), etag=str(etag).strip('"')))
         return infos
+
+    def modified_at(self, key: str) -> datetime | None:
+        """When the object (or newest file below a prefix) was last written; None if nothing is there."""
+        stamps = []
+        for info in self.fs.find(self.path(key), detail=True).values():
+            value = info.get("LastModified") or info.get("mtime")
+            if isinstance(value, int | float):
+                value = datetime.fromtimestamp(value, UTC)
+            if isinstance(value, datetime):
+                stamps.append(value if value.tzinfo else value.replace(tzinfo=UTC))
+        return max(stamps, default=None)
 
     def list_dirs(self, key: str) -> list[str]:
         """Names of the direct sub-directories (prefixes) of ``key``."""
