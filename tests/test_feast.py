@@ -147,7 +147,7 @@ def test_apply_waits_for_the_registry_lease(dev_settings, monkeypatch) -> None:
     """While another writer holds the lease, apply does not write; past the timeout it fails clearly."""
     seed_raw(dev_settings)
     pipeline.build_all(dev_settings)
-    monkeypatch.setattr(feast_bridge, "APPLY_LOCK_TIMEOUT", 1.0)
+    monkeypatch.setattr(feast_bridge, "LOCK_TIMEOUT", 1.0)
     lock_uri = "s3://feature-platform-dev/feast/registry.db.lock"
     with s3_lock(lock_uri, dev_settings.s3_endpoint_url, timeout=5), pytest.raises(LockTimeout, match="held by"):
         feast_bridge.apply(dev_settings)
@@ -350,7 +350,7 @@ def test_materialize_waits_for_the_view_lease(local_settings, monkeypatch) -> No
 
     seed_raw(local_settings)
     pipeline.run_loop(local_settings)
-    monkeypatch.setattr(feast_bridge, "APPLY_LOCK_TIMEOUT", 1.0)
+    monkeypatch.setattr(feast_bridge, "LOCK_TIMEOUT", 1.0)
     store = pipeline.object_store(local_settings, local_settings.environment())
     with lease(store.url("customer_profile/v1/materialize.lock"), None, timeout=5), \
             pytest.raises(LockTimeout, match="held by"):

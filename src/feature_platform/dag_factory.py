@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -48,12 +47,13 @@ class DagConfig:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> DagConfig:
-        environ = dict(os.environ if environ is None else environ)
+        settings = Settings.from_env(environ)  # the one reader of the process environment
+        environ = settings.values
         mode = environ.get("FEATURE_PLATFORM_DAG_MODE", "local")
         if mode not in ("local", "kubernetes"):
             raise ValueError(f"FEATURE_PLATFORM_DAG_MODE={mode!r}: use 'local' or 'kubernetes'")
         return cls(
-            settings=Settings.from_env(environ),
+            settings=settings,
             mode=mode,
             image=environ.get("FEATURE_PLATFORM_IMAGE", cls.image),
             namespace=environ.get("FEATURE_PLATFORM_NAMESPACE", cls.namespace),

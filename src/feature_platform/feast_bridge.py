@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 TAG_PREFIX = "feature_platform."
 DEFINITION_TAG = TAG_PREFIX + "definition_hash"
-APPLY_LOCK_TIMEOUT = 600.0
+LOCK_TIMEOUT = 600.0  # seconds to wait for the registry or a view lease
 
 
 # ---------------------------------------------------------------------------------------- feature_store.yaml
@@ -277,7 +277,7 @@ def registry_lock(settings: Settings, env: EnvironmentContract) -> Iterator[None
     if isinstance(registry, SqlRegistryConfig):
         yield  # transactional; Feast serializes writers itself
         return
-    with lease(settings.resolve_uri(env, registry.uri) + ".lock", settings.s3_endpoint_url, APPLY_LOCK_TIMEOUT):
+    with lease(settings.resolve_uri(env, registry.uri) + ".lock", settings.s3_endpoint_url, LOCK_TIMEOUT):
         yield
 
 
@@ -385,7 +385,7 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
         # One writer per view (with skip_dedup the last write wins), and the registry lease too: Feast records
         # the materialized interval in the registry, which the file registry rewrites whole.
         view_lease = object_store.url(f"{builds.version_key(contract)}/materialize.lock")
-        with lease(view_lease, settings.s3_endpoint_url, APPLY_LOCK_TIMEOUT), registry_lock(settings, env), \
+        with lease(view_lease, settings.s3_endpoint_url, LOCK_TIMEOUT), registry_lock(settings, env), \
                 feast_process_environment(settings):
             name = contract.feature_view_name
             build_id = registered[name].tags[TAG_PREFIX + "build_id"]
