@@ -88,6 +88,7 @@ def _apply_concurrently_from_two_contract_sets(settings: Settings, contracts: Pa
         root = tmp_path / f"only_{name}"
         (root / "feature_sets").mkdir(parents=True)
         (root / "environments").symlink_to(contracts / "environments")
+        (root / "contracts.lock").symlink_to(contracts / "contracts.lock")
         (root / "feature_sets" / name).symlink_to(contracts / "feature_sets" / name)
         only[name] = settings.replace(contracts_dir=root)
     errors: list[BaseException] = []

@@ -37,8 +37,12 @@ from feature_platform.store import ObjectStore
 DATA_FILE = "features.parquet"
 METADATA_FILE = "metadata.json"
 POINTER_FILE = "latest.json"
-BATCH_ROWS = 100_000
+BATCH_ROWS = 100_000  # rows per Parquet row group (fixed, so identical rows give identical bytes)
 METADATA_FORMAT = 1
+POINTER_LOCK_TIMEOUT = 120.0  # seconds; promotions hold the pointer lease for two small writes
+BUILD_FORMAT = 2  # bumped when the same inputs would produce different bytes (2: sorted rows, fixed row groups)
+# DuckDB plan operators whose results depend on the order rows arrive in (floating-point sums, windows).
+ORDER_SENSITIVE_OPERATORS = ("HASH_GROUP_BY", "PERFECT_HASH_GROUP_BY", "UNGROUPED_AGGREGATE", "WINDOW")
 
 ARROW_TYPES: dict[str, pa.DataType] = {
     "int32": pa.int32(),
@@ -94,22 +98,26 @@ def source_snapshot(raw: ObjectStore, contract: FeatureSetContract) -> list[dict
     if not files:
         raise BuildError(f"{contract.name}: source table {contract.source.table!r} has no Parquet files at "
                          f"{raw.url(contract.source.table)}; load the raw data (demo: `featurectl sample-data`)")
-    return [{"path": ("s3://" if raw.is_s3 else "") + f.path, "size": f.size, "etag": f.etag} for f in files]
+    root = raw.path() + "/"
+    return [{"path": ("s3://" if raw.is_s3 else "") + f.path, "key": f.path.removeprefix(root), "size": f.size,
+             "etag": f.etag} for f in files]
 
 
 def compute_build_id(contract: FeatureSetContract, snapshot: list[dict[str, Any]]) -> str:
+    """Identity of a logical build: schema, transform, and the source by content (relative key, size, ETag/MD5),
+    never by absolute path or bucket, so identical data in another work directory or bucket gets the same id."""
+    source = sorted((entry["key"], entry["size"], entry["etag"]) for entry in snapshot)
     payload = json.dumps({"schema": contract.schema_hash, "transform": contract.transform_hash,
-                          "source": snapshot}, sort_keys=True)
+                          "source": source, "format": BUILD_FORMAT}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------- transform + gate
 
 
-def _conform(batch: pa.RecordBatch, schema: pa.Schema, feature_set: str) -> pa.RecordBatch:
-    """Cast the transform's output to the contract schema; a missing, extra or incompatible column is an error."""
-    got = set(batch.schema.names)
-    want = set(schema.names)
+def _check_columns(names: list[str], schema: pa.Schema, feature_set: str) -> None:
+    """The transform must return exactly the contract's columns."""
+    got, want = set(names), set(schema.names)
     if got != want:
         problems = []
         if want - got:
@@ -118,6 +126,11 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, feature_set: str) -> pa.R
             problems.append(f"column(s) not in the contract {', '.join(sorted(got - want))}")
         drift = "; ".join(problems)
         raise QualityGateError(feature_set, [f"the transform's output drifted from the contract: {drift}"])
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema, feature_set: str) -> pa.RecordBatch:
+    """Cast the transform's output to the contract schema; a missing, extra or incompatible column is an error."""
+    _check_columns(batch.schema.names, schema, feature_set)
     columns = []
     for target in schema:
         column = batch.column(target.name)
@@ -212,9 +225,40 @@ def _duckdb() -> Any:
     return con
 
 
+def _fixed_row_groups(batches: Any, size: int) -> Any:
+    """Re-slice a stream of batches into batches of exactly ``size`` rows (the last may be shorter), so the
+    Parquet row groups do not depend on how the engine happened to chunk its output."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= size:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, size).combine_chunks().to_batches()[0]
+            rest = table.slice(size).combine_chunks()
+            pending = rest.to_batches() if rest.num_rows else []
+            rows = rest.num_rows
+    if rows:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+def execution_threads(con: Any, sql: str) -> int:
+    """1 when the SQL aggregates or windows: parallel DuckDB adds floating-point partial results in whatever
+    order threads finish, so the same input could round differently. Row-level SQL stays parallel."""
+    plan = "\n".join(str(row[1]) for row in con.execute("EXPLAIN " + sql).fetchall())
+    if any(operator in plan for operator in ORDER_SENSITIVE_OPERATORS):
+        return 1
+    return int(con.execute("SELECT current_setting('threads')").fetchone()[0])
+
+
 def _transform_to_file(raw: ObjectStore, snapshot: list[dict[str, Any]], contract: FeatureSetContract,
-                       target: Path, progress: Progress) -> int:
-    """Run the contract's SQL over the source, streaming conformed batches into ``target``; returns rows."""
+                       target: Path, progress: Progress) -> dict[str, Any]:
+    """Run the contract's SQL over the source, streaming conformed batches into ``target``.
+
+    Deterministic: rows are sorted by (entity, event time), row groups have a fixed size, and SQL whose result
+    depends on row arrival order runs single-threaded. Returns {rows, threads}.
+    """
     import duckdb
 
     paths = [entry["path"].removeprefix("s3://") for entry in snapshot]
@@ -223,11 +267,17 @@ def _transform_to_file(raw: ObjectStore, snapshot: list[dict[str, Any]], contrac
     except Exception as exc:
         raise BuildError(f"{contract.name}: cannot open source {raw.url(contract.source.table)}: {exc}") from exc
     schema = arrow_schema(contract)
+    key, ts = contract.entity.join_key, contract.timestamp_field
     con = _duckdb()
     try:
         con.register("source", source)
         try:
-            reader = con.sql(contract.source.sql).to_arrow_reader(BATCH_ROWS)
+            columns = con.sql(contract.source.sql).columns
+            _check_columns(columns, schema, contract.name)
+            threads = execution_threads(con, contract.source.sql)
+            con.execute(f"SET threads = {threads}")
+            ordered = f'SELECT * FROM ({contract.source.sql}) ORDER BY "{key}", "{ts}"'
+            reader = con.sql(ordered).to_arrow_reader(BATCH_ROWS)
         except duckdb.Error as exc:
             first_line = str(exc).strip().splitlines()[0]
             raise BuildError(f"{contract.name} v{contract.version}: source.sql failed on table "
@@ -235,11 +285,11 @@ def _transform_to_file(raw: ObjectStore, snapshot: list[dict[str, Any]], contrac
                              ) from exc
         rows = 0
         with pq.ParquetWriter(target, schema, compression="zstd") as writer:
-            for batch in reader:
+            for batch in _fixed_row_groups(reader, BATCH_ROWS):
                 writer.write_batch(_conform(batch, schema, contract.name))
                 rows += batch.num_rows
                 progress(f"{contract.name} v{contract.version}: {rows:,} rows written")
-        return rows
+        return {"rows": rows, "threads": threads}
     finally:
         con.close()
 
@@ -266,9 +316,9 @@ def stage_build(contract: FeatureSetContract, store: ObjectStore, raw: ObjectSto
         return {**staged, "complete": True}
     with tempfile.TemporaryDirectory(prefix="feature-build-") as tmp:
         local = Path(tmp) / DATA_FILE
-        _transform_to_file(raw, snapshot, contract, local, progress)
+        execution = _transform_to_file(raw, snapshot, contract, local, progress)
         store.upload(local, f"{prefix}/{DATA_FILE}")
-    return {**staged, "complete": False}
+    return {**staged, "complete": False, "threads": execution["threads"]}
 
 
 def check_quality(contract: FeatureSetContract, store: ObjectStore, build_id: str) -> dict[str, Any]:
@@ -311,6 +361,10 @@ def finalize_build(contract: FeatureSetContract, store: ObjectStore, raw: Object
         "event_time_max": stats["event_time_max"],
         "columns": stats["columns"],
         "data": store.url(f"{prefix}/{DATA_FILE}"),
+        # Rows sorted by entity then event time: materialization streams the newest row per entity from it.
+        "sorted_by": [contract.entity.join_key, contract.timestamp_field],
+        "build_format": BUILD_FORMAT,
+        "threads": staged.get("threads"),
         "source": {"table": contract.source.table, "uri": raw.url(contract.source.table),
                    "files": staged["source"]},
         "contracts_commit": contracts_commit or "unknown",
@@ -361,7 +415,14 @@ def read_metadata(store: ObjectStore, contract: FeatureSetContract, build_id: st
 
 
 def promote(store: ObjectStore, contract: FeatureSetContract, metadata: dict[str, Any]) -> dict[str, Any]:
-    """Point the version's and the feature set's ``latest`` at a complete build (one atomic write each)."""
+    """Point the version's ``latest`` at a complete build, then refresh the feature set's ``latest``.
+
+    The feature-set pointer always names the promoted build of the highest version that has one, whatever order
+    versions are built or promoted in (v2 then v1 leaves it on v2); a lease makes read-decide-write atomic, so
+    concurrent promotions of different versions cannot regress it.
+    """
+    from feature_platform.locks import lease
+
     build_id = metadata["build_id"]
     if not store.exists(f"{build_key(contract, build_id)}/{METADATA_FILE}"):
         raise StoreError(f"{contract.name}: refusing to promote build {build_id}: it has no {METADATA_FILE}")
@@ -377,9 +438,32 @@ def promote(store: ObjectStore, contract: FeatureSetContract, metadata: dict[str
         "metadata": store.url(f"{build_key(contract, build_id)}/{METADATA_FILE}"),
         "promoted_at": datetime.now(UTC).isoformat(),
     }
-    store.write_json_atomic(f"{version_key(contract)}/{POINTER_FILE}", pointer)
-    store.write_json_atomic(f"{contract.name}/{POINTER_FILE}", pointer)
+    with lease(store.url(f"{contract.name}/{POINTER_FILE}.lock"), store.endpoint_url, POINTER_LOCK_TIMEOUT):
+        store.write_json_atomic(f"{version_key(contract)}/{POINTER_FILE}", pointer)
+        newest = newest_version_pointer(store, contract.name)
+        try:
+            current = store.read_json(f"{contract.name}/{POINTER_FILE}")
+        except FileNotFoundError:
+            current = None
+        if newest is not None and newest != current:
+            store.write_json_atomic(f"{contract.name}/{POINTER_FILE}", newest)
     return pointer
+
+
+def _version_number(label: str) -> int:
+    return int(label[1:]) if label.startswith("v") and label[1:].isdigit() else -1
+
+
+def newest_version_pointer(store: ObjectStore, feature_set: str) -> dict[str, Any] | None:
+    """The version pointer of the highest version that has one."""
+    for label in sorted(store.list_dirs(feature_set), key=_version_number, reverse=True):
+        if _version_number(label) < 0:
+            continue
+        try:
+            return store.read_json(f"{feature_set}/{label}/{POINTER_FILE}")
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def read_pointer(store: ObjectStore, feature_set: str, version_label: str | None = None) -> dict[str, Any]:

@@ -216,12 +216,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_materialize(args: argparse.Namespace) -> int:
     from feature_platform import pipeline
 
-    done = pipeline.materialize(_settings(args), incremental=args.incremental, feature_views=args.feature_view)
+    done = pipeline.materialize(_settings(args), incremental=args.incremental, feature_views=args.feature_view,
+                                progress=not (args.quiet or args.json))
     if args.json:
         _print_json(done)
     else:
         for view in done:
-            print(f"{view['feature_view']}: build {view['build_id']} {view['start']} .. {view['end']}")
+            print(f"{view['feature_view']}: build {view['build_id']} {view['mode']}: {view['written']:,} entities "
+                  f"written, {view['deleted']:,} departed deleted ({view['start']} .. {view['end']})")
     return 0
 
 
@@ -463,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("materialize", help="load the promoted builds into the online store")
     p.add_argument("--incremental", action="store_true", help="resume from Feast's last materialization")
     p.add_argument("--feature-view", action="append", help="only this feature view (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     _add_common(p)
     p.set_defaults(handler=cmd_materialize)
 

@@ -111,6 +111,9 @@ class FeatureSetContract(StrictModel):
     timestamp_field: SafeName
     ttl: str
     online: bool = True
+    # Also serve the newest version under the feature set's own name (a moving alias). Off by default: every
+    # version has its own feature service (<name>_v<N>), so a breaking version never reaches pinned models.
+    latest_alias: bool = False
     pii: bool
     tags: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")], str] = Field(default_factory=dict)
     source: Source
@@ -504,6 +507,26 @@ def check_lock(root: Path, contracts: ContractSet, require_locked: bool = True) 
                 problems.append(f"{display_path(root, LOCK_FILE)}: released version {name} {label} has no "
                                 "contract file; released versions cannot be deleted while readers may use them")
     return problems
+
+
+def enforce_lock(root: Path, contracts: ContractSet, selected: list[FeatureSetContract], require_locked: bool
+                 ) -> None:
+    """Refuse to build, apply or materialize a released version whose schema changed in place (and, where the
+    environment requires it, a version not in the lock yet), with the lines `contracts check` prints."""
+    lock = read_lock(root)
+    problems = []
+    for contract in selected:
+        file = contracts.files[(contract.name, contract.version)]
+        locked = lock.get(contract.name, {}).get(contract.version_label)
+        if locked is None and require_locked:
+            problems.append(f"{file}: {contract.name} {contract.version_label} is not in {LOCK_FILE}; "
+                            "run `featurectl contracts lock` and commit the lock with the new version")
+        elif locked is not None and locked != contract.schema_hash:
+            problems.append(f"{file}: released version {contract.name} {contract.version_label} changed its "
+                            f"schema in place ({locked} -> {contract.schema_hash}); revert it and add "
+                            f"v{contract.version + 1}.yaml instead")
+    if problems:
+        raise CompatibilityError("\n".join(problems))
 
 
 @dataclass(frozen=True)

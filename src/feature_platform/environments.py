@@ -19,8 +19,10 @@ from pydantic import Field, model_validator
 from feature_platform.contracts import (
     NAME_PATTERN,
     ContractSet,
+    FeatureSetContract,
     StrictModel,
     display_path,
+    enforce_lock,
     iter_contract_files,
     load_contracts,
     read_yaml,
@@ -104,6 +106,9 @@ class EnvironmentContract(StrictModel):
     online_store: RedisConfig | SqliteConfig = Field(discriminator="type")
     offline_store: OfflineStoreConfig = Field(default_factory=OfflineStoreConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    # Released versions are always immutable; this also refuses versions missing from contracts.lock (dev and
+    # prod deploy from Git, where CI locks every version; `local` lets authors try a version before locking it).
+    require_locked_contracts: bool = False
 
     @property
     def is_s3(self) -> bool:
@@ -236,6 +241,15 @@ class Settings:
 
     def environment(self, name: str | None = None) -> EnvironmentContract:
         return load_environment(self.contracts_dir, name or self.env_name)
+
+    def writable_contracts(self, env: EnvironmentContract, selected: list[FeatureSetContract] | None = None
+                           ) -> ContractSet:
+        """The contracts, refusing (CompatibilityError) any of ``selected`` (default: all) that differs from
+        contracts.lock: what every step that writes data or definitions loads them with."""
+        contracts = self.contracts()
+        enforce_lock(self.contracts_dir, contracts, contracts.all() if selected is None else selected,
+                     env.require_locked_contracts)
+        return contracts
 
     def env_home(self, env: EnvironmentContract) -> Path:
         """Local working directory of one environment (generated Feast config, local data, run records)."""

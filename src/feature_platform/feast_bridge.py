@@ -9,12 +9,10 @@ and one FeatureService per feature set (``<feature_set>``) serving its newest ve
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +37,7 @@ from feature_platform.errors import (
     ConfigError,
     FeastError,
     OnlineStoreUnavailable,
+    PlatformError,
     PointerMissingError,
     RegistryMismatchError,
 )
@@ -261,10 +260,18 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
                                                          settings.s3_endpoint_url)
     if missing:
         raise PointerMissingError(missing, store.url())
-    services = [FeatureService(name=c.name, features=[views[c.feature_view_name]],
-                               description=f"{c.description} (newest version, {c.version_label})",
+    # One service per contract version, so a model pins the version it was trained on; a moving alias named
+    # after the feature set follows the newest version only where its newest contract opts in (latest_alias).
+    services = [FeatureService(name=c.feature_view_name, features=[views[c.feature_view_name]],
+                               description=f"{c.description} ({c.version_label})",
                                tags={TAG_PREFIX + "version": c.version_label}, owner=c.owner)
-                for c in contracts.latest_versions() if not feature_sets or c.name in feature_sets]
+                for c in selected if c.feature_view_name in views]
+    services += [FeatureService(name=c.name, features=[views[c.feature_view_name]],
+                                description=f"{c.description} (moving alias: newest version, {c.version_label})",
+                                tags={TAG_PREFIX + "version": c.version_label, TAG_PREFIX + "alias": "latest"},
+                                owner=c.owner)
+                 for c in contracts.latest_versions()
+                 if c.latest_alias and c.feature_view_name in views and (not feature_sets or c.name in feature_sets)]
     return Definitions(list(entities.values()), list(views.values()), services)
 
 
@@ -302,14 +309,17 @@ def apply(settings: Settings, env: EnvironmentContract | None = None,
     """Register the contracts' Feast objects (all, or only ``feature_sets``: a per-feature-set DAG owns just its
     own); never deletes anything. A no-op when nothing changed. Serialized per environment."""
     env = env or settings.environment()
-    wanted = definitions(settings, env, feature_sets=feature_sets)
+    contracts = settings.contracts()
+    settings.writable_contracts(env, [c for c in contracts.all() if not feature_sets or c.name in feature_sets])
+    wanted = definitions(settings, env, contracts, feature_sets=feature_sets)
     store = open_store(settings, env)
     with registry_lock(settings, env), feast_process_environment(settings):
         existing = registered_views(store)
         changed = [fv.name for fv in wanted.feature_views
                    if fv.tags[DEFINITION_TAG] != getattr(existing.get(fv.name), "tags", {}).get(DEFINITION_TAG)]
-        services = {fs.name for fs in store.registry.list_feature_services(store.project, allow_cache=False)}
-        missing_services = [fs.name for fs in wanted.feature_services if fs.name not in services]
+        services = {fs.name: fs for fs in store.registry.list_feature_services(store.project, allow_cache=False)}
+        missing_services = [fs.name for fs in wanted.feature_services
+                            if fs.name not in services or _service_views(services[fs.name]) != _service_views(fs)]
         if changed or missing_services:
             try:
                 store.apply(wanted.all())
@@ -319,6 +329,10 @@ def apply(settings: Settings, env: EnvironmentContract | None = None,
     known = {c.feature_view_name for c in settings.contracts().all()}
     return ApplyResult(changed=changed, unchanged=sorted(names - set(changed)),
                        unmanaged=sorted(set(existing) - known))
+
+
+def _service_views(service: Any) -> list[str]:
+    return sorted(projection.name for projection in service.feature_view_projections)
 
 
 def check_registry_matches(store: FeatureStore, contracts: list[FeatureSetContract]) -> dict[str, Any]:
@@ -349,10 +363,9 @@ def _event_range(metadata: dict[str, Any]) -> tuple[datetime, datetime]:
 
 
 def _online_errors() -> tuple[type[BaseException], ...]:
-    import redis
+    from feature_platform.online.redis_client import unavailable_errors
 
-    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.AuthenticationError,
-            ConnectionError)
+    return unavailable_errors()
 
 
 ONLINE_MARKER = "online.json"
@@ -363,53 +376,44 @@ def _online_marker_key(contract: FeatureSetContract) -> str:
 
 
 def materialize(settings: Settings, env: EnvironmentContract | None = None, incremental: bool = False,
-                feature_views: list[str] | None = None) -> list[dict[str, Any]]:
-    """Load each online feature view's build into the online store.
+                feature_views: list[str] | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """Load each online feature view's served build into the online store, exactly.
 
-    The time range comes from the build's metadata.json (event_time_min..max), never from the clock, so the
-    same build always materializes the same rows. ``incremental`` resumes from Feast's last materialization,
-    but only while the view's build is the one last materialized (recorded in ``<version>/online.json``): a
-    new, corrected or rolled-back build carries rows with timestamps the online store has already seen, so its
-    view is rewritten in full.
+    After a view is materialized the online store holds exactly the entities of the build the registry serves,
+    each with its newest row: entities that left the build (a rebuild without them, a correction, a rollback)
+    lose this view's fields, other views' fields in the same Redis hash stay. Redis goes through the platform's
+    vectorized writer (:mod:`feature_platform.online.materialize`), SQLite through Feast's. ``incremental``
+    skips a view whose served build is already completely loaded (recorded in ``<version>/online.json``) and
+    still present; anything else is a full load. The interval is recorded in the registry as Feast does.
     """
+    from feature_platform import materialization
+
     env = env or settings.environment()
     contracts = settings.contracts()
-    store = open_store(settings, env)
-    object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
     selected = [c for c in contracts.all()
                 if c.online and (not feature_views or c.feature_view_name in feature_views)]
+    settings.writable_contracts(env, selected)
+    store = open_store(settings, env)
+    object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
     with feast_process_environment(settings):
         registered = check_registry_matches(store, selected)
     done = []
     for contract in selected:
-        # One writer per view (with skip_dedup the last write wins), and the registry lease too: Feast records
-        # the materialized interval in the registry, which the file registry rewrites whole.
+        # One writer per view, and the registry lease too: the materialized interval is recorded in the
+        # registry, which the file registry rewrites whole.
         view_lease = object_store.url(f"{builds.version_key(contract)}/materialize.lock")
         with lease(view_lease, settings.s3_endpoint_url, LOCK_TIMEOUT), registry_lock(settings, env), \
                 feast_process_environment(settings):
-            name = contract.feature_view_name
-            build_id = registered[name].tags[TAG_PREFIX + "build_id"]
-            metadata = builds.read_metadata(object_store, contract, build_id)
-            start, end = _event_range(metadata)
-            marker = _read_online_marker(object_store, contract)
-            mode = "incremental" if incremental and marker.get("build_id") == build_id else "full"
+            view = registered[contract.feature_view_name]
+            build_id = view.tags[TAG_PREFIX + "build_id"]
             try:
-                with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress; stdout is for results
-                    if mode == "incremental":
-                        store.materialize_incremental(end_date=end, feature_views=[name])
-                    else:
-                        store.materialize(start_date=start, end_date=end, feature_views=[name])
+                record = materialization.load_view(settings, env, store, object_store, contract, view, build_id,
+                                                   incremental=incremental, progress=progress)
             except _online_errors() as exc:
                 raise OnlineStoreUnavailable(
-                    f"online store of {env.name} unreachable while materializing {name}: {_one_line(exc)}; "
-                    "check Redis is up and the address/password variables are right, then re-run (it is idempotent)"
-                ) from exc
-            except Exception as exc:
-                raise FeastError(f"materialize of {name} failed: {_one_line(exc)}") from exc
-            record = {"feature_view": name, "build_id": build_id, "start": start.isoformat(),
-                      "end": end.isoformat(), "rows": metadata["row_count"], "mode": mode,
-                      "at": datetime.now(UTC).isoformat()}
-            object_store.write_json_atomic(_online_marker_key(contract), record)
+                    f"online store of {env.name} unreachable while materializing {contract.feature_view_name}: "
+                    f"{_one_line(exc)}; check Redis is up and the address/password variables are right, then "
+                    "re-run (it is idempotent)") from exc
             done.append(record)
     return done
 
@@ -426,52 +430,111 @@ def _read_online_marker(object_store: ObjectStore, contract: FeatureSetContract)
 
 
 def _parse_key(contract: FeatureSetContract, key: Any) -> Any:
-    if contract.entity.dtype == "int64":
-        try:
-            return int(key)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{contract.entity.join_key} is int64; {key!r} is not an integer") from exc
-    return str(key)
+    from feature_platform.online.layout import parse_entity_value
 
-
-def online_read(store: FeatureStore, contract: FeatureSetContract, keys: list[Any]) -> list[dict[str, Any]]:
-    """Online values of one contract version for ``keys``, with their event timestamps."""
-    refs = [f"{contract.feature_view_name}:{f.name}" for f in contract.features]
-    rows = [{contract.entity.join_key: _parse_key(contract, k)} for k in keys]
     try:
-        response = store.get_online_features(features=refs, entity_rows=rows).to_dict(include_event_timestamps=True)
+        return parse_entity_value(contract.entity.dtype, key)
+    except ValueError as exc:
+        raise ConfigError(f"{contract.entity.join_key} is {contract.entity.dtype}; {key!r} is not valid: {exc}"
+                          ) from exc
+
+
+def _feast_view_read(store: FeatureStore, plan: Any, values: list[Any], enforce_ttl: bool) -> Any:
+    """Feast's own online read (stores the planner does not cover, e.g. SQLite), with the platform's semantics:
+    NOT_FOUND entities get a null timestamp, and the TTL is enforced."""
+    from feast.type_map import feast_value_type_to_python_type
+
+    from feature_platform.online import reader
+
+    refs = [f"{plan.view}:{f.name}" for f in plan.features]
+    response = store.get_online_features(features=refs, entity_rows=[{plan.join_key: v} for v in values])
+    by_name = dict(zip(response.proto.metadata.feature_names.val, response.proto.results, strict=True))
+    results = [by_name[f.name] for f in plan.features]
+    status_names = {0: "INVALID", 1: reader.PRESENT, 2: reader.NULL_VALUE, 3: reader.NOT_FOUND,
+                    4: reader.OUTSIDE_MAX_AGE}
+    now = reader.now_micros()
+    max_age = plan.ttl_seconds * 1_000_000 if enforce_ttl and plan.ttl_seconds > 0 else None
+    stamps: list[int | None] = []
+    for i in range(len(values)):
+        found = [r for r in results if r.statuses[i] != 3]
+        stamps.append(max(r.event_timestamps[i].ToMicroseconds() for r in found) if found else None)
+    out_values, out_statuses = [], []
+    for result in results:
+        column, statuses = [], []
+        for i, value in enumerate(result.values):
+            status = status_names.get(result.statuses[i], "INVALID")
+            python = feast_value_type_to_python_type(value) if status == reader.PRESENT else None
+            if stamps[i] is not None and max_age is not None and now - stamps[i] > max_age:
+                status, python = reader.OUTSIDE_MAX_AGE, None
+            column.append(python)
+            statuses.append(status)
+        out_values.append(column)
+        out_statuses.append(statuses)
+    return reader.ViewRead(plan=plan, features=list(plan.features), values=out_values, statuses=out_statuses,
+                           event_micros=stamps)
+
+
+def view_read(settings: Settings, env: EnvironmentContract, store: FeatureStore, contract: FeatureSetContract,
+              values: list[Any], enforce_ttl: bool = True) -> Any:
+    """One contract version's online values for join-key ``values``: the planner on Redis, Feast elsewhere."""
+    from feature_platform.online.layout import plan_contract
+    from feature_platform.online.reader import read_view
+    from feature_platform.online.redis_client import connect
+
+    plan = plan_contract(env.feast_project, contract)
+    try:
+        if isinstance(env.online_store, RedisConfig):
+            return read_view(connect(settings, env), plan, values, enforce_ttl=enforce_ttl)
+        return _feast_view_read(store, plan, values, enforce_ttl)
     except _online_errors() as exc:
         raise OnlineStoreUnavailable(f"online store unreachable: {_one_line(exc)}") from exc
+    except PlatformError:
+        raise
     except Exception as exc:
         raise FeastError(f"online read of {contract.feature_view_name} failed: {_one_line(exc)}") from exc
+
+
+def _rows(contract: FeatureSetContract, values: list[Any], read: Any) -> list[dict[str, Any]]:
+    """Per entity: join key, each feature, ``event_timestamp`` (UTC, None when not found) and ``status``
+    (NOT_FOUND, OUTSIDE_MAX_AGE, or PRESENT when the entity's row is served)."""
     out = []
-    for index, key in enumerate(keys):
-        row = {contract.entity.join_key: _parse_key(contract, key)}
-        for feature in contract.features:
-            row[feature.name] = response[feature.name][index]
-        stamps = [v[index] for k, v in response.items() if k.endswith("__ts") and v[index] is not None]
-        row["event_timestamp"] = _as_utc(max(stamps)) if stamps else None
+    for i, value in enumerate(values):
+        row: dict[str, Any] = {contract.entity.join_key: value}
+        for j, feature in enumerate(read.features):
+            cell = read.values[j][i]
+            if feature.dtype == "timestamp" and isinstance(cell, int):
+                cell = datetime.fromtimestamp(cell, UTC)
+            row[feature.name] = cell
+        micros = read.event_micros[i]
+        row["event_timestamp"] = datetime.fromtimestamp(micros / 1_000_000, UTC) if micros is not None else None
+        statuses = {column[i] for column in read.statuses}
+        row["status"] = next((s for s in ("NOT_FOUND", "OUTSIDE_MAX_AGE") if s in statuses), "PRESENT")
         out.append(row)
     return out
 
 
-def read_online(settings: Settings, feature_set: str, keys: list[str], version: int | None = None,
-                env: EnvironmentContract | None = None) -> list[dict[str, Any]]:
+def read_online(settings: Settings, feature_set: str, keys: list[Any], version: int | None = None,
+                env: EnvironmentContract | None = None, enforce_ttl: bool = True) -> list[dict[str, Any]]:
     env = env or settings.environment()
     contracts = settings.contracts()
     contract = contracts.get(feature_set, version)
+    values = [_parse_key(contract, k) for k in keys]
     store = open_store(settings, env)
     with feast_process_environment(settings):
         check_registry_matches(store, [contract])
-        return online_read(store, contract, keys)
+        return _rows(contract, values, view_read(settings, env, store, contract, values, enforce_ttl))
 
 
 def _close(a: Any, b: Any, dtype: str) -> bool:
+    if isinstance(a, float) and math.isnan(a):
+        a = None  # NaN is stored as null online, as Feast does
+    if isinstance(b, float) and math.isnan(b):
+        b = None
     if a is None or b is None:
         return a is None and b is None
+    if dtype == "timestamp":
+        return int(_as_utc(a).timestamp()) == int(_as_utc(b).timestamp())  # Feast keeps whole seconds
     if isinstance(a, float) or isinstance(b, float):
-        if math.isnan(float(a)) and math.isnan(float(b)):
-            return True
         return math.isclose(float(a), float(b), rel_tol=1e-6 if dtype == "float32" else 1e-12, abs_tol=1e-9)
     return bool(a == b)
 
@@ -486,11 +549,41 @@ def _as_utc(value: Any) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def online_entity_count(settings: Settings, env: EnvironmentContract, contract: FeatureSetContract) -> int:
+    """How many entities hold this contract version's view in the online store right now."""
+    from feature_platform.materialization import SqliteTarget
+    from feature_platform.online.layout import plan_contract
+    from feature_platform.online.reader import count_entities
+    from feature_platform.online.redis_client import connect
+
+    plan = plan_contract(env.feast_project, contract)
+    if isinstance(env.online_store, RedisConfig):
+        return count_entities(connect(settings, env), plan)
+    import sqlite3
+
+    try:
+        return SqliteTarget(settings, env, None, plan).count()
+    except sqlite3.Error:
+        return 0
+
+
+def _absent_key(contract: FeatureSetContract, keys: list[Any]) -> Any:
+    """A key that is in no build: it must read as NOT_FOUND."""
+    if contract.entity.dtype == "int64":
+        return max((int(k) for k in keys), default=0) + 1_000_003
+    return "feature-platform-absent-" + hashlib.sha256(repr(keys).encode()).hexdigest()[:12]
+
+
 def verify(settings: Settings, env: EnvironmentContract | None = None, sample: int = 20,
            now: datetime | None = None, feature_views: list[str] | None = None) -> list[dict[str, Any]]:
-    """Offline/online consistency: for sampled entities, the online row equals the newest offline row of the
-    build the registry points at, and the newest online timestamp is within the view's TTL (Feast does not
-    enforce TTL on online reads, so freshness is checked here)."""
+    """Offline/online consistency of each online view, on the build the registry serves:
+
+    - sampled entities: the online row equals the build's newest row per entity;
+    - exactness: the online store holds exactly the build's entities (count equal; a key in no build reads
+      NOT_FOUND), so entities that left the build are not served;
+    - freshness: the newest online timestamp is within the view's TTL;
+    - the served build is the one recorded as completely materialized (``online.json``).
+    """
     env = env or settings.environment()
     contracts = settings.contracts()
     store = open_store(settings, env)
@@ -509,7 +602,10 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
             step = max(1, len(newest) // sample)
             expected = newest[::step][:sample]
             keys = [row[contract.entity.join_key] for row in expected]
-            online = online_read(store, contract, keys)
+            probe = _absent_key(contract, [row[contract.entity.join_key] for row in newest])
+            online = _rows(contract, [*keys, probe],
+                           view_read(settings, env, store, contract, [*keys, probe], enforce_ttl=False))
+            absent_row = online.pop()
             mismatches = []
             for want, got in zip(expected, online, strict=True):
                 for feature in contract.features:
@@ -517,19 +613,25 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
                         mismatches.append(f"{contract.entity.join_key}={want[contract.entity.join_key]} "
                                           f"{feature.name}: online {got[feature.name]!r} != offline "
                                           f"{want[feature.name]!r}")
-            missing = sum(1 for row in online if all(row[f.name] is None for f in contract.features))
+            missing = sum(1 for row in online if row["status"] == "NOT_FOUND")
             newest_online = max((_as_utc(r["event_timestamp"]) for r in online if r["event_timestamp"]),
                                 default=None)
             age = (now - newest_online).total_seconds() if newest_online else None
             fresh = age is not None and age <= contract.ttl_seconds
-            materialized = _read_online_marker(object_store, contract).get("build_id")
+            marker = _read_online_marker(object_store, contract)
+            materialized = marker.get("build_id") if not marker.get("pending_build_ids") else None
+            online_count = online_entity_count(settings, env, contract)
+            build_count = int(metadata.get("entity_count") or len(newest))
             results.append({
                 "feature_view": contract.feature_view_name, "build_id": build_id,
                 "materialized_build_id": materialized, "sampled": len(keys),
                 "missing": missing, "mismatches": mismatches[:5], "mismatch_count": len(mismatches),
+                "online_entities": online_count, "build_entities": build_count,
+                "absent_key_served": absent_row["status"] != "NOT_FOUND",
                 "newest_online": newest_online.isoformat() if newest_online else None,
                 "age_seconds": age, "ttl_seconds": contract.ttl_seconds, "fresh": fresh,
-                "ok": not mismatches and missing == 0 and fresh and materialized == build_id,
+                "ok": (not mismatches and missing == 0 and fresh and materialized == build_id
+                       and online_count == build_count and absent_row["status"] == "NOT_FOUND"),
             })
     return results
 
@@ -539,27 +641,29 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
 
 def historical(settings: Settings, entity_df: Any, feature_set: str, version: int | None = None,
                build_id: str | None = None, env: EnvironmentContract | None = None) -> tuple[Any, dict[str, Any]]:
-    """Point-in-time join of ``entity_df`` (join key + ``event_timestamp``) with one contract version.
+    """Point-in-time join of ``entity_df`` (join key + ``event_timestamp`` + any label columns) with one contract
+    version: one row per input row, in input order (see :mod:`feature_platform.offline`).
 
     ``build_id`` pins the build, so a training set can be reproduced exactly from its recorded metadata; by
-    default the build the registry points at is used. Returns (dataframe, provenance).
+    default the build the registry serves is used. Returns (dataframe, provenance).
     """
+    from feature_platform.offline import point_in_time_join
+
     env = env or settings.environment()
     contracts = settings.contracts()
     contract = contracts.get(feature_set, version)
-    store = open_store(settings, env)
-    with feast_process_environment(settings):
-        registered = check_registry_matches(store, [contract])
-        build_id = build_id or registered[contract.feature_view_name].tags[TAG_PREFIX + "build_id"]
-        pinned = definitions(settings, env, contracts, pins={contract.feature_view_name: build_id})
-        view = next(fv for fv in pinned.feature_views if fv.name == contract.feature_view_name)
-        refs = [f"{view.name}:{f.name}" for f in contract.features]
-        try:
-            job = store._get_provider().get_historical_features(
-                store.config, [view], refs, entity_df, store.registry, store.project, False)
-            frame = job.to_df()
-        except Exception as exc:
-            raise FeastError(f"historical retrieval from {view.name} failed: {_one_line(exc)}") from exc
+    object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
+    if build_id is None:
+        store = open_store(settings, env)
+        with feast_process_environment(settings):
+            registered = check_registry_matches(store, [contract])
+        build_id = registered[contract.feature_view_name].tags[TAG_PREFIX + "build_id"]
+    metadata = builds.read_metadata(object_store, contract, build_id)
+    if metadata["schema_hash"] != contract.schema_hash:
+        raise RegistryMismatchError(f"build {build_id} was made from schema {metadata['schema_hash']} but "
+                                    f"{contract.feature_view_name} is {contract.schema_hash}")
+    frame = point_in_time_join(entity_df, contract, str(metadata["data"]).removeprefix("s3://"), object_store.fs)
     provenance = {"feature_set": contract.name, "version": contract.version_label, "build_id": build_id,
-                  "schema_hash": contract.schema_hash, "rows": len(frame)}
+                  "schema_hash": contract.schema_hash, "rows": len(frame),
+                  "data": metadata["data"], "ttl_seconds": contract.ttl_seconds}
     return frame, provenance

@@ -60,6 +60,7 @@ def build(settings: Settings, feature_set: str, version: int | None = None, run_
     """Build (or find the finished build of) one contract version; does not promote."""
     env = settings.environment()
     contract = settings.contracts().get(feature_set, version)
+    settings.writable_contracts(env, [contract])
     result = builds.build_version(
         contract, object_store(settings, env), raw_store(settings, env), environment=env.name,
         contracts_commit=contracts_commit(settings), run_id=run_id, progress=progress)
@@ -112,11 +113,12 @@ def apply(settings: Settings, feature_sets: list[str] | None = None) -> dict[str
     return {"changed": result.changed, "unchanged": result.unchanged, "unmanaged": result.unmanaged}
 
 
-def materialize(settings: Settings, incremental: bool = False,
-                feature_views: list[str] | None = None) -> list[dict[str, Any]]:
+def materialize(settings: Settings, incremental: bool = False, feature_views: list[str] | None = None,
+                progress: bool = False) -> list[dict[str, Any]]:
     from feature_platform import feast_bridge
 
-    return feast_bridge.materialize(settings, incremental=incremental, feature_views=feature_views)
+    return feast_bridge.materialize(settings, incremental=incremental, feature_views=feature_views,
+                                    progress=progress)
 
 
 def verify(settings: Settings, sample: int = 20, feature_views: list[str] | None = None) -> list[dict[str, Any]]:
@@ -192,14 +194,16 @@ def _run_loop(settings: Settings, run_id: str | None, progress: Progress) -> dic
 
 def step_validate(settings: Settings, feature_set: str) -> dict[str, Any]:
     contracts = settings.contracts()
-    versions = contracts.versions(feature_set)
     contracts.get(feature_set)  # a clear error for an unknown feature set
+    versions = contracts.versions(feature_set)
+    settings.writable_contracts(settings.environment(), versions)  # a released version edited in place stops here
     return {"feature_set": feature_set, "versions": {c.version_label: c.schema_hash for c in versions}}
 
 
 def step_build(settings: Settings, feature_set: str, version: int, progress: Progress = _quiet) -> dict[str, Any]:
     env = settings.environment()
     contract = settings.contracts().get(feature_set, version)
+    settings.writable_contracts(env, [contract])
     return builds.stage_build(contract, object_store(settings, env), raw_store(settings, env), progress)
 
 

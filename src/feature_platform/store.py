@@ -116,9 +116,15 @@ class ObjectStore:
         try:
             if not self.is_s3:
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
-                tmp = Path(target).parent / f".tmp-{Path(target).name}"
-                self.fs.put_file(str(local_path), str(tmp))
-                os.replace(tmp, target)
+                # A unique temp name: concurrent builds of the same inputs must not share one.
+                fd, tmp = tempfile.mkstemp(dir=Path(target).parent, prefix=f".tmp-{Path(target).name}-")
+                os.close(fd)
+                try:
+                    self.fs.put_file(str(local_path), tmp)
+                    os.replace(tmp, target)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
             else:
                 self.fs.put_file(str(local_path), target)
         except Exception as exc:

@@ -1,0 +1,214 @@
+"""Loading one feature view's served build into the online store, exactly, and recording it.
+
+The record ``<feature_set>/<version>/online.json`` says which build the online store holds for the view. Before
+a load starts, the build being loaded is added to its ``pending_build_ids``; only a load that finished (writes
+and deletions) clears them. So an interrupted load is finished by the next run (incremental included), and the
+entities of every build that may have reached the store are considered when deleting departed ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from feature_platform import build as builds
+from feature_platform.contracts import FeatureSetContract
+from feature_platform.environments import EnvironmentContract, RedisConfig, Settings, SqliteConfig
+from feature_platform.errors import FeastError, StoreError
+from feature_platform.online import materialize as engine
+from feature_platform.online.layout import ViewPlan, entity_keys, plan_contract
+from feature_platform.online.redis_client import connect
+from feature_platform.store import ObjectStore
+
+ONLINE_MARKER = "online.json"
+PRESENCE_SAMPLE = 20  # entities of a loaded build checked before an incremental run trusts the record
+
+
+def marker_key(contract: FeatureSetContract) -> str:
+    return f"{builds.version_key(contract)}/{ONLINE_MARKER}"
+
+
+def read_marker(object_store: ObjectStore, contract: FeatureSetContract) -> dict[str, Any]:
+    try:
+        return object_store.read_json(marker_key(contract))
+    except FileNotFoundError:
+        return {}
+
+
+def event_range(metadata: dict[str, Any]) -> tuple[datetime, datetime]:
+    start = datetime.fromisoformat(metadata["event_time_min"])
+    return start, datetime.fromisoformat(metadata["event_time_max"]) + timedelta(seconds=1)  # Feast: end exclusive
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+class _Progress:
+    """Entities written, rate and ETA on stderr (tqdm), or nothing."""
+
+    def __init__(self, enabled: bool, total: int, name: str) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=name, unit=" entities", file=sys.stderr, mininterval=1.0,
+                            leave=False, dynamic_ncols=True)
+
+    def __call__(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def load_view(settings: Settings, env: EnvironmentContract, store: Any, object_store: ObjectStore,
+              contract: FeatureSetContract, view: Any, build_id: str, *, incremental: bool, progress: bool
+              ) -> dict[str, Any]:
+    """Make the online store hold exactly ``build_id``'s newest row per entity for this view."""
+    metadata = builds.read_metadata(object_store, contract, build_id)
+    start, end = event_range(metadata)
+    marker = read_marker(object_store, contract)
+    plan = plan_contract(env.feast_project, contract)
+    online: OnlineTarget = (RedisTarget(connect(settings, env), plan) if isinstance(env.online_store, RedisConfig)
+                            else SqliteTarget(settings, env, store, plan))
+    loaded = marker.get("build_id") == build_id and not marker.get("pending_build_ids")
+    written = deleted = 0
+    if incremental and loaded and online.holds(object_store.fs, metadata):
+        mode = "incremental"  # this immutable build is completely loaded and still there: nothing to write
+    else:
+        mode = "full"
+        previous = [b for b in [marker.get("build_id"), *marker.get("pending_build_ids", [])] if b]
+        pending = sorted({*marker.get("pending_build_ids", []), build_id})
+        object_store.write_json_atomic(marker_key(contract), {**marker, "pending_build_ids": pending})
+        bar = _Progress(progress, int(metadata.get("entity_count") or 0), contract.feature_view_name)
+        try:
+            written = online.write(object_store.fs, metadata, start, end, bar)
+        finally:
+            bar.close()
+        old = [_metadata_if_kept(object_store, contract, b) for b in sorted(set(previous) - {build_id})]
+        departed = engine.departed_keys(object_store.fs, metadata, [m for m in old if m], plan.join_key)
+        deleted = online.delete(departed)
+    if isinstance(env.online_store, RedisConfig):
+        # Feast's own materialize records the interval; the platform's writer does the same, so
+        # `feast materialize-incremental` and Feast's UI see it.
+        try:
+            store.registry.apply_materialization(view, store.project, start, end, commit=True)
+        except Exception as exc:
+            raise FeastError(f"recording the materialized interval of {view.name} failed: {_one_line(exc)}") from exc
+    record = {"feature_view": contract.feature_view_name, "build_id": build_id, "start": start.isoformat(),
+              "end": end.isoformat(), "rows": metadata["row_count"], "entities": metadata.get("entity_count"),
+              "written": written, "deleted": deleted, "mode": mode, "at": datetime.now(UTC).isoformat()}
+    object_store.write_json_atomic(marker_key(contract), record)
+    return record
+
+
+def _metadata_if_kept(object_store: ObjectStore, contract: FeatureSetContract, build_id: str
+                      ) -> dict[str, Any] | None:
+    try:
+        return builds.read_metadata(object_store, contract, build_id)
+    except StoreError:
+        return None  # deleted by gc: its entities cannot be listed (gc never deletes the recorded build)
+
+
+def _first_keys(fs: Any, metadata: dict[str, Any], join_key: str, count: int) -> list[Any]:
+    with fs.open(str(metadata["data"]).removeprefix("s3://"), "rb") as handle:
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=count, columns=[join_key]):
+            return batch.column(0).to_pylist()
+    return []
+
+
+class OnlineTarget:
+    """Where a view's rows go: write the newest rows, delete departed entities, check presence."""
+
+    plan: ViewPlan
+
+    def write(self, fs: Any, metadata: dict[str, Any], start: datetime, end: datetime,
+              progress: Callable[[int], None]) -> int:
+        raise NotImplementedError
+
+    def delete(self, keys: Iterator[pa.Array]) -> int:
+        raise NotImplementedError
+
+    def holds(self, fs: Any, metadata: dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+
+class RedisTarget(OnlineTarget):
+    def __init__(self, client: Any, plan: ViewPlan) -> None:
+        self.client, self.plan = client, plan
+
+    def write(self, fs: Any, metadata: dict[str, Any], start: datetime, end: datetime,
+              progress: Callable[[int], None]) -> int:
+        return engine.write_view(self.client, self.plan, engine.newest_rows(fs, metadata, self.plan), progress)
+
+    def delete(self, keys: Iterator[pa.Array]) -> int:
+        return engine.delete_view_fields(self.client, self.plan, keys)
+
+    def holds(self, fs: Any, metadata: dict[str, Any]) -> bool:
+        """A few of the build's entities are present: catches an emptied or replaced Redis."""
+        keys = self.plan.keys(_first_keys(fs, metadata, self.plan.join_key, PRESENCE_SAMPLE))
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hexists(key, self.plan.ts_field)
+        return all(pipe.execute())
+
+
+class SqliteTarget(OnlineTarget):
+    """Feast's SQLite store (``local``): Feast writes (fast enough for one machine), the platform deletes."""
+
+    def __init__(self, settings: Settings, env: EnvironmentContract, store: Any, plan: ViewPlan) -> None:
+        assert isinstance(env.online_store, SqliteConfig)
+        self.path = settings.env_home(env) / env.online_store.path
+        self.store, self.plan = store, plan
+        self.table = f"{env.feast_project}_{plan.view}"
+
+    def write(self, fs: Any, metadata: dict[str, Any], start: datetime, end: datetime,
+              progress: Callable[[int], None]) -> int:
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress; stdout is for results
+                self.store.materialize(start_date=start, end_date=end, feature_views=[self.plan.view])
+        except Exception as exc:
+            raise FeastError(f"materialize of {self.plan.view} failed: {_one_line(exc)}") from exc
+        count = int(metadata.get("entity_count") or 0)
+        progress(count)
+        return count
+
+    def _keys(self, values: pa.Array | list[Any]) -> list[bytes]:
+        return entity_keys(self.plan.join_key, self.plan.entity_dtype, values, project="")
+
+    def delete(self, keys: Iterator[pa.Array]) -> int:
+        deleted = 0
+        with contextlib.closing(sqlite3.connect(self.path)) as con, con:
+            con.execute("CREATE TEMP TABLE IF NOT EXISTS departed (k BLOB PRIMARY KEY)")
+            for batch in keys:
+                con.execute("DELETE FROM departed")
+                con.executemany("INSERT OR IGNORE INTO departed VALUES (?)", [(k,) for k in self._keys(batch)])
+                deleted += con.execute(f'SELECT count(DISTINCT entity_key) FROM "{self.table}" '
+                                       "WHERE entity_key IN (SELECT k FROM departed)").fetchone()[0]
+                con.execute(f'DELETE FROM "{self.table}" WHERE entity_key IN (SELECT k FROM departed)')
+        return deleted
+
+    def holds(self, fs: Any, metadata: dict[str, Any]) -> bool:
+        keys = self._keys(_first_keys(fs, metadata, self.plan.join_key, PRESENCE_SAMPLE))
+        try:
+            with contextlib.closing(sqlite3.connect(self.path)) as con:
+                found = con.execute(f'SELECT count(DISTINCT entity_key) FROM "{self.table}" WHERE entity_key IN '
+                                    f'({",".join("?" * len(keys))})', keys).fetchone()[0]
+        except sqlite3.Error:
+            return False
+        return found == len(keys)
+
+    def count(self) -> int:
+        with contextlib.closing(sqlite3.connect(self.path)) as con:
+            return int(con.execute(f'SELECT count(DISTINCT entity_key) FROM "{self.table}"').fetchone()[0])

@@ -1,0 +1,105 @@
+"""Point-in-time training sets: a DuckDB ``ASOF JOIN`` of an entity frame with one pinned build's Parquet.
+
+Semantics (tested against a pandas ``merge_asof`` oracle in ``tests/test_offline.py``):
+
+- exactly one output row per input row, in input order, with every input column (labels) unchanged;
+  duplicate input rows stay duplicates;
+- for each row, the feature values are the entity's newest build row with
+  ``event_timestamp - ttl <= feature time <= event_timestamp`` (both bounds inclusive); with none (unknown
+  entity, before its first event, older than the TTL, null key or timestamp) the features are null;
+- features keep their contract types: int32/int64/bool as pandas nullable ``Int32``/``Int64``/``boolean``,
+  floats as floats (NaN for null), strings as objects, timestamps as UTC ``datetime64``;
+- entity timestamps without a time zone are read as UTC (as Feast does).
+
+Feast's file offline store drops rows with no valid value and widens integers to floats, so the platform does
+not use it for training sets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from feature_platform.build import ARROW_TYPES
+from feature_platform.contracts import FeatureSetContract
+from feature_platform.errors import ConfigError
+
+ENTITY_TIMESTAMP = "event_timestamp"  # Feast's column name for the entity frame's point in time
+_ROW = "__feature_platform_row"
+_PANDAS_NULLABLE = {"int32": "Int32", "int64": "Int64", "bool": "boolean"}
+
+
+def _entity_table(entity_df: Any, contract: FeatureSetContract) -> pa.Table:
+    """The join columns of the entity frame, typed like the build, plus the input row number."""
+    import pandas as pd
+
+    key = contract.entity.join_key
+    missing = [c for c in (key, ENTITY_TIMESTAMP) if c not in entity_df.columns]
+    if missing:
+        raise ConfigError(f"the entity frame needs the columns {key} and {ENTITY_TIMESTAMP}; missing "
+                          f"{', '.join(missing)} (has {', '.join(map(str, entity_df.columns))})")
+    clash = sorted({f.name for f in contract.features} & set(map(str, entity_df.columns)))
+    if clash:
+        raise ConfigError(f"the entity frame already has column(s) {', '.join(clash)}, which are features of "
+                          f"{contract.feature_view_name}; rename them")
+    stamps = pd.to_datetime(entity_df[ENTITY_TIMESTAMP], utc=True, errors="coerce")
+    bad = stamps.isna() & entity_df[ENTITY_TIMESTAMP].notna()
+    if bad.any():
+        raise ConfigError(f"{ENTITY_TIMESTAMP}: {int(bad.sum())} value(s) are not timestamps, e.g. "
+                          f"{entity_df[ENTITY_TIMESTAMP][bad].iloc[0]!r}")
+    try:
+        keys = pa.array(entity_df[key].tolist(), from_pandas=True).cast(ARROW_TYPES[contract.entity.dtype])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise ConfigError(f"{key}: the entity frame's keys are not {contract.entity.dtype}: {exc}") from exc
+    return pa.table({
+        _ROW: pa.array(range(len(entity_df)), pa.int64()),
+        "k": keys,
+        "ts": pa.array(stamps.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]"),
+                       pa.timestamp("us")),
+    })
+
+
+def point_in_time_join(entity_df: Any, contract: FeatureSetContract, data_path: str, fs: Any) -> Any:
+    """``entity_df`` with the contract's features as of each row's ``event_timestamp`` (see module doc)."""
+    import duckdb
+
+    key, ts = contract.entity.join_key, contract.timestamp_field
+    entities = _entity_table(entity_df, contract)
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET memory_limit = '2GB'")
+        con.register("entities", entities)
+        con.register("build", ds.dataset(data_path, format="parquet", filesystem=fs))
+        columns = ", ".join(f'"{f.name}"' for f in contract.features)
+        valid = f"f.__ts IS NOT NULL AND f.__ts >= e.ts - INTERVAL {contract.ttl_seconds} SECOND"
+        selected = ", ".join(f'CASE WHEN {valid} THEN f."{f.name}" END AS "{f.name}"' for f in contract.features)
+        # Timestamps compared as naive UTC on both sides (the build stores UTC).
+        query = f"""
+            WITH f AS (SELECT "{key}" AS __k, timezone('UTC', "{ts}") AS __ts, {columns}
+                       FROM build)
+            SELECT e.{_ROW}, {selected}
+            FROM entities e ASOF LEFT JOIN f ON e.k = f.__k AND e.ts >= f.__ts
+            ORDER BY e.{_ROW}
+        """
+        joined = con.sql(query).arrow()
+        if isinstance(joined, pa.RecordBatchReader):
+            joined = joined.read_all()
+    finally:
+        con.close()
+    out = entity_df.reset_index(drop=True).copy()
+    for feature in contract.features:
+        column = joined.column(feature.name).cast(ARROW_TYPES[feature.dtype])
+        series = column.to_pandas()
+        if feature.dtype in _PANDAS_NULLABLE:
+            series = column.to_pandas(types_mapper=lambda _t, d=_PANDAS_NULLABLE[feature.dtype]: _dtype(d))
+        out[feature.name] = series.array  # .array keeps nullable and tz-aware dtypes (.values would drop them)
+    return out
+
+
+def _dtype(name: str) -> Any:
+    import pandas as pd
+
+    return pd.api.types.pandas_dtype(name)

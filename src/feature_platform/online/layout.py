@@ -1,0 +1,331 @@
+"""Feast's online layout, planned once per feature view and encoded in bulk.
+
+What Feast 0.67 writes to Redis for a feature view ``view`` (entity key serialization v3), and what this module
+reproduces byte for byte (``tests/test_online_layout.py`` compares with Feast's own functions):
+
+- key: ``serialize_entity_key(EntityKey(join_keys=[k], entity_values=[v]))`` followed by the project name;
+- one hash per key, shared by every view of that entity; per view the fields ``mmh3("view:feature")`` (4 bytes,
+  Feast's ``_mmh3``) holding a serialized ``feast.types.Value`` and ``_ts:view`` holding a serialized
+  ``google.protobuf.Timestamp``;
+- a null value is an empty ``Value`` (zero bytes); a timestamp feature is ``unix_timestamp_val`` in whole seconds.
+
+Protobuf is encoded by hand here because per-value protobuf objects were most of Feast's materialization time;
+the wire format of these few scalar fields is small and fixed (tag byte, then fixed-width or varint payload).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import mmh3
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# feast.types.Value field numbers (Value.proto) and the tag bytes (field << 3 | wire type) they encode to.
+TAG_STRING = b"\x12"     # string_val = 2, length-delimited
+TAG_INT32 = 0x18         # int32_val = 3, varint
+TAG_INT64 = 0x20         # int64_val = 4, varint
+TAG_DOUBLE = 0x29        # double_val = 5, fixed64
+TAG_FLOAT = 0x35         # float_val = 6, fixed32
+TAG_BOOL = 0x38          # bool_val = 7, varint
+TAG_UNIX_TS = 0x40       # unix_timestamp_val = 8, varint
+# feast.types.ValueType enum values used by the entity key serialization.
+VALUE_TYPE_STRING = 2
+VALUE_TYPE_INT64 = 4
+
+MICROS = 1_000_000
+
+
+def mmh3_field(view: str, feature: str) -> bytes:
+    """Feast's ``_mmh3(f"{view}:{feature}")``: murmur3_32, little endian, 4 bytes."""
+    return struct.pack("<I", mmh3.hash(f"{view}:{feature}", signed=False))
+
+
+def ts_field(view: str) -> bytes:
+    return f"_ts:{view}".encode()
+
+
+# ------------------------------------------------------------------------------------------------ entity keys
+
+
+def key_prefix(join_key: str) -> bytes:
+    """Serialized entity key up to the value: one join key, its name."""
+    name = join_key.encode()
+    return struct.pack("<III", 1, VALUE_TYPE_STRING, len(name)) + name
+
+
+def entity_keys(join_key: str, dtype: str, values: Sequence[Any] | pa.Array | np.ndarray, project: str
+                ) -> list[bytes]:
+    """Redis keys of ``values`` exactly as Feast's ``_redis_key`` makes them (v3 serialization)."""
+    prefix, suffix = key_prefix(join_key), project.encode()
+    if dtype == "int64":
+        array = (values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array | pa.ChunkedArray)
+                 else np.asarray(values, dtype=np.int64)).astype("<i8")
+        packed = np.empty(len(array), dtype=[("type", "<u4"), ("size", "<u4"), ("value", "<i8")])
+        packed["type"], packed["size"], packed["value"] = VALUE_TYPE_INT64, 8, array
+        raw = packed.tobytes()
+        return [prefix + raw[i:i + 16] + suffix for i in range(0, len(raw), 16)]
+    out = []
+    head = struct.Struct("<II")
+    for value in (values.to_pylist() if isinstance(values, pa.Array | pa.ChunkedArray) else values):
+        data = str(value).encode()
+        out.append(prefix + head.pack(VALUE_TYPE_STRING, len(data)) + data + suffix)
+    return out
+
+
+def parse_entity_value(dtype: str, value: Any) -> Any:
+    """A key as a caller sends it (JSON number, CLI string) -> the join key's Python type."""
+    if dtype == "int64":
+        if isinstance(value, bool) or not isinstance(value, int | str | float):
+            raise ValueError(f"{value!r} is not an integer")
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{value!r} is not an integer")
+        return int(value)
+    if not isinstance(value, str | int):
+        raise ValueError(f"{value!r} is not a string")
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+
+
+def _varint_matrix(values: np.ndarray, tag: int) -> tuple[bytes, np.ndarray, int]:
+    """Tag + protobuf varint of each int64 (two's complement, so negatives take 10 bytes), as one buffer of
+    fixed-width rows and the used length of each row."""
+    rest = values.astype(np.int64).view(np.uint64).copy()
+    width = 11
+    matrix = np.zeros((len(rest), width), dtype=np.uint8)
+    matrix[:, 0] = tag
+    lengths = np.full(len(rest), 2, dtype=np.int64)
+    for i in range(1, width):
+        matrix[:, i] = (rest & np.uint64(0x7F)).astype(np.uint8)
+        rest >>= np.uint64(7)
+        more = rest != 0
+        if not more.any():
+            break
+        matrix[more, i] |= 0x80
+        lengths += more
+    return matrix.tobytes(), lengths, width
+
+
+def _rows(raw: bytes, lengths: np.ndarray, width: int) -> list[bytes]:
+    return [raw[i * width:i * width + n] for i, n in enumerate(lengths.tolist())]
+
+
+def _fixed(values: np.ndarray, tag: int, fmt: str) -> list[bytes]:
+    packed = np.empty(len(values), dtype=[("tag", "u1"), ("value", fmt)])
+    packed["tag"], packed["value"] = tag, values
+    raw = packed.tobytes()
+    step = packed.itemsize
+    return [raw[i:i + step] for i in range(0, len(raw), step)]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    value &= (1 << 64) - 1
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _strings(array: pa.Array) -> list[bytes]:
+    out = []
+    for value in array.to_pylist():
+        if value is None:
+            out.append(b"")
+            continue
+        data = value.encode()
+        out.append(TAG_STRING + (bytes((len(data),)) if len(data) < 128 else _varint(len(data))) + data)
+    return out
+
+
+def _epoch_micros(array: pa.Array) -> np.ndarray:
+    return pc.cast(pc.cast(array, pa.timestamp("us", tz="UTC")), pa.int64()).fill_null(0).to_numpy(
+        zero_copy_only=False)
+
+
+def _unix_seconds(array: pa.Array) -> np.ndarray:
+    """Whole seconds as Feast computes them (``int(dt.timestamp())``: truncated toward zero)."""
+    micros = _epoch_micros(array)
+    seconds = micros // MICROS
+    seconds[(micros % MICROS != 0) & (micros < 0)] += 1
+    return seconds
+
+
+def encode_values(dtype: str, array: pa.Array) -> list[bytes]:
+    """Serialized ``feast.types.Value`` of each element; nulls are the empty Value (b"")."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if dtype == "string":
+        return _strings(array)
+    valid = array.is_valid().to_numpy(zero_copy_only=False) if array.null_count else None
+    if dtype in ("int64", "int32", "bool", "timestamp"):
+        if dtype == "timestamp":
+            numbers = _unix_seconds(array)
+        else:
+            numbers = pc.cast(array, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        tag = {"int64": TAG_INT64, "int32": TAG_INT32, "bool": TAG_BOOL, "timestamp": TAG_UNIX_TS}[dtype]
+        out = _rows(*_varint_matrix(numbers, tag))
+    elif dtype in ("float64", "float32"):
+        numbers = pc.cast(array, pa.float64() if dtype == "float64" else pa.float32()).fill_null(0).to_numpy(
+            zero_copy_only=False)
+        out = _fixed(numbers, *((TAG_DOUBLE, "<f8") if dtype == "float64" else (TAG_FLOAT, "<f4")))
+        nan = np.isnan(numbers)
+        if nan.any():  # Feast writes NaN as null (an empty Value); so does the platform
+            valid = ~nan if valid is None else valid & ~nan
+    else:
+        raise ValueError(f"no encoder for dtype {dtype!r}")
+    if valid is not None:
+        for index in np.flatnonzero(~valid).tolist():
+            out[index] = b""
+    return out
+
+
+def encode_event_timestamps(array: pa.Array) -> list[bytes]:
+    """Serialized ``google.protobuf.Timestamp`` (seconds = 1, nanos = 2; zero fields are omitted)."""
+    micros = _epoch_micros(array)
+    seconds, rest = np.divmod(micros, MICROS)
+    nanos = rest * 1000
+    with_seconds = _rows(*_varint_matrix(seconds, 0x08))
+    out = []
+    for index, (sec, nano) in enumerate(zip(seconds.tolist(), nanos.tolist(), strict=True)):
+        head = with_seconds[index] if sec else b""
+        out.append(head + (b"\x10" + _varint(nano) if nano else b""))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _signed(value: int, bits: int = 64) -> int:
+    return value - (1 << bits) if value >= 1 << (bits - 1) else value
+
+
+NULL_TIMESTAMP_SECONDS = -(1 << 63)  # Feast's NULL_TIMESTAMP_INT_VALUE: a null timestamp written by pandas NaT
+
+
+def decode_value(data: bytes | None) -> Any:
+    """A serialized ``feast.types.Value`` of a scalar contract dtype -> Python value (None for null).
+
+    Timestamps come back as whole epoch seconds (int); callers format them.
+    """
+    if not data:
+        return None
+    tag = data[0]
+    if tag == TAG_DOUBLE:
+        return struct.unpack_from("<d", data, 1)[0]
+    if tag == TAG_FLOAT:
+        return struct.unpack_from("<f", data, 1)[0]
+    if tag == 0x12:
+        size, pos = _read_varint(data, 1)
+        return data[pos:pos + size].decode()
+    if tag in (TAG_INT64, TAG_INT32, TAG_BOOL, TAG_UNIX_TS):
+        raw, _ = _read_varint(data, 1)
+        if tag == TAG_BOOL:
+            return bool(raw)
+        value = _signed(raw)
+        if tag == TAG_UNIX_TS and value == NULL_TIMESTAMP_SECONDS:
+            return None
+        return value
+    return _decode_with_protobuf(data)
+
+
+def _decode_with_protobuf(data: bytes) -> Any:
+    """Anything not written by a scalar encoder above (another writer, a new Feast): let protobuf read it."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    value = Value.FromString(data)
+    which = value.WhichOneof("val")
+    return None if which in (None, "null_val") else getattr(value, which)
+
+
+def decode_timestamp_micros(data: bytes | None) -> int | None:
+    """A serialized ``google.protobuf.Timestamp`` -> epoch microseconds; None when the field is absent."""
+    if data is None:
+        return None
+    seconds = nanos = 0
+    pos = 0
+    while pos < len(data):
+        tag = data[pos]
+        raw, pos = _read_varint(data, pos + 1)
+        if tag == 0x08:
+            seconds = _signed(raw)
+        elif tag == 0x10:
+            nanos = _signed(raw, 32)
+    return seconds * MICROS + nanos // 1000
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    name: str
+    dtype: str
+    field: bytes  # mmh3("view:feature")
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """Everything the hot loops need for one feature view, computed once."""
+
+    view: str
+    project: str
+    join_key: str
+    entity_dtype: str
+    timestamp_field: str
+    ttl_seconds: int
+    features: tuple[FeaturePlan, ...]
+
+    @property
+    def ts_field(self) -> bytes:
+        return ts_field(self.view)
+
+    @property
+    def fields(self) -> list[bytes]:
+        """Every hash field this view owns: its features, then its timestamp."""
+        return [f.field for f in self.features] + [self.ts_field]
+
+    def keys(self, values: Sequence[Any] | pa.Array | np.ndarray) -> list[bytes]:
+        return entity_keys(self.join_key, self.entity_dtype, values, self.project)
+
+    def feature(self, name: str) -> FeaturePlan:
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        raise KeyError(name)
+
+
+def plan_view(project: str, view: str, join_key: str, entity_dtype: str, timestamp_field: str, ttl_seconds: int,
+              features: Sequence[tuple[str, str]]) -> ViewPlan:
+    return ViewPlan(view=view, project=project, join_key=join_key, entity_dtype=entity_dtype,
+                    timestamp_field=timestamp_field, ttl_seconds=ttl_seconds,
+                    features=tuple(FeaturePlan(name, dtype, mmh3_field(view, name)) for name, dtype in features))
+
+
+def plan_contract(project: str, contract: Any) -> ViewPlan:
+    """The plan of one contract version (a ``FeatureSetContract``)."""
+    return plan_view(project, contract.feature_view_name, contract.entity.join_key, contract.entity.dtype,
+                     contract.timestamp_field, contract.ttl_seconds, [(f.name, f.dtype) for f in contract.features])
+
+
