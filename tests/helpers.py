@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from feature_platform import pipeline
 from feature_platform.environments import Settings
@@ -65,3 +67,62 @@ def configmap_mount(contracts: Path, mount: Path, stamp: str = "..2026_11_23_07_
         if not (mount / key).is_symlink():
             os.symlink(f"..data/{key}", mount / key)
     return mount
+
+
+# ------------------------------------------------------------------------------ generated contracts and data
+
+
+EVERY_DTYPE_SQL = """SELECT merchant_code, ts, score, cnt, small, flag, label, seen_at, ratio FROM source"""
+
+
+def every_dtype_contract(version: int = 1, name: str = "merchant_risk", key: str = "merchant_code",
+                         key_dtype: str = "string", ttl: str = "2d", sql: str = EVERY_DTYPE_SQL) -> dict:
+    """A contract unlike the examples: string (or int) keys, every dtype, nullable features."""
+    features = [("score", "float64"), ("cnt", "int64"), ("small", "int32"), ("flag", "bool"), ("label", "string"),
+                ("seen_at", "timestamp"), ("ratio", "float32")]
+    return {"kind": "FeatureSet", "name": name, "version": version, "description": "Generated for tests.",
+            "owner": "tests@example.com",
+            "entity": {"name": "merchant", "join_key": key, "dtype": key_dtype, "description": "a merchant"},
+            "timestamp_field": "ts", "ttl": ttl, "online": True, "pii": False,
+            "source": {"table": "merchant_events", "sql": sql.replace("merchant_code", key)},
+            "features": [{"name": n, "dtype": d, "description": f"{n} ({d})", "nullable": True}
+                         for n, d in features]}
+
+
+def write_contract(contracts: Path, contract: dict) -> Path:
+    path = contracts / "feature_sets" / contract["name"] / f"v{contract['version']}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(contract, sort_keys=False))
+    return path
+
+
+def merchant_events(merchants: list, rows_per_merchant: int = 4, seed: int = 3, null_share: float = 0.2,
+                    end: datetime = AS_OF, key: str = "merchant_code") -> pa.Table:
+    """Raw events for ``merchants``: one row per merchant and hour, every dtype, ~20% nulls per feature."""
+    rng = random.Random(seed)
+    rows: dict[str, list] = {k: [] for k in (key, "ts", "score", "cnt", "small", "flag", "label", "seen_at",
+                                             "ratio")}
+
+    def maybe(value):
+        return None if rng.random() < null_share else value
+
+    for merchant in merchants:
+        for i in range(rows_per_merchant):
+            stamp = end - timedelta(hours=i + 1, minutes=rng.randrange(60))
+            rows[key].append(merchant)
+            rows["ts"].append(stamp)
+            rows["score"].append(maybe(rng.uniform(-1e6, 1e6)))
+            rows["cnt"].append(maybe(rng.randrange(-2**40, 2**40)))
+            rows["small"].append(maybe(rng.randrange(-2**31, 2**31)))
+            rows["flag"].append(maybe(rng.random() < 0.5))
+            rows["label"].append(maybe(rng.choice(["", "a", "ünïcödé", "x" * 300])))
+            offset = timedelta(seconds=rng.randrange(10**6), microseconds=rng.randrange(10**6))
+            rows["seen_at"].append(maybe(stamp - offset))
+            rows["ratio"].append(maybe(rng.random()))
+    key_type = pa.string() if isinstance(merchants[0], str) else pa.int64()
+    return pa.table({key: pa.array(rows[key], key_type), "ts": pa.array(rows["ts"], pa.timestamp("us", tz="UTC")),
+                     "score": pa.array(rows["score"], pa.float64()), "cnt": pa.array(rows["cnt"], pa.int64()),
+                     "small": pa.array(rows["small"], pa.int32()), "flag": pa.array(rows["flag"], pa.bool_()),
+                     "label": pa.array(rows["label"], pa.string()),
+                     "seen_at": pa.array(rows["seen_at"], pa.timestamp("us", tz="UTC")),
+                     "ratio": pa.array(rows["ratio"], pa.float32())})

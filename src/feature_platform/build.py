@@ -247,6 +247,7 @@ def execution_threads(con: Any, sql: str) -> int:
     """1 when the SQL aggregates or windows: parallel DuckDB adds floating-point partial results in whatever
     order threads finish, so the same input could round differently. Row-level SQL stays parallel."""
     plan = "\n".join(str(row[1]) for row in con.execute("EXPLAIN " + sql).fetchall())
+    plan = plan.upper().replace(" ", "_")  # "Hash Group By" (DuckDB 2) and "HASH_GROUP_BY" (1.x)
     if any(operator in plan for operator in ORDER_SENSITIVE_OPERATORS):
         return 1
     return int(con.execute("SELECT current_setting('threads')").fetchone()[0])

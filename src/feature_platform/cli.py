@@ -213,6 +213,21 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from feature_platform.feast_bridge import plan
+
+    result = plan(_settings(args))
+    if args.json:
+        _print_json({k: v for k, v in result.items() if not k.endswith("_text")})
+    else:
+        for line in result["registry_changes"] + result["infra_changes"]:
+            print(line)
+        print(f"{result['environment']}: " + ("no changes" if not (result["registry_changes"] or result[
+            "infra_changes"]) else f"{len(result['registry_changes'])} registry and "
+                                   f"{len(result['infra_changes'])} infrastructure change(s)"))
+    return 0
+
+
 def cmd_materialize(args: argparse.Namespace) -> int:
     from feature_platform import pipeline
 
@@ -461,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-set", action="append", help="only this feature set's objects (repeatable)")
     _add_common(p)
     p.set_defaults(handler=cmd_apply)
+
+    p = commands.add_parser("plan", help="what an apply would change (Feast's plan of the contracts; run on PRs)")
+    _add_common(p)
+    p.set_defaults(handler=cmd_plan)
 
     p = commands.add_parser("materialize", help="load the promoted builds into the online store")
     p.add_argument("--incremental", action="store_true", help="resume from Feast's last materialization")

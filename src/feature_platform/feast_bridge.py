@@ -325,10 +325,55 @@ def apply(settings: Settings, env: EnvironmentContract | None = None,
                 store.apply(wanted.all())
             except Exception as exc:
                 raise FeastError(f"feast apply failed for {env.name}: {_one_line(exc)}") from exc
+        _record_infra(store)
     names = {fv.name for fv in wanted.feature_views}
     known = {c.feature_view_name for c in settings.contracts().all()}
     return ApplyResult(changed=changed, unchanged=sorted(names - set(changed)),
                        unmanaged=sorted(set(existing) - known))
+
+
+def _record_infra(store: FeatureStore) -> None:
+    """Record in the registry the online tables the registered views need, as `feast apply` does (store.apply
+    creates them but does not record them), so `feast plan` right after an apply reports no changes."""
+    try:
+        wanted = store.provider.plan_infra(store.config, store.registry.proto())
+        if wanted.to_proto() != store.registry.get_infra(store.project).to_proto():
+            store.registry.update_infra(wanted, store.project, commit=True)
+    except Exception as exc:
+        raise FeastError(f"recording the online store's tables in the registry failed: {_one_line(exc)}") from exc
+
+
+def plan(settings: Settings, env: EnvironmentContract | None = None) -> dict[str, Any]:
+    """What `featurectl apply` (and `feast apply` on feature_repo/) would change: Feast's own plan of the
+    contracts' definitions against the registry. Objects in no contract show as deletions (`feast apply` would
+    prune them; `featurectl apply` never does)."""
+    from feast import Project
+    from feast.feature_view import DUMMY_ENTITY
+    from feast.repo_contents import RepoContents
+
+    env = env or settings.environment()
+    wanted = definitions(settings, env)
+    store = open_store(settings, env)
+    with feast_process_environment(settings):
+        # As `feast plan` parses feature_repo/: the project and Feast's dummy entity are part of the repo.
+        contents = RepoContents(
+            projects=[Project(name=store.project, description="")],
+            data_sources=[fv.batch_source for fv in wanted.feature_views],
+            feature_views=wanted.feature_views, on_demand_feature_views=[], stream_feature_views=[],
+            label_views=[], entities=[*wanted.entities, DUMMY_ENTITY], feature_services=wanted.feature_services,
+            permissions=[])
+        try:
+            registry_diff, infra_diff, _ = store.plan(contents)
+        except Exception as exc:
+            raise FeastError(f"feast plan failed for {env.name}: {_one_line(exc)}") from exc
+    changes = [f"{diff.transition_type.name.lower()} {getattr(diff.feast_object_type, 'value', diff.feast_object_type)}"
+               f" {diff.name}" + (f" ({', '.join(p.property_name for p in diff.feast_object_property_diffs)})"
+                                  if diff.feast_object_property_diffs else "")
+               for diff in registry_diff.feast_object_diffs if diff.transition_type.name != "UNCHANGED"]
+    infra = [f"{diff.transition_type.name.lower()} {diff.infra_object_type} {diff.name}"
+             for diff in infra_diff.infra_object_diffs if diff.transition_type.name != "UNCHANGED"]
+    return {"environment": env.name, "registry_changes": changes, "infra_changes": infra,
+            "registry_text": registry_diff.to_string(), "infra_text": infra_diff.to_string()}
 
 
 def _service_views(service: Any) -> list[str]:

@@ -137,7 +137,11 @@ def verify(settings: Settings, sample: int = 20, feature_views: list[str] | None
                                          f"{r['ttl_seconds']}s",
                    "" if r["materialized_build_id"] == r["build_id"] else
                    f"registry serves build {r['build_id']} but build {r['materialized_build_id']} was "
-                   "materialized last; run `featurectl materialize`"]
+                   "completely materialized last; run `featurectl materialize`",
+                   "" if r["online_entities"] == r["build_entities"] else
+                   f"{r['online_entities']} entities online but the build has {r['build_entities']}; run "
+                   "`featurectl materialize` (it deletes entities that left the build)",
+                   "a key that is in no build is served" if r["absent_key_served"] else ""]
             reasons.append(f"{r['feature_view']}: " + ", ".join(w for w in why if w))
         raise FeastError("offline/online verification failed: " + "; ".join(reasons))
     return results
