@@ -38,6 +38,8 @@ VALUE_TYPE_STRING = 2
 VALUE_TYPE_INT64 = 4
 
 MICROS = 1_000_000
+NULL_TIMESTAMP_SECONDS = -(1 << 63)  # Feast's NULL_TIMESTAMP_INT_VALUE: how Feast writes a null timestamp feature
+NULL_TIMESTAMP_VALUE = bytes([TAG_UNIX_TS]) + b"\x80" * 9 + b"\x01"  # unix_timestamp_val = -2**63
 
 
 def mmh3_field(view: str, feature: str) -> bytes:
@@ -185,8 +187,10 @@ def encode_values(dtype: str, array: pa.Array) -> list[bytes]:
     else:
         raise ValueError(f"no encoder for dtype {dtype!r}")
     if valid is not None:
+        # Feast's Arrow path writes a null timestamp as its NULL_TIMESTAMP_INT_VALUE sentinel, other nulls empty.
+        null = NULL_TIMESTAMP_VALUE if dtype == "timestamp" else b""
         for index in np.flatnonzero(~valid).tolist():
-            out[index] = b""
+            out[index] = null
     return out
 
 
@@ -221,7 +225,6 @@ def _signed(value: int, bits: int = 64) -> int:
     return value - (1 << bits) if value >= 1 << (bits - 1) else value
 
 
-NULL_TIMESTAMP_SECONDS = -(1 << 63)  # Feast's NULL_TIMESTAMP_INT_VALUE: a null timestamp written by pandas NaT
 
 
 def decode_value(data: bytes | None) -> Any:
