@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -301,20 +302,35 @@ def serve_command(settings: Any, host: str, port: int) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import os
     import shutil
 
-    settings = _settings(args)
-    command = serve_command(settings, args.host, args.port)
-    if args.print_command:
-        print(" ".join(command))
-        return 0
-    binary = shutil.which("feast") or str(Path(sys.executable).parent / "feast")
-    from feature_platform.feast_bridge import feast_process_environment
+    from feature_platform.feast_bridge import check_runtime_env, feast_process_environment
 
-    with feast_process_environment(settings):
-        os.execv(binary, [binary, *command[1:]])
-    return 0  # not reached
+    settings = _settings(args)
+    if args.engine == "feast":
+        command = serve_command(settings, args.host, args.port)
+        if args.print_command:
+            print(" ".join(command))
+            return 0
+        binary = shutil.which("feast") or str(Path(sys.executable).parent / "feast")
+        with feast_process_environment(settings):
+            os.execv(binary, [binary, *command[1:]])
+        return 0  # not reached
+    from feature_platform.online.server import serve
+
+    check_runtime_env(settings, settings.environment())
+    # Each uvicorn worker builds its app from the process environment: pass the resolved settings on.
+    os.environ.update({k: v for k, v in settings.values.items() if k.startswith(("FEATURE_PLATFORM_", "AWS_"))})
+    os.environ.update({"FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
+                       "FEATURE_PLATFORM_HOME": str(settings.home), "FEATURE_PLATFORM_ENV": settings.env_name})
+    if settings.s3_endpoint_url:
+        os.environ["FEAST_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    if args.print_command:
+        print(f"uvicorn feature_platform.online.server:create_app --factory --host {args.host} --port {args.port} "
+              f"--workers {args.workers}")
+        return 0
+    serve(args.host, args.port, args.workers)
+    return 0
 
 
 def cmd_step(args: argparse.Namespace) -> int:
@@ -509,10 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(handler=cmd_verify)
 
-    p = commands.add_parser("serve", help="run Feast's HTTP feature server for the environment (read-only)")
+    p = commands.add_parser("serve", help="run the feature server (Feast's HTTP API) for the environment")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=6566)
-    p.add_argument("--print-command", action="store_true", help="print the feast command instead of running it")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("FEATURE_PLATFORM_SERVER_WORKERS", "1")),
+                   help="worker processes (default $FEATURE_PLATFORM_SERVER_WORKERS or 1)")
+    p.add_argument("--engine", choices=["platform", "feast"], default="platform",
+                   help="platform: the planned Redis server (default); feast: plain `feast serve`")
+    p.add_argument("--print-command", action="store_true", help="print the server command instead of running it")
     _add_common(p)
     p.set_defaults(handler=cmd_serve)
 

@@ -1,0 +1,453 @@
+"""The platform's feature server: Feast's HTTP API, served from Feast's Redis layout through the planner.
+
+``POST /get-online-features`` takes the body ``feast serve`` takes (``features`` or ``feature_service``,
+``entities``, ``full_feature_names``) and answers in its shape (``metadata.feature_names``, ``results`` with
+``values``, ``statuses``, ``event_timestamps``), so Feast's ``remote`` online store and existing callers work
+unchanged. Differences, on purpose: the view's TTL is enforced (``OUTSIDE_MAX_AGE``, null value; Feast 0.67
+does not, feast issue 6821), an unknown entity's event timestamp is null (Feast says 1970-01-01), and a null
+timestamp feature is null (Feast says -9223372036854775808).
+
+The catalog (one :class:`~feature_platform.online.layout.ViewPlan` per feature view, the feature services) is
+built from Feast's registry in the background every ``cache_ttl_seconds``, never on the request path. Requests
+the planner cannot serve (on-demand views, non-scalar types, an online store other than Redis) go through
+Feast's own ``get_online_features``.
+
+A raw ASGI app (no framework) on uvicorn with uvloop and httptools, JSON by msgspec; Redis reads are one
+synchronous pipeline per request on the event loop (sub-millisecond; a thread hop cost more than it saved).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from feature_platform.online import reader
+from feature_platform.online.layout import FeaturePlan, ViewPlan, plan_view
+
+log = logging.getLogger("feature_platform.server")
+
+FEAST_DTYPES = {"Int32": "int32", "Int64": "int64", "Float32": "float32", "Float64": "float64",
+                "String": "string", "Bool": "bool", "UnixTimestamp": "timestamp"}
+EPOCH = "1970-01-01T00:00:00Z"
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+# ---------------------------------------------------------------------------------------------- the catalog
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What the registry says, planned: built in the background, swapped whole."""
+
+    views: dict[str, ViewPlan] = field(default_factory=dict)
+    unplannable: dict[str, str] = field(default_factory=dict)  # view -> why Feast's path serves it
+    services: dict[str, list[tuple[str, list[str]]]] = field(default_factory=dict)  # -> [(view, features)]
+    loaded_at: float = 0.0
+
+
+def _feast_dtype(field_: Any) -> str | None:
+    return FEAST_DTYPES.get(str(field_.dtype))
+
+
+def build_catalog(store: Any) -> Catalog:
+    """Plan every feature view and feature service of the store's project from its registry."""
+    registry, project = store.registry, store.project
+    registry.refresh(project)
+    entities = {e.name: e for e in registry.list_entities(project, allow_cache=True)}
+    views: dict[str, ViewPlan] = {}
+    unplannable: dict[str, str] = {}
+    for view in registry.list_feature_views(project, allow_cache=True):
+        join_keys = [entities[name].join_key for name in view.entities if name in entities]
+        types = {f.name: _feast_dtype(f) for f in view.features}
+        key_types = {f.name: _feast_dtype(f) for f in view.entity_columns}
+        if len(join_keys) != 1 or key_types.get(join_keys[0]) not in ("int64", "string"):
+            unplannable[view.name] = "the planner serves one int64 or string join key"
+            continue
+        if None in types.values():
+            unplannable[view.name] = "a feature type the planner does not encode"
+            continue
+        ttl = int(view.ttl.total_seconds()) if view.ttl else 0
+        views[view.name] = plan_view(project, view.name, join_keys[0], key_types[join_keys[0]] or "string",
+                                     view.batch_source.timestamp_field if view.batch_source else "", ttl,
+                                     [(f.name, types[f.name]) for f in view.features])
+    for view in registry.list_on_demand_feature_views(project, allow_cache=True):
+        unplannable[view.name] = "on-demand feature view"
+    services = {s.name: [(p.name_to_use(), [f.name for f in p.features]) for p in s.feature_view_projections]
+                for s in registry.list_feature_services(project, allow_cache=True)}
+    return Catalog(views=views, unplannable=unplannable, services=services, loaded_at=time.time())
+
+
+# ------------------------------------------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """Feast's metric names where they exist, in a registry of the server's own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.latency = Histogram("feast_feature_server_request_latency_seconds", "Request latency in seconds",
+                                 ["endpoint"], registry=self.registry,
+                                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+        self.requests = Counter("feast_online_features_request_total", "Online feature retrieval requests",
+                                registry=self.registry)
+        self.entities = Histogram("feast_online_features_entity_count", "Entity rows per online request",
+                                  registry=self.registry, buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))
+        self.statuses = Counter("feast_online_features_status_total",
+                                "Feature values by retrieval status per feature view (null rate, not found)",
+                                ["feature_view", "status"], registry=self.registry)
+        self.errors = Counter("feature_platform_server_errors_total", "Failed requests by HTTP status",
+                              ["status"], registry=self.registry)
+        self.freshness = Gauge("feast_feature_freshness_seconds",
+                               "Seconds since the newest event time served per feature view",
+                               ["feature_view"], registry=self.registry)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+# ------------------------------------------------------------------------------------------------ requests
+
+
+class OnlineRequest(msgspec.Struct, forbid_unknown_fields=False):
+    entities: dict[str, list[Any]]
+    features: list[str] = []
+    feature_service: str | None = None
+    full_feature_names: bool = False
+
+
+_decoder = msgspec.json.Decoder(OnlineRequest)
+_encoder = msgspec.json.Encoder()
+
+
+def parse_request(body: bytes) -> OnlineRequest:
+    try:
+        request = _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise RequestError(422, f"invalid request body: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise RequestError(422, f"the body is not valid JSON: {exc}") from exc
+    if not request.features and not request.feature_service:
+        raise RequestError(422, "features: give `features` (\"view:feature\", ...) or `feature_service`")
+    lengths = {len(v) for v in request.entities.values()}
+    if len(lengths) > 1:
+        raise RequestError(422, "entities: every entity column must have the same number of values")
+    return request
+
+
+def resolve(catalog: Catalog, request: OnlineRequest) -> list[tuple[str, list[str]]] | None:
+    """[(view, [feature, ...])] in request order, or None when Feast's own path must answer."""
+    if request.feature_service:
+        if request.feature_service not in catalog.services:
+            raise RequestError(404, f"feature_service: no feature service named {request.feature_service!r}")
+        groups = catalog.services[request.feature_service]
+    else:
+        order: dict[str, list[str]] = {}
+        for ref in request.features:
+            view, sep, feature = ref.partition(":")
+            if not sep or not feature:
+                raise RequestError(422, f"features: {ref!r} is not \"view:feature\"")
+            order.setdefault(view, []).append(feature)
+        groups = list(order.items())
+    for view, features in groups:
+        if view in catalog.unplannable:
+            return None
+        plan = catalog.views.get(view)
+        if plan is None:
+            raise RequestError(404, f"features: no feature view named {view!r}")
+        known = {f.name for f in plan.features}
+        for feature in features:
+            if feature not in known:
+                raise RequestError(404, f"features: feature view {view!r} has no feature {feature!r}")
+    return list(groups)
+
+
+_ts_cache: dict[int, str] = {}
+
+
+def format_timestamp(micros: int | None) -> str | None:
+    """RFC 3339 with Feast's adaptive precision; null for an entity that was not found."""
+    if micros is None:
+        return None
+    text = _ts_cache.get(micros)
+    if text is None:
+        seconds, rest = divmod(micros, 1_000_000)
+        base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        text = base + ("Z" if rest == 0 else f".{rest // 1000:03d}Z" if rest % 1000 == 0 else f".{rest:06d}Z")
+        if len(_ts_cache) > 100_000:
+            _ts_cache.clear()
+        _ts_cache[micros] = text
+    return text
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+class FeatureServer:
+    """The request logic, independent of the ASGI plumbing (and so testable in-process)."""
+
+    def __init__(self, client: Any, catalog_loader: Callable[[], Catalog], refresh_seconds: float,
+                 feast_fallback: Callable[[OnlineRequest], dict[str, Any]] | None = None,
+                 enforce_ttl: bool = True) -> None:
+        self.client = client
+        self.catalog_loader = catalog_loader
+        self.refresh_seconds = refresh_seconds
+        self.feast_fallback = feast_fallback
+        self.enforce_ttl = enforce_ttl
+        self.catalog: Catalog | None = None
+        self.metrics = Metrics()
+        self._stop = threading.Event()
+
+    # -- catalog refresh, never on the request path
+    def load_catalog(self) -> None:
+        self.catalog = self.catalog_loader()
+
+    def start_refresh(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.refresh_seconds):
+                try:
+                    self.load_catalog()
+                except Exception as exc:  # keep serving the last good catalog
+                    log.warning("registry refresh failed, serving the previous catalog: %s", exc)
+
+        threading.Thread(target=loop, name="registry-refresh", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- reads
+    def get_online_features(self, request: OnlineRequest) -> dict[str, Any]:
+        catalog = self.catalog
+        if catalog is None:
+            raise RequestError(503, "the registry is not loaded yet")
+        groups = resolve(catalog, request) if self.client is not None else None
+        if groups is None:
+            if self.feast_fallback is None:
+                raise RequestError(501, "this request needs Feast's path, which is not configured")
+            return self.feast_fallback(request)
+        rows = len(next(iter(request.entities.values()), []))
+        pipe = self.client.pipeline(transaction=False)
+        queued = []
+        for view, features in groups:
+            plan = catalog.views[view]
+            if plan.join_key not in request.entities:
+                raise RequestError(422, f"entities: {view} needs the entity column {plan.join_key!r}")
+            try:
+                values = [_parse(plan, v) for v in request.entities[plan.join_key]]
+            except ValueError as exc:
+                raise RequestError(422, f"entities.{plan.join_key}: {exc}") from exc
+            wanted = [plan.feature(f) for f in features]
+            order, count = reader.queue_reads(pipe, plan, wanted, values)
+            queued.append((plan, wanted, order, count))
+        replies = pipe.execute()
+        now = reader.now_micros()
+        names = list(request.entities)
+        results = [{"values": list(column), "statuses": ["PRESENT"] * rows, "event_timestamps": [EPOCH] * rows}
+                   for column in request.entities.values()]
+        offset = 0
+        for plan, wanted, order, count in queued:
+            read = reader.decode_reads(plan, wanted, order, replies[offset:offset + count], now, self.enforce_ttl)
+            offset += count
+            stamps = [format_timestamp(m) for m in read.event_micros]
+            newest = max((m for m in read.event_micros if m is not None), default=None)
+            if newest is not None:
+                self.metrics.freshness.labels(plan.view).set(max(0.0, (now - newest) / 1e6))
+            for feature, values, statuses in zip(wanted, read.values, read.statuses, strict=True):
+                names.append(f"{plan.view}__{feature.name}" if request.full_feature_names else feature.name)
+                if feature.dtype in ("float32", "float64"):
+                    values = [_json_value(v) for v in values]
+                for status in set(statuses):  # the metric keeps NULL_VALUE apart: it is the view's null rate
+                    self.metrics.statuses.labels(plan.view, status).inc(statuses.count(status))
+                if reader.NULL_VALUE in statuses:  # on the wire, as Feast: a null in a found row is PRESENT
+                    statuses = [reader.PRESENT if s == reader.NULL_VALUE else s for s in statuses]
+                results.append({"values": values, "statuses": statuses, "event_timestamps": stamps})
+        self.metrics.requests.inc()
+        self.metrics.entities.observe(rows)
+        return {"metadata": {"feature_names": names}, "results": results}
+
+    def health(self) -> bool:
+        if self.catalog is None:
+            return False
+        if self.client is not None:
+            self.client.ping()
+        return True
+
+
+def _parse(plan: ViewPlan, value: Any) -> Any:
+    from feature_platform.online.layout import parse_entity_value
+
+    return parse_entity_value(plan.entity_dtype, value)
+
+
+# --------------------------------------------------------------------------------------------- ASGI plumbing
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: bytes = b"application/json") -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class App:
+    """ASGI application around a :class:`FeatureServer`."""
+
+    def __init__(self, server: FeatureServer, startup: Callable[[], None] | None = None) -> None:
+        self.server = server
+        self.startup = startup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        started = time.perf_counter()
+        server = self.server
+        try:
+            if path == "/get-online-features" and method == "POST":
+                request = parse_request(await _read_body(receive))
+                try:
+                    answer = server.get_online_features(request)
+                except reader_errors() as exc:
+                    raise RequestError(503, f"online store unavailable: {type(exc).__name__}: {exc}") from exc
+                await _respond(send, 200, _encoder.encode(answer))
+            elif path == "/health" and method == "GET":
+                try:
+                    ok = server.health()
+                except reader_errors():
+                    ok = False
+                await _respond(send, 200 if ok else 503, b'{"status":"ok"}' if ok else b'{"status":"unavailable"}')
+            elif path == "/metrics" and method == "GET":
+                await _respond(send, 200, server.metrics.render(), b"text/plain; version=0.0.4")
+            else:
+                raise RequestError(404, f"no route {method} {path}; see POST /get-online-features, GET /health")
+        except RequestError as exc:
+            server.metrics.errors.labels(str(exc.status)).inc()
+            await _respond(send, exc.status, _encoder.encode({"detail": exc.detail}))
+        finally:
+            server.metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    if self.startup is not None:
+                        await asyncio.get_running_loop().run_in_executor(None, self.startup)
+                    await send({"type": "lifespan.startup.complete"})
+                except Exception as exc:
+                    log.error("feature server failed to start: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+            elif message["type"] == "lifespan.shutdown":
+                self.server.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def reader_errors() -> tuple[type[BaseException], ...]:
+    from feature_platform.online.redis_client import unavailable_errors
+
+    return unavailable_errors()
+
+
+# ------------------------------------------------------------------------------------------ from settings
+
+
+def create_app() -> App:
+    """The app for the environment named by the process environment (what `featurectl serve` sets); uvicorn
+    calls this in each worker."""
+    from feature_platform import feast_bridge
+    from feature_platform.environments import RedisConfig, Settings
+    from feature_platform.online.redis_client import connect
+
+    settings = Settings.from_env()
+    env = settings.environment()
+    timeout = float(os.environ.get("FEATURE_PLATFORM_SERVER_REDIS_TIMEOUT", "1.0"))
+    enforce_ttl = os.environ.get("FEATURE_PLATFORM_SERVER_ENFORCE_TTL", "true").lower() != "false"
+    store = feast_bridge.open_store(settings, env)
+    client = connect(settings, env, socket_timeout=timeout) if isinstance(env.online_store, RedisConfig) else None
+
+    def load() -> Catalog:
+        with feast_bridge.feast_process_environment(settings):
+            return build_catalog(store)
+
+    def fallback(request: OnlineRequest) -> dict[str, Any]:
+        from feast.feature_server_utils import convert_response_to_dict
+
+        features: Any = (store.get_feature_service(request.feature_service) if request.feature_service
+                         else request.features)
+        rows = len(next(iter(request.entities.values()), []))
+        entity_rows = [{k: v[i] for k, v in request.entities.items()} for i in range(rows)]
+        try:
+            response = store.get_online_features(features=features, entity_rows=entity_rows,
+                                                 full_feature_names=request.full_feature_names)
+        except Exception as exc:
+            raise RequestError(422, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                               ) from exc
+        return convert_response_to_dict(response.proto)
+
+    server = FeatureServer(client, load, max(env.registry.cache_ttl_seconds, 1), fallback, enforce_ttl)
+
+    def startup() -> None:
+        """Ready only when warm: registry planned, Redis answering, one planned read done."""
+        server.load_catalog()
+        if client is not None:
+            client.ping()
+            catalog = server.catalog
+            assert catalog is not None
+            for plan in list(catalog.views.values())[:1]:
+                reader.read_view(client, plan, [_warm_key(plan)])
+        server.start_refresh()
+
+    return App(server, startup)
+
+
+def _warm_key(plan: ViewPlan) -> Any:
+    return 0 if plan.entity_dtype == "int64" else ""
+
+
+def serve(host: str, port: int, workers: int, graceful_seconds: int = 20) -> None:
+    """Run the server with uvicorn (uvloop + httptools). No worker recycling: `feast serve`'s --max-requests
+    stalls a request every N; workers live until shutdown, which drains in-flight requests."""
+    import uvicorn
+
+    uvicorn.run("feature_platform.online.server:create_app", factory=True, host=host, port=port,
+                workers=workers, loop="uvloop", http="httptools", access_log=False, log_level="warning",
+                timeout_graceful_shutdown=graceful_seconds, lifespan="on")
+
+
+__all__ = ["App", "Catalog", "FeaturePlan", "FeatureServer", "build_catalog", "create_app", "serve"]
