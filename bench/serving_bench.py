@@ -1,14 +1,20 @@
 """Materialize throughput and online-read latency on a real redis-server, each next to its floor measured in the
 same run on the same keys: raw redis-py pipelined HSET (writes) and pipelined HMGET + protobuf decode (reads).
 
-    .venv/bin/python bench/serving_bench.py [--rows 1000000 --entities 100000 --reads 300]
+Writes: the platform's materialize, Feast's own materialize and the HSET floor, on the same hashes.
+Reads, interleaved request by request (so machine noise hits every method alike): the floor, the platform's
+server over HTTP, `feast serve` over HTTP, and the in-process planner, for 1 and 100 entities x 5 features.
+
+    .venv/bin/python bench/serving_bench.py [--rows 1000000 --entities 100000 --reads 1000]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -65,15 +71,6 @@ def make_raw(raw: ObjectStore, rows: int, entities: int, tmp: Path) -> None:
     raw.upload(tmp / "bench_raw.parquet", "bench_raw/part-00000.parquet")
 
 
-def timed(fn, repeats: int) -> list[float]:
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return samples
-
-
 def stats(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": round(percentile(samples, 50), 3), "p99_ms": round(percentile(samples, 99), 3)}
 
@@ -82,11 +79,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--entities", type=int, default=100_000)
-    parser.add_argument("--reads", type=int, default=300)
+    parser.add_argument("--reads", type=int, default=1000)
     args = parser.parse_args()
     redis = RedisProcess()
     tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
-    server = None
+    servers: list[subprocess.Popen] = []
     try:
         make_contracts(tmp / "contracts")
         settings = Settings.from_env({"FEATURE_PLATFORM_REDIS_ADDRESS": redis.address},
@@ -99,6 +96,15 @@ def main() -> None:
         start = time.perf_counter()
         pipeline.materialize(settings)
         materialize_seconds = time.perf_counter() - start
+        store = feast_bridge.open_store(settings, env)
+        metadata = feast_bridge.builds.read_metadata(pipeline.object_store(settings, env),
+                                                     settings.contracts().get("bench_features"),
+                                                     pipeline.versions(settings, "bench_features")[1]["build_id"])
+        begin, end = feast_bridge._event_range(metadata)
+        start = time.perf_counter()
+        with feast_bridge.feast_process_environment(settings), contextlib.redirect_stdout(sys.stderr):
+            store.materialize(start_date=begin, end_date=end, feature_views=["bench_features_v1"])
+        feast_materialize_seconds = time.perf_counter() - start
 
         # Floor for writes: the same keys, fields and protobuf values, raw pipelined HSET.
         from feast.infra.online_stores.helpers import _mmh3, _redis_key
@@ -123,59 +129,67 @@ def main() -> None:
             pipe.execute()
         floor_write_seconds = time.perf_counter() - start
 
-        store = feast_bridge.open_store(settings, env)
         refs = [f"{view}:{f}" for f in FEATURES]
         rng = np.random.default_rng(2)
-        batches = {n: [[{"entity_id": int(i)} for i in rng.integers(1, args.entities + 1, n)]
-                       for _ in range(args.reads)] for n in (1, 100)}
+        requests = {n: [[int(i) for i in rng.integers(1, args.entities + 1, n)] for _ in range(args.reads)]
+                    for n in (1, 100)}
 
-        def sdk(n: int):
-            it = iter(batches[n])
-            return lambda: store.get_online_features(features=refs, entity_rows=next(it)).to_dict()
+        from feature_platform.online.layout import plan_contract
+        from feature_platform.online.reader import read_view
+        from feature_platform.online.redis_client import connect
 
-        def floor_read(n: int):
-            it = iter(batches[n])
+        plan = plan_contract("bench", settings.contracts().get("bench_features"))
+        planner_client = connect(settings, env)
 
-            def run() -> None:
-                rows = next(it)
-                pipe = floor_client.pipeline(transaction=False)
-                for row in rows:
-                    pipe.hmget(keys[row["entity_id"] - 1], [*fields, f"_ts:{view}".encode()])
-                for values in pipe.execute():
-                    for raw in values[:-1]:
-                        Value.FromString(raw)
-                    Timestamp.FromString(values[-1])
+        def in_process(ids: list[int]) -> None:
+            read_view(planner_client, plan, ids)
 
-            return run
+        def floor_read(ids: list[int]) -> None:
+            pipe = floor_client.pipeline(transaction=False)
+            for i in ids:
+                pipe.hmget(keys[i - 1], [*fields, f"_ts:{view}".encode()])
+            for values in pipe.execute():
+                for raw in values[:-1]:
+                    Value.FromString(raw)
+                Timestamp.FromString(values[-1])
 
-        probe = store.get_online_features(features=refs, entity_rows=batches[100][0]).to_dict()
-        if any(value is None for value in probe["f0"]):  # a benchmark of misses would flatter every figure
+        probe = read_view(planner_client, plan, requests[100][0])
+        if any(value is None for value in probe.values[0]):  # a benchmark of misses would flatter every figure
             raise SystemExit("online reads returned None: materialization did not reach Redis")
 
-        port = free_port()
+        def start_server(command: list[str]) -> tuple[subprocess.Popen, http.client.HTTPConnection]:
+            port = free_port()
+            with feast_bridge.feast_process_environment(settings):
+                process = subprocess.Popen([*command, "--port" if "featurectl" in command[0] else "-p", str(port)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                           env={**os.environ, **settings.values,
+                                                "FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
+                                                "FEATURE_PLATFORM_HOME": str(settings.home),
+                                                "FEATURE_PLATFORM_ENV": "bench"})
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    connection.request("GET", "/health")
+                    if connection.getresponse().read() is not None:
+                        return process, connection
+                except OSError:
+                    connection.close()
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+
         config = feast_bridge.config_path(settings, env)
-        feast_bin = str(Path(sys.executable).parent / "feast")
-        with feast_bridge.feast_process_environment(settings):
-            server = subprocess.Popen([feast_bin, "-f", str(config), "serve", "-p", str(port), "-r", "600",
-                                       "--no-access-log"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                connection.request("GET", "/health")
-                if connection.getresponse().read() is not None:
-                    break
-            except OSError:
-                connection.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        bin_dir = Path(sys.executable).parent
+        feast_server, feast_connection = start_server([str(bin_dir / "feast"), "-f", str(config), "serve", "-r",
+                                                       "600", "--no-access-log", "--max-requests", "0"])
+        servers.append(feast_server)
+        platform_server, platform_connection = start_server([str(bin_dir / "featurectl"), "serve"])
+        servers.append(platform_server)
 
-        def http_read(n: int):
-            it = iter(batches[n])
-
-            def run() -> None:
-                body = json.dumps({"features": refs, "entities": {"entity_id": [r["entity_id"] for r in next(it)]}})
+        def http_read(connection: http.client.HTTPConnection):
+            def run(ids: list[int]) -> None:
+                body = json.dumps({"features": refs, "entities": {"entity_id": ids}})
                 connection.request("POST", "/get-online-features", body, {"Content-Type": "application/json"})
                 response = connection.getresponse()
                 assert response.status == 200
@@ -183,28 +197,41 @@ def main() -> None:
 
             return run
 
+        methods = {"floor": floor_read, "in_process": in_process, "platform_http": http_read(platform_connection),
+                   "feast_http": http_read(feast_connection)}
         figures: dict[str, object] = {
             "rows": args.rows, "entities": args.entities,
             "materialize_seconds": round(materialize_seconds, 2),
-            "materialize_rows_per_second": round(args.rows / materialize_seconds),
             "materialize_entities_per_second": round(args.entities / materialize_seconds),
+            "feast_materialize_seconds": round(feast_materialize_seconds, 2),
             "floor_hset_seconds": round(floor_write_seconds, 2),
-            "floor_hset_entities_per_second": round(args.entities / floor_write_seconds),
-            "materialize_over_floor": round(materialize_seconds / floor_write_seconds, 1),
+            "materialize_share_of_floor_throughput": round(floor_write_seconds / materialize_seconds, 2),
+            "feast_materialize_over_platform": round(feast_materialize_seconds / materialize_seconds, 1),
         }
         for n in (1, 100):
-            for name, make in (("sdk", sdk), ("http", http_read), ("floor", floor_read)):
-                make(n)()  # warm-up outside the samples
-                samples = timed(make(n), args.reads - 1)
-                figures[f"read_{n}_{name}"] = stats(samples)
-            floor = figures[f"read_{n}_floor"]["p50_ms"]
-            figures[f"read_{n}_sdk_over_floor_p50"] = round(figures[f"read_{n}_sdk"]["p50_ms"] / floor, 1)
-            figures[f"read_{n}_http_over_floor_p50"] = round(figures[f"read_{n}_http"]["p50_ms"] / floor, 1)
+            samples: dict[str, list[float]] = {name: [] for name in methods}
+            for run in methods.values():
+                run(requests[n][0])  # warm-up outside the samples
+            for ids in requests[n]:  # interleaved: every method reads the same keys in the same moment
+                for name, run in methods.items():
+                    begin = time.perf_counter()
+                    run(ids)
+                    samples[name].append((time.perf_counter() - begin) * 1000)
+            for name in methods:
+                figures[f"read_{n}_{name}"] = stats(samples[name])
+            floor = figures[f"read_{n}_floor"]
+            for name in ("in_process", "platform_http", "feast_http"):
+                figures[f"read_{n}_{name}_over_floor_p99"] = round(figures[f"read_{n}_{name}"]["p99_ms"]
+                                                                    / floor["p99_ms"], 2)
+                figures[f"read_{n}_{name}_over_floor_p50"] = round(figures[f"read_{n}_{name}"]["p50_ms"]
+                                                                    / floor["p50_ms"], 2)
+            figures[f"read_{n}_feast_http_over_platform_http_p50"] = round(
+                figures[f"read_{n}_feast_http"]["p50_ms"] / figures[f"read_{n}_platform_http"]["p50_ms"], 1)
         for key, value in figures.items():
             print(f"{key:34} {value}")
         print(f"results: {write_results('serving', figures)}")
     finally:
-        if server is not None:
+        for server in servers:
             server.terminate()
             server.wait(timeout=30)
         redis.stop()
