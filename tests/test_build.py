@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from feature_platform import build as builds
@@ -236,3 +238,50 @@ def test_gc_keeps_pointed_newest_and_running_builds(local_settings, monkeypatch)
     store = data_store(local_settings)
     assert builds.read_pointer(store, "customer_profile")["build_id"] == ids[0]
     assert builds.read_build_table(store, builds.read_pointer(store, "customer_profile")).num_rows > 0
+
+
+def test_one_pass_gate_equals_the_scan_of_the_staged_file(tmp_path) -> None:
+    """The statistics gathered while staging decide exactly as the DuckDB scan does: same failures (nulls,
+    min/max, allowed values, duplicate (entity, time) groups across batch boundaries), same statistics."""
+    import random
+
+    import pyarrow.dataset as pads
+
+    from feature_platform.build import GateStatistics, _duckdb, arrow_schema, quality_gate
+    from feature_platform.contracts import parse_feature_set
+
+    contract = parse_feature_set({
+        "kind": "FeatureSet", "name": "gate_check", "version": 1, "description": "d", "owner": "o",
+        "entity": {"name": "thing", "join_key": "thing_id", "dtype": "string"}, "timestamp_field": "ts",
+        "ttl": "1d", "pii": False, "source": {"table": "t", "sql": "SELECT * FROM source"},
+        "features": [
+            {"name": "amount", "dtype": "float64", "description": "x", "nullable": False,
+             "constraints": {"min": 0, "max": 100}},
+            {"name": "count", "dtype": "int32", "description": "x", "constraints": {"min": 1}},
+            {"name": "tier", "dtype": "string", "description": "x", "nullable": False,
+             "constraints": {"allowed_values": ["a", "b"]}},
+            {"name": "flag", "dtype": "bool", "description": "x"}]}, "gate_check/v1.yaml")
+    rng = random.Random(4)
+    rows = []
+    for thing in range(300):
+        for hour in range(rng.randrange(1, 6)):
+            stamp = datetime(2026, 1, 1, hour, tzinfo=UTC)
+            copies = 2 if rng.random() < 0.05 else 1  # duplicated (entity, time) groups
+            for _ in range(copies):
+                rows.append({"thing_id": f"t{thing:04d}", "ts": stamp,
+                             "amount": None if rng.random() < 0.02 else rng.uniform(-5, 105),
+                             "count": None if rng.random() < 0.2 else rng.randrange(-2, 50),
+                             "tier": rng.choice(["a", "b", "c", None]), "flag": rng.choice([True, False, None])})
+    rows.sort(key=lambda r: (r["thing_id"], r["ts"]))
+    table = pa.Table.from_pylist(rows, schema=arrow_schema(contract))
+    path = tmp_path / "staged.parquet"
+    pq.write_table(table, path)
+    con = _duckdb()
+    con.register("built", pads.dataset(str(path), format="parquet"))
+    scanned = quality_gate(con, contract)
+    gate = GateStatistics(contract)
+    for batch in table.to_batches(max_chunksize=7):  # small batches: runs cross batch boundaries
+        gate.update(batch)
+    gathered = gate.result()
+    assert gathered[0] == scanned[0] and len(gathered[0]) == 7  # every rule fired
+    assert gathered[1] == scanned[1]

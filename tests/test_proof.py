@@ -192,6 +192,7 @@ def test_registry_from_other_contracts_is_a_mismatch(local_loop, tmp_path) -> No
     shutil.copytree(local_loop.contracts_dir, other)
     path = other / "feature_sets/driver_hourly_stats/v1.yaml"
     path.write_text(path.read_text().replace("ttl: 2d", "ttl: 3d"))
+    (other / "contracts.lock").unlink()  # another repository's contracts (its own lock is not ours)
     other_settings = local_loop.replace(contracts_dir=other)
     pipeline.build_and_promote(other_settings, "driver_hourly_stats")
     pipeline.apply(other_settings)

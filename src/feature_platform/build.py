@@ -208,6 +208,126 @@ def quality_gate(con: Any, contract: FeatureSetContract) -> tuple[list[str], dic
     return failures, stats
 
 
+class GateStatistics:
+    """The quality gate computed while the staged batches are written (one pass: the file is not read again).
+
+    Rows arrive sorted by (entity, event time), so duplicate (entity, event time) pairs are adjacent and entities
+    are counted at key changes. Decisions and messages are those of :func:`quality_gate` (the scan over a
+    staged file, kept for builds staged without statistics).
+    """
+
+    def __init__(self, contract: FeatureSetContract) -> None:
+        self.contract = contract
+        self.key, self.ts = contract.entity.join_key, contract.timestamp_field
+        self.checks = [(self.key, False, None), (self.ts, False, None)]
+        self.checks += [(f.name, f.nullable, f.constraints) for f in contract.features]
+        self.rows = 0
+        self.entities = 0
+        self.nulls = {name: 0 for name, _, _ in self.checks}
+        self.low: dict[str, Any] = {}
+        self.high: dict[str, Any] = {}
+        self.below: dict[str, int] = {}
+        self.above: dict[str, int] = {}
+        self.outside: dict[str, int] = {}
+        self.outside_example: dict[str, Any] = {}
+        self.duplicates = 0
+        self.duplicate_example: Any = None
+        self._last: tuple[Any, Any] | None = None  # (key, ts) of the previous batch's last row
+        self._last_was_duplicate = False
+
+    def update(self, batch: pa.RecordBatch) -> None:
+        import pyarrow.compute as pc
+
+        if batch.num_rows == 0:
+            return
+        self.rows += batch.num_rows
+        for name, _nullable, constraints in self.checks:
+            column = batch.column(name)
+            self.nulls[name] += column.null_count
+            if column.null_count == len(column):
+                continue
+            bounds = pc.min_max(column)
+            low, high = bounds["min"].as_py(), bounds["max"].as_py()
+            self.low[name] = low if name not in self.low or self.low[name] is None else min(self.low[name], low)
+            self.high[name] = high if name not in self.high or self.high[name] is None else max(self.high[name], high)
+            if constraints is None:
+                continue
+            if constraints.min is not None:
+                self.below[name] = self.below.get(name, 0) + int(pc.sum(pc.less(column, constraints.min)).as_py()
+                                                                  or 0)
+            if constraints.max is not None:
+                self.above[name] = self.above.get(name, 0) + int(pc.sum(pc.greater(column, constraints.max)).as_py()
+                                                                  or 0)
+            if constraints.allowed_values is not None:
+                bad = _outside(column, constraints.allowed_values)
+                count = int(pc.sum(bad).as_py() or 0)
+                if count and name not in self.outside_example:
+                    self.outside_example[name] = column.filter(bad)[0].as_py()
+                self.outside[name] = self.outside.get(name, 0) + count
+        self._count_keys(batch)
+
+    def _count_keys(self, batch: pa.RecordBatch) -> None:
+        keys = batch.column(self.key).to_pylist()
+        stamps = batch.column(self.ts).to_pylist()
+        last, was_duplicate = self._last, self._last_was_duplicate
+        for key, stamp in zip(keys, stamps, strict=True):
+            if last is None or key != last[0]:
+                self.entities += 1
+                was_duplicate = False
+            elif stamp == last[1]:
+                if not was_duplicate:  # count each duplicated (entity, time) group once, as GROUP BY would
+                    self.duplicates += 1
+                    if self.duplicate_example is None:
+                        self.duplicate_example = key
+                was_duplicate = True
+            else:
+                was_duplicate = False
+            last = (key, stamp)
+        self._last, self._last_was_duplicate = last, was_duplicate
+
+    def result(self) -> tuple[list[str], dict[str, Any]]:
+        contract = self.contract
+        if self.rows == 0:
+            return [f"the transform returned no rows from source table {contract.source.table}"], {"row_count": 0}
+        failures: list[str] = []
+        stats: dict[str, Any] = {"row_count": self.rows, "columns": {}}
+        for name, nullable, constraints in self.checks:
+            low, high = self.low.get(name), self.high.get(name)
+            stats["columns"][name] = {"null_count": self.nulls[name], "min": _jsonable(low),
+                                      "max": _jsonable(high)}
+            if self.nulls[name] and not nullable:
+                failures.append(f"column {name}: {self.nulls[name]} null value(s) in a non-nullable column")
+            if constraints is None:
+                continue
+            if self.below.get(name):
+                failures.append(f"column {name}: {self.below[name]} row(s) below min {constraints.min} "
+                                f"(smallest {low})")
+            if self.above.get(name):
+                failures.append(f"column {name}: {self.above[name]} row(s) above max {constraints.max} "
+                                f"(largest {high})")
+            if self.outside.get(name):
+                failures.append(f"column {name}: {self.outside[name]} row(s) outside allowed_values "
+                                f"(e.g. {self.outside_example[name]!r})")
+        if self.duplicates:
+            failures.append(f"columns ({self.key}, {self.ts}): {self.duplicates} duplicate key(s) (e.g. "
+                            f"{self.key}={self.duplicate_example}); each entity may have one row per event timestamp")
+        stats["event_time_min"] = stats["columns"][self.ts]["min"]
+        stats["event_time_max"] = stats["columns"][self.ts]["max"]
+        stats["entity_count"] = self.entities
+        return failures, stats
+
+
+def _outside(column: pa.Array, allowed: list[Any]) -> pa.Array:
+    """Non-null values not in ``allowed`` (as SQL's NOT IN: nulls are not counted)."""
+    import pyarrow.compute as pc
+
+    try:
+        value_set = pa.array(allowed).cast(column.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        value_set = pa.array([str(v) for v in allowed]).cast(column.type, safe=False)
+    return pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column, value_set=value_set)))
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
@@ -258,7 +378,8 @@ def _transform_to_file(raw: ObjectStore, snapshot: list[dict[str, Any]], contrac
     """Run the contract's SQL over the source, streaming conformed batches into ``target``.
 
     Deterministic: rows are sorted by (entity, event time), row groups have a fixed size, and SQL whose result
-    depends on row arrival order runs single-threaded. Returns {rows, threads}.
+    depends on row arrival order runs single-threaded. The quality gate's statistics are gathered in the same
+    pass. Returns {rows, threads, gate: {failures, stats}}.
     """
     import duckdb
 
@@ -285,12 +406,16 @@ def _transform_to_file(raw: ObjectStore, snapshot: list[dict[str, Any]], contrac
                              f"{contract.source.table}: {first_line}; check the SQL and the raw column types"
                              ) from exc
         rows = 0
+        gate = GateStatistics(contract)
         with pq.ParquetWriter(target, schema, compression="zstd") as writer:
             for batch in _fixed_row_groups(reader, BATCH_ROWS):
-                writer.write_batch(_conform(batch, schema, contract.name))
+                conformed = _conform(batch, schema, contract.name)
+                writer.write_batch(conformed)
+                gate.update(conformed)
                 rows += batch.num_rows
                 progress(f"{contract.name} v{contract.version}: {rows:,} rows written")
-        return {"rows": rows, "threads": threads}
+        failures, stats = gate.result()
+        return {"rows": rows, "threads": threads, "gate": {"failures": failures, "stats": stats}}
     finally:
         con.close()
 
@@ -319,19 +444,25 @@ def stage_build(contract: FeatureSetContract, store: ObjectStore, raw: ObjectSto
         local = Path(tmp) / DATA_FILE
         execution = _transform_to_file(raw, snapshot, contract, local, progress)
         store.upload(local, f"{prefix}/{DATA_FILE}")
-    return {**staged, "complete": False, "threads": execution["threads"]}
+    return {**staged, "complete": False, "threads": execution["threads"], "gate": execution["gate"]}
 
 
-def check_quality(contract: FeatureSetContract, store: ObjectStore, build_id: str) -> dict[str, Any]:
-    """Run the quality gate over a staged build; returns its statistics or raises QualityGateError."""
+def check_quality(contract: FeatureSetContract, store: ObjectStore, build_id: str,
+                  gathered: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The quality gate's decision over a staged build: the statistics gathered while staging (``gathered``,
+    from :func:`stage_build`), or a scan of the staged file for builds staged without them. Returns the
+    statistics or raises QualityGateError (and deletes the unfinished build)."""
     prefix = build_key(contract, build_id)
-    con = _duckdb()
-    try:
-        con.register("built", ds.dataset(store.path(f"{prefix}/{DATA_FILE}"), format="parquet",
-                                         filesystem=store.fs))
-        failures, stats = quality_gate(con, contract)
-    finally:
-        con.close()
+    if gathered is not None:
+        failures, stats = list(gathered["failures"]), dict(gathered["stats"])
+    else:
+        con = _duckdb()
+        try:
+            con.register("built", ds.dataset(store.path(f"{prefix}/{DATA_FILE}"), format="parquet",
+                                             filesystem=store.fs))
+            failures, stats = quality_gate(con, contract)
+        finally:
+            con.close()
     if failures:
         if not store.exists(f"{prefix}/{METADATA_FILE}"):
             store.delete(prefix)  # unfinished and never pointed to: nothing may build on it
@@ -390,7 +521,7 @@ def build_version(
     staged = stage_build(contract, store, raw, progress)
     if staged["complete"]:
         return BuildResult(read_metadata(store, contract, staged["build_id"]), reused=True)
-    stats = check_quality(contract, store, staged["build_id"])
+    stats = check_quality(contract, store, staged["build_id"], staged.get("gate"))
     metadata = finalize_build(contract, store, raw, staged, stats, environment=environment,
                               contracts_commit=contracts_commit, run_id=run_id)
     progress(f"{contract.name} v{contract.version}: build {staged['build_id']} complete "

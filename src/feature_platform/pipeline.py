@@ -217,7 +217,7 @@ def step_quality_gate(settings: Settings, feature_set: str, version: int, staged
     store = object_store(settings, env)
     if staged["complete"]:
         return builds.read_metadata(store, contract, staged["build_id"])  # already gated and recorded
-    return builds.check_quality(contract, store, staged["build_id"])
+    return builds.check_quality(contract, store, staged["build_id"], staged.get("gate"))
 
 
 def step_write_version(settings: Settings, feature_set: str, version: int, staged: dict[str, Any],
