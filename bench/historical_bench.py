@@ -44,7 +44,7 @@ def main() -> None:
         now = pd.Timestamp.now(tz="UTC").floor("h")
         entity_df = pd.DataFrame({
             "entity_id": rng.integers(1, int(args.entities * 1.1), args.entity_rows),  # ~9% unknown entities
-            "event_timestamp": now - pd.to_timedelta(rng.integers(0, 40 * 24, args.entity_rows), unit="h"),
+            "event_timestamp": now - pd.to_timedelta(rng.integers(0, 12 * 60, args.entity_rows), unit="m"),
             "label": rng.integers(0, 2, args.entity_rows)})
         start = time.perf_counter()
         frame, _ = feast_bridge.historical(settings, entity_df, "bench_features", build_id=build_id)

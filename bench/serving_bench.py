@@ -1,7 +1,6 @@
-"""Materialize throughput and online-read latency on a real redis-server, each next to its floor measured in the
-same run on the same keys: raw redis-py pipelined HSET (writes) and pipelined HMGET + protobuf decode (reads).
+"""Online-read latency on a real redis-server next to its floor measured in the same run on the same keys:
+raw redis-py pipelined HMGET + protobuf decode. (Materialization: bench/materialize_bench.py.)
 
-Writes: the platform's materialize, Feast's own materialize and the HSET floor, on the same hashes.
 Reads, interleaved request by request (so machine noise hits every method alike): the floor, the platform's
 server over HTTP, `feast serve` over HTTP, and the in-process planner, for 1 and 100 entities x 5 features.
 
@@ -11,7 +10,6 @@ server over HTTP, `feast serve` over HTTP, and the in-process planner, for 1 and
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import os
@@ -20,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -93,20 +91,8 @@ def main() -> None:
         pipeline.build_and_promote(settings, "bench_features")
         pipeline.apply(settings)
 
-        start = time.perf_counter()
-        pipeline.materialize(settings)
-        materialize_seconds = time.perf_counter() - start
-        store = feast_bridge.open_store(settings, env)
-        metadata = feast_bridge.builds.read_metadata(pipeline.object_store(settings, env),
-                                                     settings.contracts().get("bench_features"),
-                                                     pipeline.versions(settings, "bench_features")[1]["build_id"])
-        begin, end = feast_bridge._event_range(metadata)
-        start = time.perf_counter()
-        with feast_bridge.feast_process_environment(settings), contextlib.redirect_stdout(sys.stderr):
-            store.materialize(start_date=begin, end_date=end, feature_views=["bench_features_v1"])
-        feast_materialize_seconds = time.perf_counter() - start
+        pipeline.materialize(settings)  # materialize figures: bench/materialize_bench.py
 
-        # Floor for writes: the same keys, fields and protobuf values, raw pipelined HSET.
         from feast.infra.online_stores.helpers import _mmh3, _redis_key
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
@@ -116,19 +102,7 @@ def main() -> None:
         fields = [_mmh3(f"{view}:{f}") for f in FEATURES]
         keys = [_redis_key("bench", EntityKey(join_keys=["entity_id"], entity_values=[Value(int64_val=i)]), 3)
                 for i in range(1, args.entities + 1)]
-        ts = Timestamp()
-        ts.FromDatetime(datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1))
-        payload = {**{field: Value(double_val=0.5).SerializeToString() for field in fields},
-                   f"_ts:{view}".encode(): ts.SerializeToString()}
         floor_client = redis.client
-        start = time.perf_counter()
-        for offset in range(0, len(keys), 1000):
-            pipe = floor_client.pipeline(transaction=False)
-            for key in keys[offset:offset + 1000]:
-                pipe.hset(key + b"floor", mapping=payload)
-            pipe.execute()
-        floor_write_seconds = time.perf_counter() - start
-
         refs = [f"{view}:{f}" for f in FEATURES]
         rng = np.random.default_rng(2)
         requests = {n: [[int(i) for i in rng.integers(1, args.entities + 1, n)] for _ in range(args.reads)]
@@ -199,15 +173,7 @@ def main() -> None:
 
         methods = {"floor": floor_read, "in_process": in_process, "platform_http": http_read(platform_connection),
                    "feast_http": http_read(feast_connection)}
-        figures: dict[str, object] = {
-            "rows": args.rows, "entities": args.entities,
-            "materialize_seconds": round(materialize_seconds, 2),
-            "materialize_entities_per_second": round(args.entities / materialize_seconds),
-            "feast_materialize_seconds": round(feast_materialize_seconds, 2),
-            "floor_hset_seconds": round(floor_write_seconds, 2),
-            "materialize_share_of_floor_throughput": round(floor_write_seconds / materialize_seconds, 2),
-            "feast_materialize_over_platform": round(feast_materialize_seconds / materialize_seconds, 1),
-        }
+        figures: dict[str, object] = {"rows": args.rows, "entities": args.entities, "requests": args.reads}
         for n in (1, 100):
             samples: dict[str, list[float]] = {name: [] for name in methods}
             for run in methods.values():

@@ -218,7 +218,7 @@ def test_redis_down_is_503_and_the_server_recovers(loaded) -> None:
         assert server.get("/health")[0] == 503
         back = start_redis_on(port)
         try:
-            wait_until(lambda: server.post(body)[0] == 200, "recovery after Redis returned", timeout=30)
+            wait_until(lambda: server.post(body)[0] == 200, "recovery after Redis returned", timeout=60)
         finally:
             back.stop()
     finally:

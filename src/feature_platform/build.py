@@ -232,7 +232,7 @@ class GateStatistics:
         self.outside_example: dict[str, Any] = {}
         self.duplicates = 0
         self.duplicate_example: Any = None
-        self._last: tuple[Any, Any] | None = None  # (key, ts) of the previous batch's last row
+        self._last: tuple[pa.Array, pa.Array] | None = None  # (key, ts) of the previous batch's last row
         self._last_was_duplicate = False
 
     def update(self, batch: pa.RecordBatch) -> None:
@@ -267,23 +267,31 @@ class GateStatistics:
         self._count_keys(batch)
 
     def _count_keys(self, batch: pa.RecordBatch) -> None:
-        keys = batch.column(self.key).to_pylist()
-        stamps = batch.column(self.ts).to_pylist()
-        last, was_duplicate = self._last, self._last_was_duplicate
-        for key, stamp in zip(keys, stamps, strict=True):
-            if last is None or key != last[0]:
-                self.entities += 1
-                was_duplicate = False
-            elif stamp == last[1]:
-                if not was_duplicate:  # count each duplicated (entity, time) group once, as GROUP BY would
-                    self.duplicates += 1
-                    if self.duplicate_example is None:
-                        self.duplicate_example = key
-                was_duplicate = True
-            else:
-                was_duplicate = False
-            last = (key, stamp)
-        self._last, self._last_was_duplicate = last, was_duplicate
+        """Entities (key changes) and duplicated (key, time) groups, vectorized over adjacent pairs; the previous
+        batch's last row is prepended so runs that cross a batch boundary count once."""
+        import pyarrow.compute as pc
+
+        keys, stamps = batch.column(self.key), batch.column(self.ts)
+        carried = self._last is not None
+        if carried:
+            last_key, last_stamp = self._last  # type: ignore[misc]
+            keys = pa.concat_arrays([last_key, keys])
+            stamps = pa.concat_arrays([last_stamp, stamps])
+        else:
+            self.entities += 1  # the very first row starts an entity
+        if len(keys) > 1:
+            same_key = pc.equal(keys[1:], keys[:-1]).fill_null(False).to_numpy(zero_copy_only=False)
+            same_time = pc.equal(stamps[1:], stamps[:-1]).fill_null(False).to_numpy(zero_copy_only=False)
+            duplicate = same_key & same_time
+            before = np.concatenate([[self._last_was_duplicate if carried else False], duplicate[:-1]])
+            starts = duplicate & ~before  # each duplicated (entity, time) group once, as GROUP BY would
+            self.entities += int((~same_key).sum())
+            found = int(starts.sum())
+            if found and self.duplicate_example is None:
+                self.duplicate_example = keys[int(np.flatnonzero(starts)[0]) + 1].as_py()
+            self.duplicates += found
+            self._last_was_duplicate = bool(duplicate[-1])
+        self._last = (keys[len(keys) - 1:], stamps[len(stamps) - 1:])
 
     def result(self) -> tuple[list[str], dict[str, Any]]:
         contract = self.contract

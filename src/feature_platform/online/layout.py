@@ -79,6 +79,14 @@ def entity_keys(join_key: str, dtype: str, values: Sequence[Any] | pa.Array | np
     return out
 
 
+def parse_entity_values(dtype: str, values: list[Any]) -> list[Any]:
+    """Many keys at once; the common case (ints for int64, strings for string) passes through untouched."""
+    wanted = int if dtype == "int64" else str
+    if all(type(v) is wanted for v in values):
+        return values
+    return [parse_entity_value(dtype, v) for v in values]
+
+
 def parse_entity_value(dtype: str, value: Any) -> Any:
     """A key as a caller sends it (JSON number, CLI string) -> the join key's Python type."""
     if dtype == "int64":
@@ -260,6 +268,54 @@ def _decode_with_protobuf(data: bytes) -> Any:
     value = Value.FromString(data)
     which = value.WhichOneof("val")
     return None if which in (None, "null_val") else getattr(value, which)
+
+
+_DOUBLE = struct.Struct("<d")
+_FLOAT = struct.Struct("<f")
+
+
+def _decode_double(data: bytes | None) -> Any:
+    if data and len(data) == 9 and data[0] == TAG_DOUBLE:
+        return _DOUBLE.unpack_from(data, 1)[0]
+    return decode_value(data)
+
+
+def _decode_float(data: bytes | None) -> Any:
+    if data and len(data) == 5 and data[0] == TAG_FLOAT:
+        return _FLOAT.unpack_from(data, 1)[0]
+    return decode_value(data)
+
+
+def _decode_string(data: bytes | None) -> Any:
+    if data and data[0] == 0x12 and len(data) > 1 and data[1] < 0x80 and len(data) == 2 + data[1]:  # short
+        return data[2:].decode()
+    return decode_value(data)
+
+
+# One decoder per contract dtype: the common encoding fast, anything else through decode_value.
+DECODERS = {"float64": _decode_double, "float32": _decode_float, "string": _decode_string}
+
+
+def decoder(dtype: str) -> Any:
+    return DECODERS.get(dtype, decode_value)
+
+
+_FIXED = {"float64": (TAG_DOUBLE, np.dtype([("tag", "u1"), ("value", "<f8")])),
+          "float32": (TAG_FLOAT, np.dtype([("tag", "u1"), ("value", "<f4")]))}
+
+
+def decode_column(dtype: str, raws: list[bytes | None]) -> list[Any]:
+    """Decode one feature for many entities: a column of plain doubles/floats in one numpy call, else one by one."""
+    fixed = _FIXED.get(dtype)
+    if fixed is not None and raws and None not in raws:
+        tag, layout = fixed
+        joined = b"".join(raws)  # type: ignore[arg-type]
+        if len(joined) == layout.itemsize * len(raws):
+            packed = np.frombuffer(joined, dtype=layout)
+            if (packed["tag"] == tag).all():
+                return packed["value"].tolist()
+    decode = decoder(dtype)
+    return [decode(raw) for raw in raws]
 
 
 def decode_timestamp_micros(data: bytes | None) -> int | None:

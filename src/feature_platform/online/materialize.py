@@ -115,33 +115,10 @@ def pack_hsets(fields: list[bytes], keys: list[bytes], columns: list[list[bytes]
 
 
 def send_packed(client: Any, buffer: bytes, replies: int) -> None:
-    """Send pre-packed commands on one connection and read every reply; the first error reply is raised (the
-    connection is then dropped, since replies would be left unread)."""
-    pool = client.connection_pool
-    connection = pool.get_connection()
-    try:
-        connection.send_packed_command([buffer], check_health=False)
-        error: Exception | None = None
-        for _ in range(replies):
-            try:
-                connection.read_response()
-            except Exception as exc:  # ResponseError (e.g. OOM, WRONGTYPE): keep reading, raise the first
-                if not isinstance(exc, _response_error()):
-                    raise
-                error = error or exc
-        if error is not None:
-            raise error
-    except BaseException:
-        connection.disconnect()
-        raise
-    finally:
-        pool.release(connection)
+    """Send pre-packed commands on one connection and read every reply (the first error reply is raised)."""
+    from feature_platform.online.reader import execute_packed
 
-
-def _response_error() -> type[Exception]:
-    import redis
-
-    return redis.exceptions.ResponseError
+    execute_packed(client, buffer, replies)
 
 
 def write_view(client: Any, plan: ViewPlan, batches: Iterator[pa.RecordBatch], progress: Progress) -> int:

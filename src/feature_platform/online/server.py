@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,7 +33,7 @@ from typing import Any
 import msgspec
 
 from feature_platform.online import reader
-from feature_platform.online.layout import FeaturePlan, ViewPlan, plan_view
+from feature_platform.online.layout import FeaturePlan, ViewPlan, parse_entity_values, plan_view
 
 log = logging.getLogger("feature_platform.server")
 
@@ -219,6 +221,8 @@ class FeatureServer:
         self.enforce_ttl = enforce_ttl
         self.catalog: Catalog | None = None
         self.metrics = Metrics()
+        self._status_counters: dict[tuple[str, str], Any] = {}
+        self._latency: dict[str, Any] = {}
         self._stop = threading.Event()
 
     # -- catalog refresh, never on the request path
@@ -249,20 +253,23 @@ class FeatureServer:
                 raise RequestError(501, "this request needs Feast's path, which is not configured")
             return self.feast_fallback(request)
         rows = len(next(iter(request.entities.values()), []))
-        pipe = self.client.pipeline(transaction=False)
         queued = []
+        packed: list[bytes] = []
+        replies_wanted = 0
         for view, features in groups:
             plan = catalog.views[view]
             if plan.join_key not in request.entities:
                 raise RequestError(422, f"entities: {view} needs the entity column {plan.join_key!r}")
             try:
-                values = [_parse(plan, v) for v in request.entities[plan.join_key]]
+                values = parse_entity_values(plan.entity_dtype, request.entities[plan.join_key])
             except ValueError as exc:
                 raise RequestError(422, f"entities.{plan.join_key}: {exc}") from exc
             wanted = [plan.feature(f) for f in features]
-            order, count = reader.queue_reads(pipe, plan, wanted, values)
+            order, count, commands = reader.pack_reads(plan, wanted, values)
             queued.append((plan, wanted, order, count))
-        replies = pipe.execute()
+            packed.append(commands)
+            replies_wanted += count
+        replies = reader.execute_packed(self.client, b"".join(packed), replies_wanted) if replies_wanted else []
         now = reader.now_micros()
         names = list(request.entities)
         results = [{"values": list(column), "statuses": ["PRESENT"] * rows, "event_timestamps": [EPOCH] * rows}
@@ -277,16 +284,31 @@ class FeatureServer:
                 self.metrics.freshness.labels(plan.view).set(max(0.0, (now - newest) / 1e6))
             for feature, values, statuses in zip(wanted, read.values, read.statuses, strict=True):
                 names.append(f"{plan.view}__{feature.name}" if request.full_feature_names else feature.name)
-                if feature.dtype in ("float32", "float64"):
+                if feature.dtype in ("float32", "float64") and not all(map(math.isfinite, filter(None, values))):
                     values = [_json_value(v) for v in values]
-                for status in set(statuses):  # the metric keeps NULL_VALUE apart: it is the view's null rate
-                    self.metrics.statuses.labels(plan.view, status).inc(statuses.count(status))
-                if reader.NULL_VALUE in statuses:  # on the wire, as Feast: a null in a found row is PRESENT
+                counts = Counter(statuses)
+                for status, count_ in counts.items():  # the metric keeps NULL_VALUE apart: the view's null rate
+                    self._status_counter(plan.view, status).inc(count_)
+                if reader.NULL_VALUE in counts:  # on the wire, as Feast: a null in a found row is PRESENT
                     statuses = [reader.PRESENT if s == reader.NULL_VALUE else s for s in statuses]
                 results.append({"values": values, "statuses": statuses, "event_timestamps": stamps})
         self.metrics.requests.inc()
         self.metrics.entities.observe(rows)
         return {"metadata": {"feature_names": names}, "results": results}
+
+    def observe_latency(self, path: str, seconds: float) -> None:
+        histogram = self._latency.get(path)
+        if histogram is None:
+            known = path in ("/get-online-features", "/health", "/metrics")
+            histogram = self._latency[path] = self.metrics.latency.labels(path if known else "other")
+        histogram.observe(seconds)
+
+    def _status_counter(self, view: str, status: str) -> Any:
+        key = (view, status)
+        counter = self._status_counters.get(key)
+        if counter is None:
+            counter = self._status_counters[key] = self.metrics.statuses.labels(view, status)
+        return counter
 
     def health(self) -> bool:
         if self.catalog is None:
@@ -294,12 +316,6 @@ class FeatureServer:
         if self.client is not None:
             self.client.ping()
         return True
-
-
-def _parse(plan: ViewPlan, value: Any) -> Any:
-    from feature_platform.online.layout import parse_entity_value
-
-    return parse_entity_value(plan.entity_dtype, value)
 
 
 # --------------------------------------------------------------------------------------------- ASGI plumbing
@@ -358,7 +374,7 @@ class App:
             server.metrics.errors.labels(str(exc.status)).inc()
             await _respond(send, exc.status, _encoder.encode({"detail": exc.detail}))
         finally:
-            server.metrics.latency.labels(path).observe(time.perf_counter() - started)
+            server.observe_latency(path, time.perf_counter() - started)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
