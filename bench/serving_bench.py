@@ -193,6 +193,28 @@ def main() -> None:
                                                                     / floor["p50_ms"], 2)
             figures[f"read_{n}_feast_http_over_platform_http_p50"] = round(
                 figures[f"read_{n}_feast_http"]["p50_ms"] / figures[f"read_{n}_platform_http"]["p50_ms"], 1)
+        # Throughput: 4 concurrent clients (own connections), 100 entities per request, for each server.
+        import threading
+
+        def throughput(port: int, per_client: int = 500) -> float:
+            def client(ids_list: list[list[int]]) -> None:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                run = http_read(connection)
+                for ids in ids_list:
+                    run(ids)
+                connection.close()
+
+            threads = [threading.Thread(target=client, args=(requests[100][i::4][:per_client],)) for i in range(4)]
+            begin = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return round(sum(min(per_client, len(requests[100][i::4])) for i in range(4))
+                         / (time.perf_counter() - begin))
+
+        figures["throughput_4_clients_100_entities_platform_rps"] = throughput(platform_connection.port)
+        figures["throughput_4_clients_100_entities_feast_rps"] = throughput(feast_connection.port)
         for key, value in figures.items():
             print(f"{key:34} {value}")
         print(f"results: {write_results('serving', figures)}")

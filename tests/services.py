@@ -209,3 +209,66 @@ def postgres_server() -> Iterator[PostgresServer]:
     yield server
     server.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class RedisCluster:
+    """A real Redis Cluster: three masters (no replicas) on free ports, password-protected."""
+
+    ports: list[int]
+    password: str
+    root: Path
+    processes: dict[int, subprocess.Popen]
+
+    @property
+    def address(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start_node(self, port: int) -> None:
+        """Start (or restart, rejoining with its nodes.conf) the node on ``port``."""
+        node_dir = self.root / str(port)
+        node_dir.mkdir(exist_ok=True)
+        self.processes[port] = subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+             "--cluster-node-timeout", "2000", "--dir", str(node_dir), "--requirepass", self.password,
+             "--masterauth", self.password, "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        wait_until(lambda: redis.Redis(port=port, password=self.password).ping(), f"cluster node {port}")
+
+    def stop_node(self, port: int) -> None:
+        process = self.processes[port]
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=10)
+
+    def healthy(self) -> bool:
+        import redis
+
+        return all(b"cluster_state:ok" in redis.Redis(port=port, password=self.password).execute_command(
+            "CLUSTER", "INFO") for port in self.ports)
+
+    def stop(self) -> None:
+        for port in self.ports:
+            self.stop_node(port)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[RedisCluster]:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.fail("redis-server/redis-cli are not installed: run `scripts/dev setup`")
+    cluster = RedisCluster([free_port() for _ in range(3)], REDIS_PASSWORD,
+                           Path(tempfile.mkdtemp(prefix="feature-platform-cluster-")), {})
+    try:
+        for port in cluster.ports:
+            cluster.start_node(port)
+        subprocess.run(["redis-cli", "-a", cluster.password, "--no-auth-warning", "--cluster", "create",
+                        *[f"127.0.0.1:{port}" for port in cluster.ports], "--cluster-replicas", "0",
+                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        wait_until(cluster.healthy, "Redis Cluster state ok", timeout=30)
+        yield cluster
+    finally:
+        cluster.stop()

@@ -251,3 +251,29 @@ def test_sqlite_environment_falls_back_to_feasts_path(local_settings) -> None:
         assert body["results"][1]["values"] == [row["tier"]]
     finally:
         server.stop()
+
+
+def test_a_newly_applied_view_is_served_after_one_refresh(dev_settings, contracts_copy) -> None:
+    """The registry is re-planned in the background every cache_ttl_seconds: a view applied while the server runs
+    is served without a restart (404 before, 200 after at most one refresh)."""
+    import yaml
+
+    path = contracts_copy / "environments/dev.yaml"
+    env = yaml.safe_load(path.read_text())
+    env["registry"]["cache_ttl_seconds"] = 1
+    path.write_text(yaml.safe_dump(env))
+    seed_raw(dev_settings)
+    pipeline.run_loop(dev_settings)
+    server = Server(dev_settings)
+    body = {"features": ["merchant_risk_v1:cnt"], "entities": {"merchant_code": ["m01"]}}
+    try:
+        assert server.post(body)[0] == 404
+        write_contract(contracts_copy, every_dtype_contract())
+        replace_raw(dev_settings, "merchant_events", merchant_events(MERCHANTS))
+        pipeline.build_and_promote(dev_settings, "merchant_risk")
+        pipeline.apply(dev_settings, feature_sets=["merchant_risk"])
+        pipeline.materialize(dev_settings, feature_views=["merchant_risk_v1"])
+        wait_until(lambda: server.post(body)[0] == 200, "the new view served after a registry refresh", timeout=30)
+        assert server.post(body)[1]["results"][1]["statuses"] == ["PRESENT"]
+    finally:
+        server.stop()

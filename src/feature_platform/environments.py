@@ -74,9 +74,16 @@ class SqlRegistryConfig(StrictModel):
 
 class RedisConfig(StrictModel):
     type: Literal["redis"]
-    address_env: EnvVarName = Field(description="env var holding host:port")
+    address_env: EnvVarName = Field(description="env var holding host:port (a cluster: seed nodes, comma-separated)")
     password_env: EnvVarName | None = Field(default=None, description="env var holding the password")
     db: int = Field(ge=0, le=15)
+    cluster: bool = Field(default=False, description="a Redis Cluster (Feast's redis_type: redis_cluster)")
+
+    @model_validator(mode="after")
+    def _cluster_has_one_db(self) -> RedisConfig:
+        if self.cluster and self.db != 0:
+            raise ValueError("a Redis Cluster has only database 0: set db: 0 (separate environments by cluster)")
+        return self
 
 
 class SqliteConfig(StrictModel):

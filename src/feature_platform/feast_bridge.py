@@ -67,13 +67,16 @@ def feature_store_config(settings: Settings, env: EnvironmentContract) -> dict[s
                         "cache_ttl_seconds": registry.cache_ttl_seconds}
     online = env.online_store
     if isinstance(online, RedisConfig):
-        connection = f"${{{online.address_env}}},db={online.db}"
+        # A cluster's seed list is the variable's comma-separated host:port entries; it has only database 0.
+        connection = f"${{{online.address_env}}}" + ("" if online.cluster else f",db={online.db}")
         if online.password_env:
             connection += f",password=${{{online.password_env}}}"
         # skip_dedup: Feast's Redis store otherwise keeps a row unless the new one is strictly newer, so a
         # corrected or rolled-back build (same event timestamps) would never reach Redis. Each materialization
         # writes one row per entity from one build, and one DAG run per feature set at a time writes them.
         online_cfg: dict[str, Any] = {"type": "redis", "connection_string": connection, "skip_dedup": True}
+        if online.cluster:
+            online_cfg["redis_type"] = "redis_cluster"
     else:
         online_cfg = {"type": "sqlite", "path": str(home / online.path)}
     return {

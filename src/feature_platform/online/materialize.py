@@ -123,11 +123,20 @@ def send_packed(client: Any, buffer: bytes, replies: int) -> None:
 
 def write_view(client: Any, plan: ViewPlan, batches: Iterator[pa.RecordBatch], progress: Progress) -> int:
     """Pipelined HSET of every entity's newest row; returns the number of entities written."""
+    from feature_platform.online.redis_client import is_cluster
+
     written = 0
     fields = plan.fields
+    cluster = is_cluster(client)
     for batch in batches:
         keys, columns = hset_commands(plan, batch)
-        send_packed(client, pack_hsets(fields, keys, columns), len(keys))
+        if cluster:  # redis-py groups the commands by the node owning each key's slot
+            pipe = client.pipeline(transaction=False)
+            for index, key in enumerate(keys):
+                pipe.hset(key, mapping=dict(zip(fields, (column[index] for column in columns), strict=True)))
+            pipe.execute()
+        else:
+            send_packed(client, pack_hsets(fields, keys, columns), len(keys))
         written += batch.num_rows
         progress(batch.num_rows)
     return written

@@ -38,17 +38,41 @@ def _bulk(item: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(item), item)
 
 
-def pack_reads(plan: ViewPlan, features: Sequence[FeaturePlan], entity_values: Sequence[Any]
-               ) -> tuple[list[int], int, bytes]:
-    """RESP ``HMGET key field...`` for each distinct entity; returns (index of each entity's reply, replies,
-    packed commands). Duplicate entities are read once, as Feast does."""
+@dataclass
+class Reads:
+    """HMGETs for one view: one per distinct entity (duplicates are read once, as Feast does)."""
+
+    order: list[int]      # for each requested entity, the index of its reply
+    keys: list[bytes]
+    fields: list[bytes]   # the requested features' fields, then the view's _ts field
+
+    def packed(self) -> bytes:
+        head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(self.fields))
+        tail = b"".join(_bulk(name) for name in self.fields)
+        return b"".join(head + _bulk(key) + tail for key in self.keys)
+
+
+def plan_reads(plan: ViewPlan, features: Sequence[FeaturePlan], entity_values: Sequence[Any]) -> Reads:
     distinct: dict[Any, int] = {}
     order = [distinct.setdefault(value, len(distinct)) for value in entity_values]
-    fields = [f.field for f in features] + [plan.ts_field]
-    head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
-    tail = b"".join(_bulk(name) for name in fields)
-    packed = b"".join(head + _bulk(key) + tail for key in plan.keys(list(distinct)))
-    return order, len(distinct), packed
+    return Reads(order, plan.keys(list(distinct)), [f.field for f in features] + [plan.ts_field])
+
+
+def fetch(client: Any, reads: Sequence[Reads]) -> list[Any]:
+    """Every HMGET of ``reads`` in one round trip: one packed buffer on a single node; on a cluster, redis-py's
+    cluster pipeline (commands grouped by the node that owns each key's slot)."""
+    from feature_platform.online.redis_client import is_cluster
+
+    total = sum(len(r.keys) for r in reads)
+    if not total:
+        return []
+    if is_cluster(client):
+        pipe = client.pipeline(transaction=False)
+        for r in reads:
+            for key in r.keys:
+                pipe.execute_command("HMGET", key, *r.fields)
+        return pipe.execute()
+    return execute_packed(client, b"".join(r.packed() for r in reads), total)
 
 
 def execute_packed(client: Any, packed: bytes, replies: int) -> list[Any]:
@@ -103,7 +127,7 @@ def _stamp(raw: bytes | None) -> int | None:
 
 def decode_reads(plan: ViewPlan, features: Sequence[FeaturePlan], order: list[int], replies: Sequence[Any],
                  now: int, enforce_ttl: bool = True) -> ViewRead:
-    """Turn the HMGET replies of :func:`pack_reads` into values, statuses and timestamps (column by column)."""
+    """Turn the HMGET replies of :func:`plan_reads` into values, statuses and timestamps (column by column)."""
     max_age = plan.ttl_seconds * 1_000_000 if enforce_ttl and plan.ttl_seconds > 0 else None
     stamps = [_stamp(reply[-1]) for reply in replies]
     base = [NOT_FOUND if stamp is None else OUTSIDE_MAX_AGE if max_age is not None and now - stamp > max_age
@@ -135,9 +159,8 @@ def read_view(client: Any, plan: ViewPlan, entity_values: Sequence[Any], feature
               enforce_ttl: bool = True, now: int | None = None) -> ViewRead:
     """Read one view for ``entity_values`` (already of the join key's type)."""
     features = list(features or plan.features)
-    order, count, packed = pack_reads(plan, features, entity_values)
-    replies = execute_packed(client, packed, count) if count else []
-    return decode_reads(plan, features, order, replies, now or now_micros(), enforce_ttl)
+    reads = plan_reads(plan, features, entity_values)
+    return decode_reads(plan, features, reads.order, fetch(client, [reads]), now or now_micros(), enforce_ttl)
 
 
 def _glob_escape(data: bytes) -> bytes:

@@ -19,11 +19,32 @@ def connect(settings: Settings, env: EnvironmentContract, socket_timeout: float 
         raise ConfigError(f"environment {env.name} has no Redis online store")
     address = settings.require(online.address_env, "the Redis address host:port of the online store")
     password = settings.require(online.password_env, "the Redis password") if online.password_env else None
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"{online.address_env}={address!r} is not host:port")
-    return redis.Redis(host=host, port=int(port), db=online.db, password=password,
+    nodes = []
+    for entry in address.split(","):
+        host, _, port = entry.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"{online.address_env}={address!r}: {entry!r} is not host:port")
+        nodes.append((host, int(port)))
+    if online.cluster:
+        from redis.backoff import NoBackoff
+        from redis.cluster import ClusterNode, RedisCluster
+        from redis.retry import Retry
+
+        # One retry: a stopped master must surface as an error within seconds, not after minutes of backoff.
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], password=password,
+                            socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                            retry=Retry(NoBackoff(), 1))
+    if len(nodes) != 1:
+        raise ConfigError(f"{online.address_env} names {len(nodes)} nodes; a single Redis takes one host:port "
+                          "(set cluster: true in the environment contract for a Redis Cluster)")
+    (host, port), = nodes
+    return redis.Redis(host=host, port=port, db=online.db, password=password,
                        socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+
+
+def is_cluster(client: Any) -> bool:
+    """A RedisCluster client routes each key to its node; the single-node fast path packs one buffer."""
+    return not hasattr(client, "connection_pool")
 
 
 def unavailable_errors() -> tuple[type[BaseException], ...]:
@@ -31,4 +52,5 @@ def unavailable_errors() -> tuple[type[BaseException], ...]:
     import redis
 
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.AuthenticationError,
-            redis.exceptions.ReadOnlyError, redis.exceptions.BusyLoadingError, ConnectionError, OSError)
+            redis.exceptions.ReadOnlyError, redis.exceptions.BusyLoadingError, redis.exceptions.RedisClusterException,
+            redis.exceptions.ClusterError, ConnectionError, OSError)

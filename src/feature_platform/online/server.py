@@ -254,8 +254,6 @@ class FeatureServer:
             return self.feast_fallback(request)
         rows = len(next(iter(request.entities.values()), []))
         queued = []
-        packed: list[bytes] = []
-        replies_wanted = 0
         for view, features in groups:
             plan = catalog.views[view]
             if plan.join_key not in request.entities:
@@ -265,18 +263,17 @@ class FeatureServer:
             except ValueError as exc:
                 raise RequestError(422, f"entities.{plan.join_key}: {exc}") from exc
             wanted = [plan.feature(f) for f in features]
-            order, count, commands = reader.pack_reads(plan, wanted, values)
-            queued.append((plan, wanted, order, count))
-            packed.append(commands)
-            replies_wanted += count
-        replies = reader.execute_packed(self.client, b"".join(packed), replies_wanted) if replies_wanted else []
+            queued.append((plan, wanted, reader.plan_reads(plan, wanted, values)))
+        replies = reader.fetch(self.client, [reads for _, _, reads in queued])
         now = reader.now_micros()
         names = list(request.entities)
         results = [{"values": list(column), "statuses": ["PRESENT"] * rows, "event_timestamps": [EPOCH] * rows}
                    for column in request.entities.values()]
         offset = 0
-        for plan, wanted, order, count in queued:
-            read = reader.decode_reads(plan, wanted, order, replies[offset:offset + count], now, self.enforce_ttl)
+        for plan, wanted, reads in queued:
+            count = len(reads.keys)
+            read = reader.decode_reads(plan, wanted, reads.order, replies[offset:offset + count], now,
+                                       self.enforce_ttl)
             offset += count
             stamps = [format_timestamp(m) for m in read.event_micros]
             newest = max((m for m in read.event_micros if m is not None), default=None)
