@@ -30,6 +30,7 @@ def child(method: str, contracts: str, home: str, redis_address: str) -> None:
     import contextlib
 
     from feature_platform import feast_bridge
+    from feature_platform.materialization import event_range
 
     settings = Settings.from_env({"FEATURE_PLATFORM_REDIS_ADDRESS": redis_address}, contracts_dir=contracts,
                                  home=home, env_name="bench")
@@ -62,7 +63,7 @@ def child(method: str, contracts: str, home: str, redis_address: str) -> None:
         seconds = time.perf_counter() - start
     else:
         store = feast_bridge.open_store(settings, env)
-        begin, end = feast_bridge._event_range(metadata)
+        begin, end = event_range(metadata)
         start = time.perf_counter()
         with feast_bridge.feast_process_environment(settings), contextlib.redirect_stdout(sys.stderr):
             store.materialize(start_date=begin, end_date=end, feature_views=["bench_features_v1"])

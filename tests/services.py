@@ -239,8 +239,8 @@ class RedisCluster:
         wait_until(lambda: redis.Redis(port=port, password=self.password).ping(), f"cluster node {port}")
 
     def stop_node(self, port: int) -> None:
-        process = self.processes[port]
-        if process.poll() is None:
+        process = self.processes.get(port)
+        if process is not None and process.poll() is None:
             process.terminate()
             process.wait(timeout=10)
 
@@ -256,11 +256,25 @@ class RedisCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000, fixed by Redis) is valid and free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 @pytest.fixture
 def redis_cluster() -> Iterator[RedisCluster]:
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.fail("redis-server/redis-cli are not installed: run `scripts/dev setup`")
-    cluster = RedisCluster([free_port() for _ in range(3)], REDIS_PASSWORD,
+    cluster = RedisCluster([cluster_port() for _ in range(3)], REDIS_PASSWORD,
                            Path(tempfile.mkdtemp(prefix="feature-platform-cluster-")), {})
     try:
         for port in cluster.ports:

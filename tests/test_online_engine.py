@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from feature_platform import feast_bridge, pipeline
+from feature_platform.materialization import event_range
 from feature_platform.online import layout
 from feature_platform.online import materialize as engine
 from tests.helpers import every_dtype_contract, merchant_events, replace_raw, write_contract
@@ -29,7 +30,7 @@ def _feast_materialize(settings, view_names: list[str]) -> None:
             metadata = feast_bridge.builds.read_metadata(
                 pipeline.object_store(settings, env), settings.contracts().get(*_split(name)),
                 view.tags["feature_platform.build_id"])
-            start, end = feast_bridge._event_range(metadata)
+            start, end = event_range(metadata)
             store.materialize(start_date=start, end_date=end, feature_views=[name])
 
 

@@ -647,15 +647,6 @@ def read_build_table(store: ObjectStore, metadata: dict[str, Any]) -> pa.Table:
     return pq.read_table(path, filesystem=store.fs)
 
 
-def newest_rows_per_entity(table: pa.Table, join_key: str, timestamp_field: str) -> pa.Table:
-    """The offline 'latest' per entity: what the online store must serve after a full materialize."""
-    ranked = table.sort_by([(join_key, "ascending"), (timestamp_field, "descending")])
-    keys = ranked.column(join_key).to_numpy(zero_copy_only=False)
-    first_of_entity = np.ones(len(keys), dtype=bool)
-    first_of_entity[1:] = keys[1:] != keys[:-1]
-    return ranked.filter(pa.array(first_of_entity))
-
-
 def collect_garbage(store: ObjectStore, versions: list[FeatureSetContract], keep: int, min_age_seconds: int,
                     dry_run: bool = True, now: datetime | None = None) -> list[dict[str, Any]]:
     """Old builds of each contract version, deleted unless ``dry_run``.

@@ -42,6 +42,8 @@ from feature_platform.errors import (
     RegistryMismatchError,
 )
 from feature_platform.locks import lease
+from feature_platform.materialization import read_marker
+from feature_platform.online.layout import plan_contract
 from feature_platform.store import ObjectStore
 
 if TYPE_CHECKING:
@@ -403,24 +405,10 @@ def check_registry_matches(store: FeatureStore, contracts: list[FeatureSetContra
 # ------------------------------------------------------------------------------------------------ materialize
 
 
-def _event_range(metadata: dict[str, Any]) -> tuple[datetime, datetime]:
-    start = datetime.fromisoformat(metadata["event_time_min"])
-    # Feast's end bound is exclusive.
-    end = datetime.fromisoformat(metadata["event_time_max"]) + timedelta(seconds=1)
-    return start, end
-
-
 def _online_errors() -> tuple[type[BaseException], ...]:
     from feature_platform.online.redis_client import unavailable_errors
 
     return unavailable_errors()
-
-
-ONLINE_MARKER = "online.json"
-
-
-def _online_marker_key(contract: FeatureSetContract) -> str:
-    return f"{builds.version_key(contract)}/{ONLINE_MARKER}"
 
 
 def materialize(settings: Settings, env: EnvironmentContract | None = None, incremental: bool = False,
@@ -464,14 +452,6 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
                     "re-run (it is idempotent)") from exc
             done.append(record)
     return done
-
-
-def _read_online_marker(object_store: ObjectStore, contract: FeatureSetContract) -> dict[str, Any]:
-    """What was last materialized for this contract version: {build_id, start, end, mode, at}, or {}."""
-    try:
-        return object_store.read_json(_online_marker_key(contract))
-    except FileNotFoundError:
-        return {}
 
 
 # ----------------------------------------------------------------------------------------------------- reads
@@ -615,11 +595,29 @@ def online_entity_count(settings: Settings, env: EnvironmentContract, contract: 
         return 0
 
 
-def _absent_key(contract: FeatureSetContract, keys: list[Any]) -> Any:
-    """A key that is in no build: it must read as NOT_FOUND."""
-    if contract.entity.dtype == "int64":
-        return max((int(k) for k in keys), default=0) + 1_000_003
-    return "feature-platform-absent-" + hashlib.sha256(repr(keys).encode()).hexdigest()[:12]
+def _sample_newest(object_store: ObjectStore, metadata: dict[str, Any], plan: Any, sample: int
+                   ) -> tuple[list[dict[str, Any]], Any]:
+    """About ``sample`` entities' newest rows, evenly spread over the build, streamed (bounded memory however
+    large the view), and a key that is in no build (it must read NOT_FOUND)."""
+    import pyarrow.compute as pc
+
+    from feature_platform.online import materialize as engine
+
+    step = max(1, int(metadata.get("entity_count") or 0) // max(sample, 1))
+    expected: list[dict[str, Any]] = []
+    largest = 0
+    seen = 0
+    for batch in engine.newest_rows(object_store.fs, metadata, plan):
+        first = (-seen) % step
+        positions = list(range(first, batch.num_rows, step))
+        if positions and len(expected) < sample:
+            expected += batch.take(positions).to_pylist()[:sample - len(expected)]
+        if plan.entity_dtype == "int64" and batch.num_rows:
+            largest = max(largest, int(pc.max(batch.column(plan.join_key)).as_py() or 0))
+        seen += batch.num_rows
+    probe: Any = (largest + 1_000_003 if plan.entity_dtype == "int64"
+                  else "feature-platform-absent-" + hashlib.sha256(str(metadata["build_id"]).encode()).hexdigest()[:12])
+    return expected, probe
 
 
 def verify(settings: Settings, env: EnvironmentContract | None = None, sample: int = 20,
@@ -645,15 +643,12 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
         for contract in selected:
             build_id = registered[contract.feature_view_name].tags[TAG_PREFIX + "build_id"]
             metadata = builds.read_metadata(object_store, contract, build_id)
-            newest = builds.newest_rows_per_entity(builds.read_build_table(object_store, metadata),
-                                                   contract.entity.join_key, contract.timestamp_field).to_pylist()
-            step = max(1, len(newest) // sample)
-            expected = newest[::step][:sample]
+            expected, probe = _sample_newest(object_store, metadata, plan_contract(env.feast_project, contract),
+                                             sample)
             keys = [row[contract.entity.join_key] for row in expected]
-            probe = _absent_key(contract, [row[contract.entity.join_key] for row in newest])
             online = _rows(contract, [*keys, probe],
                            view_read(settings, env, store, contract, [*keys, probe], enforce_ttl=False))
-            absent_row = online.pop()
+            absent_row = online.pop()  # the probe key
             mismatches = []
             for want, got in zip(expected, online, strict=True):
                 for feature in contract.features:
@@ -666,10 +661,10 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
                                 default=None)
             age = (now - newest_online).total_seconds() if newest_online else None
             fresh = age is not None and age <= contract.ttl_seconds
-            marker = _read_online_marker(object_store, contract)
+            marker = read_marker(object_store, contract)
             materialized = marker.get("build_id") if not marker.get("pending_build_ids") else None
             online_count = online_entity_count(settings, env, contract)
-            build_count = int(metadata.get("entity_count") or len(newest))
+            build_count = int(metadata["entity_count"])
             results.append({
                 "feature_view": contract.feature_view_name, "build_id": build_id,
                 "materialized_build_id": materialized, "sampled": len(keys),
