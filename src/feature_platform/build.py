@@ -7,9 +7,10 @@ Layout in the environment's object store (``<prefix>`` = ``object_store.uri``)::
     <prefix>/<feature_set>/<version>/<build_id>/features.parquet
     <prefix>/<feature_set>/<version>/<build_id>/metadata.json   written last: no metadata = unfinished build
 
-The build id is a hash of the contract's schema and transform and of the source snapshot (file paths, sizes,
-ETags), so re-running the same logical build finds the finished build and changes nothing. Builds are never
-rewritten; promotion is one small atomic PUT of each pointer.
+The build id is a hash of the contract's schema and transform and of the source snapshot by content (keys
+relative to the raw table, sizes, ETags), so re-running the same logical build finds the finished build and
+changes nothing, in any work directory. Builds are byte-reproducible (sorted rows, fixed row groups,
+order-sensitive SQL single-threaded), never rewritten; promotion is one small atomic PUT of each pointer.
 """
 
 from __future__ import annotations

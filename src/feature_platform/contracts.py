@@ -486,21 +486,27 @@ def write_lock(root: Path, contracts: ContractSet) -> dict[str, dict[str, str]]:
     return lock
 
 
+def _lock_problem(contract: FeatureSetContract, file: str, locked: str | None, require_locked: bool) -> str | None:
+    """The `contracts check` line for one version, or None when it agrees with the lock."""
+    if locked is None:
+        if not require_locked:
+            return None
+        return (f"{file}: {contract.name} {contract.version_label} is not in {LOCK_FILE}; "
+                "run `featurectl contracts lock` and commit the lock with the new version")
+    if locked != contract.schema_hash:
+        return (f"{file}: released version {contract.name} {contract.version_label} changed its "
+                f"schema in place ({locked} -> {contract.schema_hash}); revert it and add "
+                f"v{contract.version + 1}.yaml instead")
+    return None
+
+
 def check_lock(root: Path, contracts: ContractSet, require_locked: bool = True) -> list[str]:
     """Problems between the working tree and the lock: changed or deleted released versions, unlocked ones."""
     lock = read_lock(root)
-    problems = []
-    for contract in contracts.all():
-        file = contracts.files[(contract.name, contract.version)]
-        locked = lock.get(contract.name, {}).get(contract.version_label)
-        if locked is None:
-            if require_locked:
-                problems.append(f"{file}: {contract.name} {contract.version_label} is not in {LOCK_FILE}; "
-                                "run `featurectl contracts lock` and commit the lock with the new version")
-        elif locked != contract.schema_hash:
-            problems.append(f"{file}: released version {contract.name} {contract.version_label} changed its "
-                            f"schema in place ({locked} -> {contract.schema_hash}); revert it and add "
-                            f"v{contract.version + 1}.yaml instead")
+    problems = [problem for contract in contracts.all()
+                if (problem := _lock_problem(contract, contracts.files[(contract.name, contract.version)],
+                                             lock.get(contract.name, {}).get(contract.version_label),
+                                             require_locked))]
     for name, versions in lock.items():
         for label in versions:
             if (name, int(label.lstrip("v"))) not in contracts.feature_sets:
@@ -514,17 +520,10 @@ def enforce_lock(root: Path, contracts: ContractSet, selected: list[FeatureSetCo
     """Refuse to build, apply or materialize a released version whose schema changed in place (and, where the
     environment requires it, a version not in the lock yet), with the lines `contracts check` prints."""
     lock = read_lock(root)
-    problems = []
-    for contract in selected:
-        file = contracts.files[(contract.name, contract.version)]
-        locked = lock.get(contract.name, {}).get(contract.version_label)
-        if locked is None and require_locked:
-            problems.append(f"{file}: {contract.name} {contract.version_label} is not in {LOCK_FILE}; "
-                            "run `featurectl contracts lock` and commit the lock with the new version")
-        elif locked is not None and locked != contract.schema_hash:
-            problems.append(f"{file}: released version {contract.name} {contract.version_label} changed its "
-                            f"schema in place ({locked} -> {contract.schema_hash}); revert it and add "
-                            f"v{contract.version + 1}.yaml instead")
+    problems = [problem for contract in selected
+                if (problem := _lock_problem(contract, contracts.files[(contract.name, contract.version)],
+                                             lock.get(contract.name, {}).get(contract.version_label),
+                                             require_locked))]
     if problems:
         raise CompatibilityError("\n".join(problems))
 

@@ -83,7 +83,8 @@ def build_and_promote(settings: Settings, feature_set: str, version: int | None 
 
 
 def build_all(settings: Settings, run_id: str | None = None, progress: Progress = _quiet) -> list[dict[str, Any]]:
-    """Build and promote every version of every feature set (older versions first, so latest ends on the newest)."""
+    """Build and promote every version of every feature set (the feature-set pointer names the newest version's
+    build whatever the order)."""
     return [build_and_promote(settings, c.name, c.version, run_id, progress) for c in settings.contracts().all()]
 
 
