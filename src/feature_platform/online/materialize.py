@@ -114,15 +114,9 @@ def pack_hsets(fields: list[bytes], keys: list[bytes], columns: list[list[bytes]
     return b"".join(parts)
 
 
-def send_packed(client: Any, buffer: bytes, replies: int) -> None:
-    """Send pre-packed commands on one connection and read every reply (the first error reply is raised)."""
-    from feature_platform.online.reader import execute_packed
-
-    execute_packed(client, buffer, replies)
-
-
 def write_view(client: Any, plan: ViewPlan, batches: Iterator[pa.RecordBatch], progress: Progress) -> int:
     """Pipelined HSET of every entity's newest row; returns the number of entities written."""
+    from feature_platform.online.reader import execute_packed
     from feature_platform.online.redis_client import is_cluster
 
     written = 0
@@ -136,7 +130,7 @@ def write_view(client: Any, plan: ViewPlan, batches: Iterator[pa.RecordBatch], p
                 pipe.hset(key, mapping=dict(zip(fields, (column[index] for column in columns), strict=True)))
             pipe.execute()
         else:
-            send_packed(client, pack_hsets(fields, keys, columns), len(keys))
+            execute_packed(client, pack_hsets(fields, keys, columns), len(keys))
         written += batch.num_rows
         progress(batch.num_rows)
     return written
