@@ -6,6 +6,6 @@ FROM apache/airflow:3.3.2-python3.11
 COPY --chown=airflow:root pyproject.toml README.md /opt/feature-platform/
 COPY --chown=airflow:root src /opt/feature-platform/src
 RUN pip install --no-cache-dir --no-deps /opt/feature-platform \
- && pip install --no-cache-dir "apache-airflow==3.3.2" "apache-airflow-providers-cncf-kubernetes" \
+ && pip install --no-cache-dir "apache-airflow==3.3.2" "apache-airflow-providers-cncf-kubernetes" "apache-airflow-providers-slack" \
       --constraint "https://raw.githubusercontent.com/apache/airflow/constraints-3.3.2/constraints-3.11.txt"
 COPY --chown=airflow:root dags /opt/airflow/dags

@@ -1,30 +1,48 @@
-"""Failure-callback hooks used by the Airflow tests (configured through FEATURE_PLATFORM_ON_FAILURE, as a
-deployment would configure a Slack or PagerDuty notifier)."""
+"""Airflow Notifiers used by the Airflow tests, configured through FEATURE_PLATFORM_NOTIFIERS exactly as a
+deployment configures Slack's (class path + kwargs + events)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from airflow.sdk import BaseNotifier
 
-def repair_source_on_retry(context: Any) -> None:
+
+class RepairSourceOnRetry(BaseNotifier):
     """Record what `latest` was when the build failed, then put the raw table back so the retry can succeed."""
-    from feature_platform import build, pipeline
-    from feature_platform.environments import Settings
 
-    settings = Settings.from_env()
-    env = settings.environment()
-    store = pipeline.object_store(settings, env)
-    try:
-        pointer: dict | None = build.read_pointer(store, "customer_profile")
-    except build.PointerMissingError:
-        pointer = None
-    record = Path(os.environ["TEST_HOOK_RECORD"])
-    calls = json.loads(record.read_text()) if record.exists() else []
-    calls.append({"task": context["ti"].task_id, "latest": pointer})
-    record.write_text(json.dumps(calls))
-    raw = pipeline.raw_store(settings, env)
-    for path in sorted(Path(os.environ["TEST_RAW_BACKUP"]).glob("*.parquet")):
-        raw.upload(path, f"customers/{path.name}")
+    def __init__(self, record: str, backup: str) -> None:
+        super().__init__()
+        self.record, self.backup = Path(record), Path(backup)
+
+    def notify(self, context: Any) -> None:
+        from feature_platform import build, pipeline
+        from feature_platform.environments import Settings
+
+        settings = Settings.from_env()
+        env = settings.environment()
+        store = pipeline.object_store(settings, env)
+        try:
+            pointer: dict | None = build.read_pointer(store, "customer_profile")
+        except build.PointerMissingError:
+            pointer = None
+        calls = json.loads(self.record.read_text()) if self.record.exists() else []
+        calls.append({"task": context["ti"].task_id, "latest": pointer})
+        self.record.write_text(json.dumps(calls))
+        raw = pipeline.raw_store(settings, env)
+        for path in sorted(self.backup.glob("*.parquet")):
+            raw.upload(path, f"customers/{path.name}")
+
+
+class RecordFailure(BaseNotifier):
+    """Append the failed task's id to a file: the stand-in for a Slack message."""
+
+    def __init__(self, record: str) -> None:
+        super().__init__()
+        self.record = Path(record)
+
+    def notify(self, context: Any) -> None:
+        with self.record.open("a") as out:
+            out.write(f"{context['ti'].task_id}\n")

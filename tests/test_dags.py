@@ -22,14 +22,35 @@ pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 
 
+def migration_job_command() -> str:
+    """The shell command of the Airflow chart's migration job, as argocd/values/airflow-common.yaml sets it."""
+    values = yaml.safe_load((REPO / "argocd" / "values" / "airflow-common.yaml").read_text())
+    args = values["migrateDatabaseJob"]["args"]
+    assert args[:2] == ["bash", "-c"]
+    return args[2]
+
+
 @pytest.fixture(scope="session")
 def airflow_home(tmp_path_factory) -> Path:
-    """A migrated SQLite metadata DB, made once per session."""
+    """A SQLite metadata DB set up once per session by the very command the chart's migration job runs
+    (migrate, then create the DAGs' pools)."""
     home = tmp_path_factory.mktemp("airflow")
-    result = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=_airflow_env(home, {}),
+    command = migration_job_command().replace("airflow ", f"{BIN / 'airflow'} ")
+    result = subprocess.run(["bash", "-c", command], env=_airflow_env(home, {}),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return home
+
+
+def test_migration_job_creates_every_pool_the_dags_use(airflow_home) -> None:
+    """The DAGs' pools exist after the migration job's command, with the slots dag_factory declares."""
+    from feature_platform.dag_factory import POOLS
+
+    result = subprocess.run([str(BIN / "airflow"), "pools", "list", "-o", "json"], env=_airflow_env(airflow_home, {}),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    pools = {p["pool"]: int(p["slots"]) for p in json.loads(result.stdout)}
+    assert {name: pools.get(name) for name in POOLS} == {name: slots for name, (slots, _) in POOLS.items()}
 
 
 def _airflow_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -155,6 +176,26 @@ def test_dag_runs_build_promote_serve_and_pass_the_proof(airflow_home, dev_setti
     report = run_proof(dev_settings)
     assert report.ok, [c.evidence for c in report.checks if c.status != "PASS"]
 
+    # Each promote published its view's offline Asset, each materialize every view's online Asset.
+    events = _asset_events(airflow_home)
+    for contract in dev_settings.contracts().all():
+        view = contract.feature_view_name
+        assert events.get(f"dev.{view}.offline") == [f"{contract.version_label}.promote_latest"], view
+        assert events.get(f"dev.{view}.online") == ["materialize"], view
+
+
+def _asset_events(airflow_home: Path) -> dict[str, list[str]]:
+    """Asset name -> the task ids that emitted an event for it, read from Airflow's metadata DB."""
+    import sqlite3
+
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        rows = db.execute("SELECT a.name, e.source_task_id FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+                          "ORDER BY e.id").fetchall()
+    events: dict[str, list[str]] = {}
+    for name, task_id in rows:
+        events.setdefault(name, []).append(task_id)
+    return events
+
 
 def test_failed_build_keeps_latest_and_retry_succeeds(airflow_home, dev_settings, contracts_copy, tmp_path) -> None:
     """The raw table vanishes: the build task fails, latest stays on the previous build; the retry succeeds."""
@@ -170,15 +211,121 @@ def test_failed_build_keeps_latest_and_retry_succeeds(airflow_home, dev_settings
     raw.delete("customers")
 
     record = tmp_path / "hook.json"
-    result = _run_dag(airflow_home, dev_settings, "feature_set__customer_profile", {
-        "FEATURE_PLATFORM_ON_FAILURE": "tests.airflow_hooks:repair_source_on_retry",
-        "TEST_HOOK_RECORD": str(record), "TEST_RAW_BACKUP": str(backup)})
+    notifiers = [{"class": "tests.airflow_hooks.RepairSourceOnRetry", "on": ["retry"],
+                  "kwargs": {"record": str(record), "backup": str(backup)}}]
+    result = _run_dag(airflow_home, dev_settings, "feature_set__customer_profile",
+                      {"FEATURE_PLATFORM_NOTIFIERS": json.dumps(notifiers)})
     assert result.returncode == 0 and "state=success" in result.stdout + result.stderr, result.stderr[-4000:]
     calls = json.loads(record.read_text())
     assert [c["task"] for c in calls] == ["v1.build"]
     assert calls[0]["latest"]["build_id"] == first["build_id"]  # the failure moved nothing
     latest = builds.read_pointer(data_store(dev_settings), "customer_profile")
     assert latest["build_id"] != first["build_id"]  # the retry built and promoted the new data
+
+
+def test_failed_task_notifies_through_configured_notifiers(airflow_home, dev_settings, contracts_copy,
+                                                         tmp_path) -> None:
+    """No raw data and no retries: the build fails, the configured failure Notifier hears of that task alone
+    (the retry-only one hears nothing), the run is recorded as failed, and nothing was promoted."""
+    path = contracts_copy / "environments/dev.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["schedule"].update({"retries": 0, "retry_delay_seconds": 1})
+    path.write_text(yaml.safe_dump(data))
+    failures, retries = tmp_path / "failures.txt", tmp_path / "retries.txt"
+    notifiers = [{"class": "tests.airflow_hooks.RecordFailure", "kwargs": {"record": str(failures)}},
+                 {"class": "tests.airflow_hooks.RecordFailure", "on": ["retry"], "kwargs": {"record": str(retries)}}]
+    result = _run_dag(airflow_home, dev_settings, "feature_set__customer_profile",
+                      {"FEATURE_PLATFORM_NOTIFIERS": json.dumps(notifiers)})
+    assert "state=failed" in result.stdout + result.stderr, result.stderr[-4000:]
+    assert failures.read_text().split() == ["v1.build"]
+    assert not retries.exists()
+    record = pipeline.read_run_record(dev_settings, dev_settings.environment(), "customer_profile")
+    assert record["status"] == "failed" and "v1.build" in record["detail"]
+    with pytest.raises(builds.PointerMissingError):
+        builds.read_pointer(data_store(dev_settings), "customer_profile")
+
+
+@pytest.fixture
+def airflow_api(airflow_home, contracts_copy, tmp_path_factory):
+    """A real `airflow api-server` on a free port over the session's metadata DB, with Airflow's simple auth
+    manager: an admin (to trigger runs) and the proof's read-only user."""
+    from tests.services import free_port, wait_until
+
+    work = tmp_path_factory.mktemp("airflow-api")
+    passwords = work / "passwords.json"
+    passwords.write_text(json.dumps({"admin": "admin-pass", "proof": "proof-pass"}))
+    port = free_port()
+    env = _airflow_env(airflow_home, {
+        "FEATURE_PLATFORM_CONTRACTS": str(contracts_copy), "FEATURE_PLATFORM_ENV": "dev",
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,proof:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__API_AUTH__JWT_SECRET": "test-only-jwt-secret", "AIRFLOW__API__SECRET_KEY": "test-only-key"})
+    serialized = subprocess.run([str(BIN / "airflow"), "dags", "reserialize"], env=env, capture_output=True,
+                                text=True, timeout=300)
+    assert serialized.returncode == 0, serialized.stderr[-3000:]
+    log = (work / "api.log").open("w")
+    process = subprocess.Popen([str(BIN / "airflow"), "api-server", "--port", str(port)], env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    try:
+        wait_until(lambda: urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2).status == 200,
+                   "airflow api-server", timeout=120)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def test_proof_reads_dag_runs_from_a_real_airflow_api_and_refreshes_its_token(airflow_api, dev_settings) -> None:
+    """The proof signs in to a real Airflow API server, reads each DAG's newest run, signs in again when its
+    token is refused (as when it expires), and says what to do when it has no user."""
+    from feature_platform.airflow_api import AirflowApiError, AirflowClient
+    from feature_platform.proof import FAIL, check_dag_runs
+
+    admin = AirflowClient(airflow_api, "admin", "admin-pass")
+    admin.sign_in()
+    request = urllib_request(f"{airflow_api}/api/v2/dags/feature_set__customer_spend/dagRuns", admin.token,
+                             {"logical_date": None, "dag_run_id": "proof-test-run"})
+    assert request == 200, request
+
+    settings = dev_settings.replace(values={"FEATURE_PLATFORM_AIRFLOW_URL": airflow_api,
+                                            "FEATURE_PLATFORM_AIRFLOW_USERNAME": "proof",
+                                            "FEATURE_PLATFORM_AIRFLOW_PASSWORD": "proof-pass"})
+    status, lines = check_dag_runs(settings, settings.environment())
+    assert status == FAIL  # the triggered run is only queued
+    spend = next(line for line in lines if line.startswith("customer_spend:"))
+    assert "last run queued" in spend
+
+    client = AirflowClient.from_settings(settings.values)
+    client.sign_in()
+    first = client.token
+    client.token = "an-expired-token"
+    assert client.last_dag_run("feature_set__customer_spend")["dag_run_id"] == "proof-test-run"
+    assert client.token not in ("an-expired-token", None) and first
+    assert client.last_dag_run("feature_set__no_such_dag") == {}
+
+    with pytest.raises(AirflowApiError, match="refused the sign-in of 'proof'"):
+        AirflowClient(airflow_api, "proof", "wrong").sign_in()
+    anonymous = dev_settings.replace(values={"FEATURE_PLATFORM_AIRFLOW_URL": airflow_api})
+    status, lines = check_dag_runs(anonymous, anonymous.environment())
+    assert status == FAIL and "FEATURE_PLATFORM_AIRFLOW_USERNAME" in lines[0]
+
+
+def urllib_request(url: str, token: str | None, body: dict) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 @pytest.fixture

@@ -333,6 +333,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_server(args: argparse.Namespace) -> int:
+    from feature_platform.online.check import check_server
+
+    problems = check_server(args.url, _settings(args).contracts())
+    for problem in problems:
+        print(f"FAIL {problem}", file=sys.stderr)
+    if not problems:
+        print(f"OK {args.url}: /health and one /get-online-features per online feature set")
+    return 1 if problems else 0
+
+
 def cmd_step(args: argparse.Namespace) -> int:
     from feature_platform import pipeline
     from feature_platform.dag_factory import write_xcom
@@ -535,6 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-command", action="store_true", help="print the server command instead of running it")
     _add_common(p)
     p.set_defaults(handler=cmd_serve)
+
+    p = commands.add_parser("check-server", help="call a running feature server's /health and /get-online-features "
+                                                 "(what `helm test` runs)")
+    p.add_argument("--url", required=True, help="base URL, e.g. http://feature-platform-server:6566")
+    _add_common(p)
+    p.set_defaults(handler=cmd_check_server)
 
     p = commands.add_parser("step", help="run one orchestrated step (what each Airflow task runs in a pod)")
     p.add_argument("step", choices=["validate_contract", "build", "quality_gate", "write_version", "promote_latest",

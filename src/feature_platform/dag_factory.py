@@ -8,6 +8,11 @@ Per DAG, for each contract version ``vN``::
     validate_contract >> vN.build >> vN.quality_gate >> vN.write_version >> vN.promote_latest
         >> feast_apply >> materialize >> verify_online
 
+Airflow-native: promote publishes an Asset per feature view's offline build and materialize one per view's online
+table (``feature-platform://<env>/<view>/offline|online``), so training DAGs schedule on fresh features; the
+registry writers share a one-slot pool; retries, execution_timeout and pod resources come from the environment
+contract; failures notify through Airflow Notifiers configured per environment (``FEATURE_PLATFORM_NOTIFIERS``).
+
 Two execution modes, one graph (``FEATURE_PLATFORM_DAG_MODE``):
 - ``local``: each step runs in the worker's Python, calling the library (tests, laptops).
 - ``kubernetes``: each step is ``featurectl step ...`` in the platform image (KubernetesPodOperator), so Airflow's
@@ -19,7 +24,6 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,6 +34,27 @@ from feature_platform.environments import EnvironmentContract, Settings, load_en
 
 DAG_PREFIX = "feature_set__"
 START_DATE = datetime(2026, 1, 1)
+# Pools the DAGs use, with their slots; the Airflow chart's migration job creates them on every sync
+# (argocd/values/airflow-common.yaml runs `airflow pools set` for each; a test keeps the two equal).
+REGISTRY_POOL = "feature_platform_registry"
+POOLS = {REGISTRY_POOL: (1, "Writers of the Feast registry (apply, materialize): one at a time")}
+REGISTRY_WRITERS = ("feast_apply", "materialize")
+ASSET_SCHEME = "feature-platform"
+
+
+def offline_asset_name(env: str, feature_view: str) -> str:
+    return f"{env}.{feature_view}.offline"
+
+
+def online_asset_name(env: str, feature_view: str) -> str:
+    return f"{env}.{feature_view}.online"
+
+
+def _asset(name: str) -> Any:
+    from airflow.sdk import Asset
+
+    env, view, kind = name.split(".")
+    return Asset(name=name, uri=f"{ASSET_SCHEME}://{env}/{view}/{kind}", group="feature-platform")
 
 
 @dataclass(frozen=True)
@@ -42,7 +67,7 @@ class DagConfig:
     namespace: str = "default"
     service_account: str = "feature-platform"
     env_from_secret: str | None = None
-    failure_callback: str | None = None
+    notifiers: tuple[NotifierSpec, ...] = ()
     pod_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -59,35 +84,69 @@ class DagConfig:
             namespace=environ.get("FEATURE_PLATFORM_NAMESPACE", cls.namespace),
             service_account=environ.get("FEATURE_PLATFORM_SERVICE_ACCOUNT", cls.service_account),
             env_from_secret=environ.get("FEATURE_PLATFORM_STEP_ENV_FROM") or None,
-            failure_callback=environ.get("FEATURE_PLATFORM_ON_FAILURE") or None,
+            notifiers=parse_notifiers(environ.get("FEATURE_PLATFORM_NOTIFIERS", "")),
             # Plain settings travel as env vars; secrets only through env_from_secret, never into a pod spec.
             pod_env={k: v for k, v in environ.items() if k.startswith("FEATURE_PLATFORM_")
                      and k != "FEATURE_PLATFORM_DAG_MODE" and not k.endswith(("PASSWORD", "SECRET", "TOKEN"))},
         )
 
 
-def _hook(path: str | None) -> Callable[[Any], None] | None:
-    """``module:function`` from configuration: a hook that notifies (Slack, PagerDuty...) without code edits."""
-    if not path:
-        return None
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+@dataclass(frozen=True)
+class NotifierSpec:
+    """One Airflow Notifier from configuration: its class, keyword arguments and the events it hears."""
+
+    class_path: str
+    kwargs: dict[str, Any]
+    on: tuple[str, ...] = ("failure",)
 
 
-def _failure_callback(config: DagConfig) -> Callable[[Any], None]:
-    """Record the failed run (read by `featurectl proof`), then call the configured notifier, if any."""
-    hook = _hook(config.failure_callback)
+NOTIFIER_EVENTS = ("failure", "retry")
 
-    def on_failure(context: Any) -> None:  # called once retries are exhausted
-        from feature_platform import pipeline
 
-        ti = context["ti"]
-        pipeline.record_run(Settings.from_env(), ti.dag_id.removeprefix(DAG_PREFIX), "failed",
-                            context.get("run_id"), f"task {ti.task_id} failed: {context.get('exception')}")
-        if hook:
-            hook(context)
+def parse_notifiers(text: str) -> tuple[NotifierSpec, ...]:
+    """``FEATURE_PLATFORM_NOTIFIERS``: a JSON list of ``{"class": "pkg.module.Notifier", "kwargs": {...},
+    "on": ["failure", "retry"]}``. Secrets (webhook URLs, tokens) never appear here: notifiers name an Airflow
+    connection whose value comes from a Kubernetes Secret (``AIRFLOW_CONN_...``)."""
+    if not text.strip():
+        return ()
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"FEATURE_PLATFORM_NOTIFIERS is not JSON ({exc}): give a list of "
+                         '{"class": ..., "kwargs": {...}}') from exc
+    if not isinstance(items, list):
+        raise ValueError("FEATURE_PLATFORM_NOTIFIERS must be a JSON list of notifier objects")
+    specs = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("class"), str) or "." not in item["class"]:
+            raise ValueError(f"FEATURE_PLATFORM_NOTIFIERS[{index}] needs \"class\": \"package.module.Notifier\"")
+        unknown = set(item) - {"class", "kwargs", "on"}
+        on = tuple(item.get("on", ["failure"]))
+        if unknown or not set(on) <= set(NOTIFIER_EVENTS):
+            raise ValueError(f"FEATURE_PLATFORM_NOTIFIERS[{index}]: keys are class, kwargs, on; "
+                             f"on is a subset of {list(NOTIFIER_EVENTS)}")
+        specs.append(NotifierSpec(item["class"], dict(item.get("kwargs", {})), on))
+    return tuple(specs)
 
-    return on_failure
+
+def _notifier(spec: NotifierSpec) -> Any:
+    module, _, name = spec.class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)(**spec.kwargs)
+
+
+def _record_failed_run() -> Any:
+    """A Notifier that records the failed run (read by `featurectl proof` where no Airflow API is set)."""
+    from airflow.sdk import BaseNotifier
+
+    class RecordFailedRun(BaseNotifier):
+        def notify(self, context: Any) -> None:  # called once retries are exhausted
+            from feature_platform import pipeline
+
+            ti = context["ti"]
+            pipeline.record_run(Settings.from_env(), ti.dag_id.removeprefix(DAG_PREFIX), "failed",
+                                context.get("run_id"), f"task {ti.task_id} failed: {context.get('exception')}")
+
+    return RecordFailedRun()
 
 
 # ----------------------------------------------------------------------------------------- the local steps
@@ -115,12 +174,25 @@ def run_step(step: str, feature_set: str, version: int | None = None, **context:
 # -------------------------------------------------------------------------------------------- the factory
 
 
-def _operator(config: DagConfig, step: str, feature_set: str, version: int | None, task_id: str) -> Any:
+def _task_arguments(env: EnvironmentContract, step: str, outlets: list[Any], doc_md: str) -> dict[str, Any]:
+    """What every operator gets, whatever the mode: retries and timeout from the environment contract, the
+    registry pool for registry writers, the Assets it publishes, and its documentation."""
+    retries, timeout_minutes, _ = env.schedule.policy(step)
+    arguments: dict[str, Any] = {"retries": retries, "execution_timeout": timedelta(minutes=timeout_minutes),
+                                 "outlets": outlets, "doc_md": doc_md}
+    if step in REGISTRY_WRITERS:
+        arguments["pool"] = REGISTRY_POOL
+    return arguments
+
+
+def _operator(config: DagConfig, env: EnvironmentContract, step: str, feature_set: str, version: int | None,
+              task_id: str, outlets: list[Any], doc_md: str) -> Any:
+    common = _task_arguments(env, step, outlets, doc_md)
     if config.mode == "local":
         from airflow.providers.standard.operators.python import PythonOperator
 
         return PythonOperator(task_id=task_id, python_callable=run_step,
-                              op_kwargs={"step": step, "feature_set": feature_set, "version": version})
+                              op_kwargs={"step": step, "feature_set": feature_set, "version": version}, **common)
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
@@ -134,7 +206,18 @@ def _operator(config: DagConfig, step: str, feature_set: str, version: int | Non
         arguments += ["--run-id", "{{ run_id }}"]
     env_from = ([k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=config.env_from_secret))]
                 if config.env_from_secret else None)
+    _, _, resources = env.schedule.policy(step)
     return KubernetesPodOperator(
+        **common,
+        container_resources=k8s.V1ResourceRequirements(requests=dict(resources.requests),
+                                                       limits=dict(resources.limits)),
+        # Kubernetes' "restricted" Pod Security Standard: non-root, no privilege escalation, no capabilities.
+        security_context=k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=10001, run_as_group=10001,
+                                                  fs_group=10001,
+                                                  seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
+        container_security_context=k8s.V1SecurityContext(allow_privilege_escalation=False,
+                                                         read_only_root_filesystem=True,
+                                                         capabilities=k8s.V1Capabilities(drop=["ALL"])),
         task_id=task_id,
         name=f"{feature_set}-{group or ''}-{task_id}".replace("_", "-").replace("--", "-")[:63],
         namespace=config.namespace,
@@ -149,10 +232,15 @@ def _operator(config: DagConfig, step: str, feature_set: str, version: int | Non
         get_logs=True,
         on_finish_action="delete_succeeded_pod",
         volumes=[k8s.V1Volume(name="contracts", config_map=k8s.V1ConfigMapVolumeSource(
-            name=config.pod_env.get("FEATURE_PLATFORM_CONTRACTS_CONFIGMAP", "feature-platform-contracts")))],
+            name=config.pod_env.get("FEATURE_PLATFORM_CONTRACTS_CONFIGMAP", "feature-platform-contracts"))),
+                 # The root filesystem is read-only: the work directory and temp files live here.
+                 k8s.V1Volume(name="work", empty_dir=k8s.V1EmptyDirVolumeSource()),
+                 k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
         # Mounted as a directory, never subPath: the kubelet then updates the files when the ConfigMap changes.
         volume_mounts=[k8s.V1VolumeMount(name="contracts", mount_path=str(config.settings.contracts_dir),
-                                         read_only=True)],
+                                         read_only=True),
+                       k8s.V1VolumeMount(name="work", mount_path=str(config.settings.home)),
+                       k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
     )
 
 
@@ -162,15 +250,17 @@ def build_dag(config: DagConfig, env: EnvironmentContract, feature_set: str,
 
     newest = versions[-1]
     schedule = env.schedule
+    failure_notifiers = [_record_failed_run()] + [_notifier(n) for n in config.notifiers if "failure" in n.on]
+    retry_notifiers = [_notifier(n) for n in config.notifiers if "retry" in n.on]
     default_args = {
         "owner": newest.owner,
-        "retries": schedule.retries,
         "retry_delay": timedelta(seconds=schedule.retry_delay_seconds),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(hours=1),
-        "on_failure_callback": _failure_callback(config),
-        "on_retry_callback": _hook(config.failure_callback),
+        "on_failure_callback": failure_notifiers,
+        **({"on_retry_callback": retry_notifiers} if retry_notifiers else {}),
     }
+    online_assets = [_asset(online_asset_name(env.name, c.feature_view_name)) for c in versions]
     with DAG(
         dag_id=f"{DAG_PREFIX}{feature_set}",
         description=f"{newest.description} ({env.name}: contract -> build -> latest -> Feast -> Redis)",
@@ -180,24 +270,56 @@ def build_dag(config: DagConfig, env: EnvironmentContract, feature_set: str,
         max_active_runs=1,  # one build per feature set at a time; the registry lease serializes applies
         default_args=default_args,
         tags=["feature-platform", env.name, feature_set, *(["pii"] if newest.pii else [])],
-        doc_md=f"Generated from `contracts/feature_sets/{feature_set}/` by feature_platform.dag_factory.",
+        doc_md=_dag_doc(env, feature_set, versions),
     ) as dag:
-        validate = _operator(config, "validate_contract", feature_set, None, "validate_contract")
+        def operator(step: str, version: FeatureSetContract | None, outlets: list[Any] | None = None) -> Any:
+            doc = _step_doc(step, version or newest, env)
+            return _operator(config, env, step, feature_set, version.version if version else None, step,
+                             outlets or [], doc)
+
+        validate = operator("validate_contract", None)
         promotes = []
         for contract in versions:
             with TaskGroup(group_id=contract.version_label):
-                chain = [_operator(config, step, feature_set, contract.version, step)  # ids get the group prefix
+                offline = [_asset(offline_asset_name(env.name, contract.feature_view_name))]
+                chain = [operator(step, contract, offline if step == "promote_latest" else None)
                          for step in ("build", "quality_gate", "write_version", "promote_latest")]
             validate >> chain[0]
             for upstream, downstream in itertools.pairwise(chain):
                 upstream >> downstream
             promotes.append(chain[-1])
-        apply = _operator(config, "feast_apply", feature_set, None, "feast_apply")
-        materialize = _operator(config, "materialize", feature_set, None, "materialize")
-        verify = _operator(config, "verify_online", feature_set, None, "verify_online")
+        apply = operator("feast_apply", None)
+        materialize = operator("materialize", None, online_assets)
+        verify = operator("verify_online", None)
         promotes >> apply
         apply >> materialize >> verify
     return dag
+
+
+STEP_DOCS = {
+    "validate_contract": "Validates the mounted contracts and refuses a released version edited in place.",
+    "build": "Builds the feature view from its raw sources into a staged Parquet file (sorted, reproducible).",
+    "quality_gate": "Checks the staged build against the contract's constraints; nothing moves on failure.",
+    "write_version": "Writes the build as a new immutable version with metadata.json.",
+    "promote_latest": "Moves the `latest` pointer to this build and publishes the offline Asset.",
+    "feast_apply": "Applies the feature views and services to the Feast registry (one writer at a time).",
+    "materialize": "Loads the newest values into the online store and publishes the online Assets.",
+    "verify_online": "Reads back sampled entities and compares them with the build.",
+}
+
+
+def _step_doc(step: str, contract: FeatureSetContract, env: EnvironmentContract) -> str:
+    return (f"**{contract.feature_view_name}** ({env.name}): {contract.description}\n\n{STEP_DOCS[step]}\n\n"
+            f"Owner: {contract.owner}.")
+
+
+def _dag_doc(env: EnvironmentContract, feature_set: str, versions: list[FeatureSetContract]) -> str:
+    lines = [f"# {feature_set} ({env.name})", "", versions[-1].description, "",
+             f"Generated from `contracts/feature_sets/{feature_set}/` by feature_platform.dag_factory.", "",
+             "| view | online Asset | offline Asset |", "|---|---|---|"]
+    lines += [f"| {c.feature_view_name} | `{online_asset_name(env.name, c.feature_view_name)}` | "
+              f"`{offline_asset_name(env.name, c.feature_view_name)}` |" for c in versions]
+    return "\n".join(lines)
 
 
 def build_dags(config: DagConfig | None = None) -> dict[str, Any]:

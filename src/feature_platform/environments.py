@@ -95,11 +95,45 @@ class OfflineStoreConfig(StrictModel):
     type: Literal["file"] = "file"
 
 
+# The orchestrated steps, in DAG order (pipeline.run_named_step dispatches them by these names).
+STEP_NAMES = ("validate_contract", "build", "quality_gate", "write_version", "promote_latest", "feast_apply",
+              "materialize", "verify_online")
+StepName = Literal["validate_contract", "build", "quality_gate", "write_version", "promote_latest", "feast_apply",
+                   "materialize", "verify_online"]
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$", description="a Kubernetes quantity")]
+
+
+class PodResources(StrictModel):
+    """Requests and limits of a step's pod (kubernetes mode), e.g. ``{cpu: 500m, memory: 1Gi}``."""
+
+    requests: dict[Literal["cpu", "memory", "ephemeral-storage"], Quantity] = Field(
+        default_factory=lambda: {"cpu": "250m", "memory": "512Mi"})
+    limits: dict[Literal["cpu", "memory", "ephemeral-storage"], Quantity] = Field(
+        default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
+
+
+class StepPolicy(StrictModel):
+    """Overrides for one step; unset fields fall back to the schedule's defaults."""
+
+    retries: int | None = Field(default=None, ge=0, le=10)
+    timeout_minutes: int | None = Field(default=None, ge=1, le=24 * 60)
+    resources: PodResources | None = None
+
+
 class ScheduleConfig(StrictModel):
     cron: str = Field(default="@daily", description="Airflow schedule of every feature set's DAG")
     catchup: bool = False
     retries: int = Field(default=2, ge=0, le=10)
     retry_delay_seconds: int = Field(default=60, ge=1)
+    timeout_minutes: int = Field(default=60, ge=1, le=24 * 60, description="each task's execution_timeout")
+    resources: PodResources = Field(default_factory=PodResources, description="each step pod's resources")
+    steps: dict[StepName, StepPolicy] = Field(default_factory=dict, description="per-step overrides")
+
+    def policy(self, step: str) -> tuple[int, int, PodResources]:
+        """(retries, timeout in minutes, pod resources) of one step."""
+        override = self.steps.get(step) or StepPolicy()  # type: ignore[call-overload]
+        return (self.retries if override.retries is None else override.retries,
+                override.timeout_minutes or self.timeout_minutes, override.resources or self.resources)
 
 
 class EnvironmentContract(StrictModel):

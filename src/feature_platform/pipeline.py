@@ -15,7 +15,7 @@ from typing import Any
 
 from feature_platform import build as builds
 from feature_platform.contracts import FeatureSetContract
-from feature_platform.environments import EnvironmentContract, Settings
+from feature_platform.environments import STEP_NAMES, EnvironmentContract, Settings
 from feature_platform.sample_data import SampleSpec, write_sample_data
 from feature_platform.store import ObjectStore
 
@@ -236,8 +236,7 @@ def feature_views_of(settings: Settings, feature_set: str) -> list[str]:
     return [c.feature_view_name for c in settings.contracts().versions(feature_set)]
 
 
-STEPS = ("validate_contract", "build", "quality_gate", "write_version", "promote_latest", "feast_apply",
-         "materialize", "verify_online")
+STEPS = STEP_NAMES
 
 
 def run_named_step(settings: Settings, step: str, feature_set: str, version: int | None,

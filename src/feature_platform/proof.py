@@ -78,29 +78,23 @@ def check_contracts(settings: Settings, _env: EnvironmentContract) -> tuple[str,
     return PASS, [*evidence, f"every schema_hash matches contracts.lock ({commit})"]
 
 
-def _last_dag_run_from_api(settings: Settings, dag_id: str) -> dict[str, Any]:
-    url = settings.values["FEATURE_PLATFORM_AIRFLOW_URL"].rstrip("/")
-    request = urllib.request.Request(f"{url}/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=1")
-    token = settings.values.get("FEATURE_PLATFORM_AIRFLOW_TOKEN")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        runs = json.loads(response.read()).get("dag_runs", [])
-    return runs[0] if runs else {}
-
-
 def check_dag_runs(settings: Settings, env: EnvironmentContract) -> tuple[str, list[str]]:
     """The latest run of each feature set's DAG (Airflow REST API if configured, else the local run records)."""
+    from feature_platform.airflow_api import AirflowApiError, AirflowClient
     from feature_platform.dag_factory import DAG_PREFIX
     from feature_platform.pipeline import read_run_record
 
+    client = (AirflowClient.from_settings(settings.values) if settings.values.get("FEATURE_PLATFORM_AIRFLOW_URL")
+              else None)
     evidence, failed = [], False
     for name in settings.contracts().names():
-        if settings.values.get("FEATURE_PLATFORM_AIRFLOW_URL"):
+        if client:
             try:
-                run = _last_dag_run_from_api(settings, f"{DAG_PREFIX}{name}")
+                run = client.last_dag_run(f"{DAG_PREFIX}{name}")
+            except AirflowApiError as exc:
+                return FAIL, [str(exc)]
             except (urllib.error.URLError, TimeoutError, ValueError) as exc:
-                return FAIL, [f"Airflow API unreachable: {exc}"]
+                return FAIL, [f"Airflow API at {client.url} unreachable: {exc}"]
             state, when = run.get("state", "no runs"), run.get("end_date") or run.get("run_after")
         else:
             record = read_run_record(settings, env, name)

@@ -31,6 +31,9 @@ feature-platform.io/environment: {{ .Values.environment.name }}
 
 {{/* Immutable image reference: digest when given, else a tag that is not "latest" (schema-checked). */}}
 {{- define "fp.image" -}}
+{{- if and .Values.image.requireDigest (not .Values.image.digest) -}}
+{{- fail (printf "environment %s runs images by digest only: set image.digest (scripts/pin-prod-images sets it for the server and the DAG step pods together)" .Values.environment.name) -}}
+{{- end -}}
 {{- if .Values.image.digest -}}
 {{ .Values.image.repository }}@{{ .Values.image.digest }}
 {{- else -}}
@@ -78,15 +81,28 @@ feature-platform.io/environment: {{ .Values.environment.name }}
 - name: FEATURE_PLATFORM_AIRFLOW_URL
   value: {{ .Values.airflow.apiUrl | quote }}
 {{- end }}
-{{- if .Values.airflow.tokenSecret }}
-- name: FEATURE_PLATFORM_AIRFLOW_TOKEN
+{{- if .Values.airflow.credentialsSecret }}
+{{- range $key := list "FEATURE_PLATFORM_AIRFLOW_USERNAME" "FEATURE_PLATFORM_AIRFLOW_PASSWORD" }}
+- name: {{ $key }}
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.airflow.tokenSecret }}
-      key: FEATURE_PLATFORM_AIRFLOW_TOKEN
+      name: {{ $.Values.airflow.credentialsSecret }}
+      key: {{ $key }}
+      # Only the proof needs it: the server starts (and serves) before the Secret exists.
+      optional: true
+{{- end }}
 {{- end }}
 {{- if .Values.s3.endpointUrl }}
 - name: FEAST_S3_ENDPOINT_URL
   value: {{ .Values.s3.endpointUrl | quote }}
+{{- end }}
+{{- end -}}
+
+
+{{/* imagePullSecrets of every pod. */}}
+{{- define "fp.imagePullSecrets" -}}
+{{- with .Values.image.pullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
