@@ -163,3 +163,33 @@ def test_local_source_snapshot_is_content_addressed(local_settings) -> None:
     seed_raw(local_settings)
     again = pipeline.build_and_promote(local_settings, "customer_profile")
     assert again["build_id"] == first["build_id"] and again["reused"] is True
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("{not json", "is not JSON"),
+    ('{"class": "a.B"}', "must be a JSON list"),
+    ('[{"kwargs": {}}]', 'needs "class"'),
+    ('[{"class": "a.B", "on": ["success"]}]', "on is a subset of"),
+    ('[{"class": "a.B", "url": "https://hooks.example"}]', "keys are class, kwargs, on"),
+])
+def test_bad_notifier_configuration_names_the_entry(text: str, fragment: str) -> None:
+    from feature_platform.dag_factory import parse_notifiers
+
+    with pytest.raises(ValueError, match="FEATURE_PLATFORM_NOTIFIERS") as error:
+        parse_notifiers(text)
+    assert fragment in str(error.value)
+
+
+def test_notifiers_and_step_policies_parse() -> None:
+    from feature_platform.dag_factory import parse_notifiers
+    from feature_platform.environments import ScheduleConfig
+
+    [spec] = parse_notifiers('[{"class": "pkg.mod.Notifier", "kwargs": {"conn": "x"}, "on": ["retry"]}]')
+    assert (spec.class_path, spec.kwargs, spec.on) == ("pkg.mod.Notifier", {"conn": "x"}, ("retry",))
+    assert parse_notifiers("  ") == ()
+    schedule = ScheduleConfig(retries=2, timeout_minutes=30,
+                              steps={"build": {"timeout_minutes": 90, "retries": 0}})
+    assert schedule.policy("build")[:2] == (0, 90)
+    assert schedule.policy("materialize")[:2] == (2, 30)
+    with pytest.raises(ValueError, match="bild"):
+        ScheduleConfig(steps={"bild": {"retries": 1}})

@@ -114,7 +114,12 @@ out = {}
 for t in dag.tasks:
     mounts = [(m.mount_path, m.sub_path) for m in t.volume_mounts]
     out[t.task_id] = {"type": type(t).__name__, "image": t.image, "cmds": t.cmds, "arguments": t.arguments,
-                      "mounts": mounts, "namespace": t.namespace}
+                      "mounts": mounts, "namespace": t.namespace, "pool": t.pool, "retries": t.retries,
+                      "timeout": t.execution_timeout.total_seconds(), "doc": t.doc_md,
+                      "outlets": sorted(a.name for a in t.outlets),
+                      "resources": t.container_resources.to_dict(),
+                      "pod_security": t.security_context.to_dict() if t.security_context else None,
+                      "container_security": t.container_security_context.to_dict()}
 print(json.dumps(out))
 """
     env = _airflow_env(airflow_home, {"FEATURE_PLATFORM_CONTRACTS": str(contracts_copy),
@@ -132,6 +137,24 @@ print(json.dumps(out))
     assert "{{ ti.xcom_pull(task_ids='v2.build') | tojson }}" in gate["arguments"]
     assert gate["image"].endswith("@sha256:abc") and gate["namespace"] == "feature-platform-dev"
     assert all(sub is None for t in tasks.values() for _, sub in t["mounts"])  # never subPath
+    # From the dev environment contract: per-step timeouts, retries and resources; the registry pool.
+    dev = yaml.safe_load((contracts_copy / "environments/dev.yaml").read_text())["schedule"]
+    assert tasks["v2.build"]["timeout"] == dev["steps"]["build"]["timeout_minutes"] * 60
+    assert gate["timeout"] == dev["timeout_minutes"] * 60 and gate["retries"] == dev["retries"]
+    assert {t: tasks[t]["pool"] for t in ("feast_apply", "materialize")} == {
+        "feast_apply": "feature_platform_registry", "materialize": "feature_platform_registry"}
+    assert gate["pool"] == "default_pool"
+    assert gate["resources"]["limits"] and gate["resources"]["requests"]
+    for task in tasks.values():
+        assert task["pod_security"]["run_as_non_root"] is True
+        assert task["pod_security"]["seccomp_profile"]["type"] == "RuntimeDefault"
+        assert task["container_security"]["allow_privilege_escalation"] is False
+        assert task["container_security"]["capabilities"]["drop"] == ["ALL"]
+        assert task["container_security"]["read_only_root_filesystem"] is True
+        assert "customer_spend" in task["doc"]
+    assert tasks["v2.promote_latest"]["outlets"] == ["dev.customer_spend_v2.offline"]
+    assert tasks["materialize"]["outlets"] == ["dev.customer_spend_v1.online", "dev.customer_spend_v2.online"]
+    assert tasks["v2.build"]["outlets"] == []
 
 
 def _dev_contracts(contracts_copy: Path) -> None:

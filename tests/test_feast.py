@@ -244,6 +244,32 @@ def test_plain_feast_cli_works_on_the_generated_repo(dev_settings) -> None:
     assert rows[0]["conv_rate"] is not None
 
 
+def test_feast_ui_starts_on_the_generated_config(dev_settings) -> None:
+    """`feast ui` (needs Feast's grpcio extra, in the lock) serves its page and the registry it shows."""
+    seed_raw(dev_settings)
+    pipeline.build_all(dev_settings)
+    pipeline.apply(dev_settings)
+    config = feast_bridge.write_feature_store_yaml(dev_settings, dev_settings.environment())
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "feast"), "-c", str(REPO / "feature_repo"), "-f", str(config),
+               "ui", "--host", "127.0.0.1", "--port", str(port)]
+    ui = subprocess.Popen(command, env=_process_env(dev_settings), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    try:
+        def page() -> bool:
+            if ui.poll() is not None:
+                raise AssertionError(ui.stderr.read()[-2000:])
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                return response.status == 200
+
+        wait_until(page, "feast ui", timeout=120)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/feature_views/all", timeout=10) as response:
+            assert response.status == 200 and b"customer_spend_v2" in response.read()
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
+
+
 def test_feast_serve_answers_online_requests(dev_settings) -> None:
     """The HTTP feature server (featurectl serve) returns the same values as the SDK."""
     seed_raw(dev_settings)

@@ -31,8 +31,9 @@ def _env(settings) -> dict[str, str]:
 
 
 class Server:
-    def __init__(self, settings, engine: str = "platform", extra: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, settings, engine: str = "platform", extra: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
         command = [str(Path(sys.executable).parent / "featurectl"), "serve", "--port", str(self.port),
                    "--engine", engine]
         self.process = subprocess.Popen(command, env={**_env(settings), **(extra or {})},
@@ -277,3 +278,67 @@ def test_a_newly_applied_view_is_served_after_one_refresh(dev_settings, contract
         assert server.post(body)[1]["results"][1]["statuses"] == ["PRESENT"]
     finally:
         server.stop()
+
+
+def test_helm_test_pod_checks_a_real_server(loaded) -> None:
+    """The chart's `helm test` pod command (rendered from the chart, only the URL pointed here) passes against
+    the running server, and fails, naming the cause, when the server is gone."""
+    import shutil
+
+    import yaml
+
+    helm = shutil.which("helm") or str(REPO / ".tools" / "bin" / "helm")
+    chart = REPO / "charts" / "feature-platform"
+    rendered = subprocess.run([helm, "template", "feature-platform", str(chart), "-f", str(chart / "values-dev.yaml"),
+                               "--namespace", "feature-platform-dev"], capture_output=True, text=True, timeout=120)
+    assert rendered.returncode == 0, rendered.stderr
+    [pod] = [o for o in yaml.safe_load_all(rendered.stdout) if o and o["kind"] == "Pod"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    args = pod["spec"]["containers"][0]["args"]
+    assert args[:2] == ["check-server", "--url"]
+    server = Server(loaded)
+    featurectl = str(Path(sys.executable).parent / "featurectl")
+    try:
+        args[2] = f"http://127.0.0.1:{server.port}"
+        result = subprocess.run([featurectl, *args], env=_env(loaded), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("OK ")
+    finally:
+        server.stop()
+    result = subprocess.run([featurectl, *args], env=_env(loaded), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "/health unreachable" in result.stderr
+
+
+def test_readme_curl_examples_work_as_written(loaded) -> None:
+    """Every `curl` example in README.md, run as written against a server on the port it names."""
+    import re
+    import shlex
+
+    text = (REPO / "README.md").read_text()
+    commands = [block.replace("\\\n", " ") for block in re.findall(r"```bash\n(.*?)```", text, re.S)]
+    examples = [line.strip() for block in commands for line in block.splitlines() if line.strip().startswith("curl")]
+    assert examples, "README has no curl example"
+    written = int(re.search(r"localhost:(\d+)", examples[0]).group(1))
+    port = written if _port_is_free(written) else free_port()  # the documented port, unless taken here
+    server = Server(loaded, port=port)
+    try:
+        for example in examples:
+            command = shlex.split(example.replace(f"localhost:{written}", f"localhost:{port}"))
+            result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+            assert result.returncode == 0, (example, result.stderr)
+            answer = json.loads(result.stdout)
+            assert answer["metadata"]["feature_names"] and all(
+                "PRESENT" in r["statuses"] for r in answer["results"][1:]), (example, answer)
+    finally:
+        server.stop()
+
+
+def _port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
