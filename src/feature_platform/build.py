@@ -21,7 +21,7 @@ import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "timestamp": pa.timestamp("us", tz="UTC"),
 }
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+FLOAT_DTYPES = ("float32", "float64")
 
 Progress = Callable[[str], None]
 
@@ -116,6 +117,42 @@ def compute_build_id(contract: FeatureSetContract, snapshot: list[dict[str, Any]
 # ----------------------------------------------------------------------------------------- transform + gate
 
 
+DUCKDB_TYPES = {"int32": "INTEGER", "int64": "BIGINT", "float32": "FLOAT", "float64": "DOUBLE", "string": "VARCHAR",
+                "bool": "BOOLEAN", "timestamp": "TIMESTAMP", "timestamptz": "TIMESTAMPTZ", "date": "DATE"}
+
+
+def check_transform(contract: FeatureSetContract) -> list[str]:
+    """The contract's SQL, checked without data: parsed always; with ``source.columns`` declared, also bound
+    against an empty table of those columns (DuckDB DESCRIBE) and its output compared with the contract's
+    columns. So SQL errors fail `featurectl contracts validate` in CI, not the DAG."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        columns = contract.source.columns
+        if not columns:
+            parsed = json.loads(con.execute("SELECT json_serialize_sql(?)", [contract.source.sql]).fetchone()[0])
+            return [f"does not parse: {parsed.get('error_message', 'syntax error')}"] \
+                if parsed.get("error") else []
+        declared = ", ".join(f'"{name}" {DUCKDB_TYPES[dtype]}' for name, dtype in columns.items())
+        con.execute(f"CREATE TABLE source ({declared})")
+        try:
+            names = [row[0] for row in con.execute(f"DESCRIBE {contract.source.sql}").fetchall()]
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0]
+            return [f"fails on the declared source.columns: {first}"]
+        want = arrow_schema(contract).names
+        problems = []
+        if set(want) - set(names):
+            problems.append(f"does not return {', '.join(sorted(set(want) - set(names)))}")
+        if set(names) - set(want):
+            problems.append(f"returns column(s) not in the contract: "
+                            f"{', '.join(sorted(set(names) - set(want)))}")
+        return problems
+    finally:
+        con.close()
+
+
 def _check_columns(names: list[str], schema: pa.Schema, feature_set: str) -> None:
     """The transform must return exactly the contract's columns."""
     got, want = set(names), set(schema.names)
@@ -175,9 +212,13 @@ def quality_gate(con: Any, contract: FeatureSetContract) -> tuple[list[str], dic
     stats: dict[str, Any] = {"row_count": row_count, "columns": {}}
     required = [(key, False, None), (ts, False, None)]
     required += [(f.name, f.nullable, f.constraints) for f in contract.features]
+    floats = {f.name for f in contract.features if f.dtype in FLOAT_DTYPES}
     for name, nullable, constraints in required:
+        # NaN and ±inf are no values: they count as nulls (Feast serves NaN as null) and never set min/max.
+        finite = f'WHERE isfinite("{name}")' if name in floats else ""
         nulls, low, high = con.execute(
-            f'SELECT count(*) - count("{name}"), min("{name}"), max("{name}") FROM built').fetchone()
+            f'SELECT (SELECT count(*) FROM built) - count("{name}"), min("{name}"), max("{name}") '
+            f"FROM built {finite}").fetchone()
         stats["columns"][name] = {"null_count": nulls, "min": _jsonable(low), "max": _jsonable(high)}
         if nulls and not nullable:
             failures.append(f"column {name}: {nulls} null value(s) in a non-nullable column")
@@ -219,6 +260,7 @@ class GateStatistics:
 
     def __init__(self, contract: FeatureSetContract) -> None:
         self.contract = contract
+        self.floats = {f.name for f in contract.features if f.dtype in FLOAT_DTYPES}
         self.key, self.ts = contract.entity.join_key, contract.timestamp_field
         self.checks = [(self.key, False, None), (self.ts, False, None)]
         self.checks += [(f.name, f.nullable, f.constraints) for f in contract.features]
@@ -244,6 +286,8 @@ class GateStatistics:
         self.rows += batch.num_rows
         for name, _nullable, constraints in self.checks:
             column = batch.column(name)
+            if name in self.floats:  # NaN and ±inf are no values: nulls, as in the scan
+                column = pc.if_else(pc.is_finite(column), column, pa.scalar(None, column.type))
             self.nulls[name] += column.null_count
             if column.null_count == len(column):
                 continue
@@ -399,9 +443,15 @@ def _transform_to_file(raw: ObjectStore, snapshot: list[dict[str, Any]], contrac
         raise BuildError(f"{contract.name}: cannot open source {raw.url(contract.source.table)}: {exc}") from exc
     schema = arrow_schema(contract)
     key, ts = contract.entity.join_key, contract.timestamp_field
+    naive = _naive_timestamp_columns(source, contract, raw)
     con = _duckdb()
     try:
-        con.register("source", source)
+        if naive:  # read as the zone the contract names (it must name one: checked above)
+            con.register("source_raw", source)
+            replaced = ", ".join(f"timezone('{contract.source.timezone}', \"{c}\") AS \"{c}\"" for c in naive)
+            con.execute(f"CREATE TEMP VIEW source AS SELECT * REPLACE ({replaced}) FROM source_raw")
+        else:
+            con.register("source", source)
         try:
             columns = con.sql(contract.source.sql).columns
             _check_columns(columns, schema, contract.name)
@@ -427,6 +477,29 @@ def _transform_to_file(raw: ObjectStore, snapshot: list[dict[str, Any]], contrac
         return {"rows": rows, "threads": threads, "gate": {"failures": failures, "stats": stats}}
     finally:
         con.close()
+
+
+def _naive_timestamp_columns(source: Any, contract: FeatureSetContract, raw: ObjectStore) -> list[str]:
+    """Timestamp columns without a time zone in the raw files. Refused unless the contract names the zone they
+    are in (silently reading them as UTC shifts every event), and refused when files disagree."""
+    where = raw.url(contract.source.table)
+    kinds: dict[str, dict[str, str]] = {}
+    for fragment in source.get_fragments():
+        for field in fragment.physical_schema:
+            if pa.types.is_timestamp(field.type):
+                kind = "aware" if field.type.tz else "naive"
+                kinds.setdefault(field.name, {}).setdefault(kind, Path(fragment.path).name)
+    naive = sorted(name for name, seen in kinds.items() if "naive" in seen)
+    for name in naive:
+        if "aware" in kinds[name]:
+            raise BuildError(f"{contract.name}: source {where} column {name} has a time zone in "
+                             f"{kinds[name]['aware']} but none in {kinds[name]['naive']}; rewrite the files with one "
+                             "convention (UTC with zone is safest)")
+    if naive and not contract.source.timezone:
+        raise BuildError(f"{contract.name} v{contract.version}: source {where} column(s) {', '.join(naive)} are "
+                         "timestamps without a time zone; set source.timezone in the contract (e.g. UTC or "
+                         "Europe/Berlin) so they are read in the right zone, or write them with one")
+    return naive
 
 
 # --------------------------------------------------------------------------------------------- the build
@@ -457,7 +530,8 @@ def stage_build(contract: FeatureSetContract, store: ObjectStore, raw: ObjectSto
 
 
 def check_quality(contract: FeatureSetContract, store: ObjectStore, build_id: str,
-                  gathered: dict[str, Any] | None = None) -> dict[str, Any]:
+                  gathered: dict[str, Any] | None = None, future_tolerance: timedelta | None = None
+                  ) -> dict[str, Any]:
     """The quality gate's decision over a staged build: the statistics gathered while staging (``gathered``,
     from :func:`stage_build`), or a scan of the staged file for builds staged without them. Returns the
     statistics or raises QualityGateError (and deletes the unfinished build)."""
@@ -472,11 +546,25 @@ def check_quality(contract: FeatureSetContract, store: ObjectStore, build_id: st
             failures, stats = quality_gate(con, contract)
         finally:
             con.close()
+    failures += _future_events(contract, stats, future_tolerance)
     if failures:
         if not store.exists(f"{prefix}/{METADATA_FILE}"):
             store.delete(prefix)  # unfinished and never pointed to: nothing may build on it
         raise QualityGateError(f"{contract.name} v{contract.version}", failures)
     return stats
+
+
+def _future_events(contract: FeatureSetContract, stats: dict[str, Any], tolerance: timedelta | None) -> list[str]:
+    """Events from the future are a broken clock or unit (ms read as s), and would make a view look fresh."""
+    newest = stats.get("event_time_max")
+    if tolerance is None or not newest:
+        return []
+    limit = datetime.now(UTC) + tolerance
+    if datetime.fromisoformat(newest) <= limit:
+        return []
+    return [f"column {contract.timestamp_field}: newest event {newest} is after now + {tolerance} "
+            f"({limit.isoformat()}); fix the source clock or units (the environment's "
+            "quality.future_event_tolerance_minutes sets the slack)"]
 
 
 def finalize_build(contract: FeatureSetContract, store: ObjectStore, raw: ObjectStore, staged: dict[str, Any],
@@ -525,12 +613,13 @@ def build_version(
     contracts_commit: str | None = None,
     run_id: str | None = None,
     progress: Progress = lambda _msg: None,
+    future_tolerance: timedelta | None = None,
 ) -> BuildResult:
     """Build one contract version into the store, unpromoted. Idempotent per source snapshot."""
     staged = stage_build(contract, store, raw, progress)
     if staged["complete"]:
         return BuildResult(read_metadata(store, contract, staged["build_id"]), reused=True)
-    stats = check_quality(contract, store, staged["build_id"], staged.get("gate"))
+    stats = check_quality(contract, store, staged["build_id"], staged.get("gate"), future_tolerance)
     metadata = finalize_build(contract, store, raw, staged, stats, environment=environment,
                               contracts_commit=contracts_commit, run_id=run_id)
     progress(f"{contract.name} v{contract.version}: build {staged['build_id']} complete "
@@ -579,7 +668,8 @@ def promote(store: ObjectStore, contract: FeatureSetContract, metadata: dict[str
         "metadata": store.url(f"{build_key(contract, build_id)}/{METADATA_FILE}"),
         "promoted_at": datetime.now(UTC).isoformat(),
     }
-    with lease(store.url(f"{contract.name}/{POINTER_FILE}.lock"), store.endpoint_url, POINTER_LOCK_TIMEOUT):
+    with lease(store.url(f"{contract.name}/{POINTER_FILE}.lock"), store.endpoint_url, POINTER_LOCK_TIMEOUT) as held:
+        held.check()
         store.write_json_atomic(f"{version_key(contract)}/{POINTER_FILE}", pointer)
         newest = newest_version_pointer(store, contract.name)
         try:
@@ -587,6 +677,7 @@ def promote(store: ObjectStore, contract: FeatureSetContract, metadata: dict[str
         except FileNotFoundError:
             current = None
         if newest is not None and newest != current:
+            held.check()
             store.write_json_atomic(f"{contract.name}/{POINTER_FILE}", newest)
     return pointer
 

@@ -9,12 +9,13 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from feature_platform import __version__
-from feature_platform.errors import PlatformError
+from feature_platform.errors import PlatformError, describe_failure
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -49,6 +50,7 @@ def _progress(args: argparse.Namespace) -> Callable[[str], None]:
 
 
 def cmd_contracts_validate(args: argparse.Namespace) -> int:
+    from feature_platform.build import check_transform
     from feature_platform.contracts import load_contracts, load_feature_set
     from feature_platform.environments import load_environments
     from feature_platform.errors import ContractError, ContractErrors
@@ -62,11 +64,15 @@ def cmd_contracts_validate(args: argparse.Namespace) -> int:
             if target.is_dir():
                 contracts = load_contracts(target)
                 environments = load_environments(target)
-                checked += [f"{c.name} {c.version_label} {c.schema_hash}" for c in contracts.all()]
+                loaded = [(c, contracts.files[(c.name, c.version)]) for c in contracts.all()]
                 checked += [f"environment {name}" for name in sorted(environments)]
             else:
-                contract = load_feature_set(target)
-                checked.append(f"{contract.name} {contract.version_label} {contract.schema_hash}")
+                loaded = [(load_feature_set(target), str(target))]
+            for contract, file in loaded:
+                problems = check_transform(contract)
+                errors += [ContractError(file, "source.sql", problem) for problem in problems]
+                if not problems:
+                    checked.append(f"{contract.name} {contract.version_label} {contract.schema_hash}")
         except ContractErrors as exc:
             errors.extend(exc.errors)
         except ContractError as exc:
@@ -390,10 +396,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
         _print_json(decisions)
         return 0
     for d in decisions:
-        print(f"{'deleted' if d['deleted'] else 'would delete'} {d['feature_set']} {d['version']} {d['build_id']}"
-              f" ({d['reason']})")
+        what = d.get("path") or f"{d['feature_set']} {d['version']} {d['build_id']}"
+        print(f"{'deleted' if d['deleted'] else 'would delete'} {what} ({d['reason']})")
     if not args.delete:
-        print(f"dry run: {len(decisions)} build(s) would be deleted; add --delete to delete them")
+        print(f"dry run: {len(decisions)} build(s) or temporary file(s) would be deleted; add --delete to delete them")
     return 0
 
 
@@ -593,17 +599,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. No traceback reaches the user unless asked for (``--debug`` anywhere on the command
+    line, or FEATURE_PLATFORM_DEBUG=1): every failure is one line naming the resource and what to do."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("FEATURE_PLATFORM_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
         return handler(args)
     except PlatformError as exc:
+        if debug:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # infrastructure failures (disk, S3, Redis, permissions) and bugs alike
+        if debug:
+            traceback.print_exc()
+        print(f"error: {describe_failure(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

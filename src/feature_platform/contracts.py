@@ -29,6 +29,7 @@ SafeName = Annotated[str, Field(pattern=NAME_PATTERN)]
 DType = Literal["int32", "int64", "float32", "float64", "string", "bool", "timestamp"]
 DTYPES: tuple[str, ...] = DType.__args__  # type: ignore[attr-defined]
 EntityDType = Literal["int64", "string"]
+SourceDType = Literal["int32", "int64", "float32", "float64", "string", "bool", "timestamp", "timestamptz", "date"]
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -39,7 +40,13 @@ def parse_duration(value: str) -> int:
     match = _DURATION.match(value.strip()) if isinstance(value, str) else None
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"{value!r} is not a duration like '12h', '30d' or '2w' (units s, m, h, d, w; > 0)")
-    return int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+    seconds = int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"{value!r} is longer than 3650d (Feast's TTL is a protobuf Duration; keep it realistic)")
+    return seconds
+
+
+MAX_DURATION_SECONDS = 3650 * 86400
 
 
 class StrictModel(BaseModel):
@@ -92,6 +99,25 @@ class Source(StrictModel):
 
     table: SafeName
     sql: str = Field(min_length=1)
+    columns: dict[SafeName, SourceDType] | None = Field(
+        default=None, description="the raw table's columns and types; declared, the SQL is checked against them "
+                                  "by `featurectl contracts validate` (in CI) instead of failing in the DAG")
+    timezone: str | None = Field(
+        default=None, description="IANA zone of the raw table's timestamps without time zone (e.g. Europe/Berlin); "
+                                  "without it such timestamps are refused instead of silently read as UTC")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str | None) -> str | None:
+        if zone is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {zone!r}: use an IANA name such as UTC or Europe/Berlin"
+                                 ) from None
+        return zone
 
     @field_validator("sql")
     @classmethod
@@ -184,7 +210,8 @@ class FeatureSetContract(StrictModel):
     @property
     def transform_hash(self) -> str:
         """Changes when the rows a build would produce can change (source table or SQL)."""
-        payload = json.dumps({"table": self.source.table, "sql": " ".join(self.source.sql.split())})
+        zone = {"timezone": self.source.timezone} if self.source.timezone else {}  # unchanged hashes without one
+        payload = json.dumps({"table": self.source.table, "sql": " ".join(self.source.sql.split()), **zone})
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -217,13 +244,55 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+# Bounds on what a contract file may be: a ConfigMap holds 1 MiB, and no contract needs deep nesting or more
+# than a few thousand values; past these a file is a mistake or an attack (an alias bomb expands exponentially).
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+MAX_NODES = 20_000
+
+
+def _check_yaml_shape(text: str, shown: str) -> None:
+    """Depth and expanded size from the parser's event stream (iterative: no recursion, nothing expanded), before
+    PyYAML builds any object. Aliases count as the size of what they point to."""
+    sizes: dict[str, int] = {}
+    stack: list[list[Any]] = [[None, 0]]
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                stack.append([event.anchor, 1])
+                if len(stack) - 1 > MAX_DEPTH:
+                    raise ContractError(shown, f"line {event.start_mark.line + 1}",
+                                        f"nested deeper than {MAX_DEPTH} levels; a contract is a few levels deep")
+                continue
+            if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                anchor, size = stack.pop()
+            elif isinstance(event, yaml.ScalarEvent):
+                anchor, size = event.anchor, 1
+            elif isinstance(event, yaml.AliasEvent):
+                anchor, size = None, sizes.get(event.anchor, 1)
+            else:
+                continue
+            if anchor:
+                sizes[anchor] = size
+            stack[-1][1] += size
+            if stack[-1][1] > MAX_NODES or size > MAX_NODES:
+                raise ContractError(shown, f"line {event.start_mark.line + 1}",
+                                    f"expands to more than {MAX_NODES} values (YAML aliases?); write it out plainly")
+    except yaml.YAMLError:
+        return  # read_yaml reports syntax errors with their line
+
+
 def read_yaml(path: Path, display: str | None = None) -> dict[str, Any]:
     """Parse one YAML document safely; any problem becomes a ContractError naming the file."""
     shown = display or str(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ContractError(shown, "", f"{path.stat().st_size} bytes: larger than {MAX_FILE_BYTES} (a ConfigMap "
+                                "holds 1 MiB); split it")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ContractError(shown, "", f"cannot read the file ({exc})") from exc
+    _check_yaml_shape(text, shown)
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
@@ -342,7 +411,15 @@ def iter_contract_files(root: Path) -> Iterator[tuple[Path, str]]:
     starting with ``.`` are skipped so each contract is read once, through its visible symlink.
     """
     found = []
+    seen: dict[tuple[int, int], str] = {}
     for directory, subdirs, files in os.walk(root, followlinks=True):
+        here = os.stat(directory)
+        relative_dir = Path(directory).relative_to(root).as_posix()
+        if (here.st_dev, here.st_ino) in seen:  # a symlink back to a directory already walked
+            raise ContractError(display_path(root, relative_dir), "",
+                                f"is a symlink loop back to {display_path(root, seen[here.st_dev, here.st_ino])}; "
+                                "remove the link")
+        seen[(here.st_dev, here.st_ino)] = relative_dir
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         for name in files:
             path = Path(directory) / name
@@ -429,9 +506,15 @@ def display_path(root: Path, relative: str) -> str:
 
 def _check_entities_agree(contracts: ContractSet) -> list[ContractError]:
     """One entity name means one join key and type everywhere, or Feast would get two different entities."""
+    lock = read_lock(contracts.root) if (contracts.root / LOCK_FILE).exists() else {}
+
+    def released(key: tuple[str, int]) -> bool:
+        return f"v{key[1]}" in lock.get(key[0], {})
+
+    # Released versions first: the declaration that disagrees with them is the new one, and gets the blame.
     first: dict[str, tuple[Entity, str]] = {}
     errors = []
-    for key, contract in sorted(contracts.feature_sets.items()):
+    for key, contract in sorted(contracts.feature_sets.items(), key=lambda item: (not released(item[0]), item[0])):
         entity = contract.entity
         if entity.name in first:
             seen, file = first[entity.name]

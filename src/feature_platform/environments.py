@@ -136,6 +136,12 @@ class ScheduleConfig(StrictModel):
                 override.timeout_minutes or self.timeout_minutes, override.resources or self.resources)
 
 
+class QualityConfig(StrictModel):
+    future_event_tolerance_minutes: int = Field(
+        default=60, ge=0, le=7 * 24 * 60,
+        description="event timestamps later than now plus this are refused by the quality gate (clock skew slack)")
+
+
 class EnvironmentContract(StrictModel):
     kind: Literal["Environment"]
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -147,6 +153,7 @@ class EnvironmentContract(StrictModel):
     online_store: RedisConfig | SqliteConfig = Field(discriminator="type")
     offline_store: OfflineStoreConfig = Field(default_factory=OfflineStoreConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
     # Released versions are always immutable; this also refuses versions missing from contracts.lock (dev and
     # prod deploy from Git, where CI locks every version; `local` lets authors try a version before locking it).
     require_locked_contracts: bool = False

@@ -1,7 +1,8 @@
 """Every error the platform raises on purpose.
 
 Each class takes the facts and builds a one-line message that says what is wrong and what to do.
-The CLI prints ``str(error)`` and exits with ``error.exit_code``; anything else is a bug and shows a traceback.
+The CLI prints ``str(error)`` and exits with ``error.exit_code``; anything else (a failing disk, S3, Redis, or a
+bug) is described in one line by :func:`describe_failure`; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -89,3 +90,27 @@ class RegistryMismatchError(FeastError):
 
 class LockTimeout(PlatformError):
     """Another writer holds the registry lock for too long."""
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for a failure the platform did not raise on purpose: which resource, and what to do."""
+    import errno
+
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    name = type(exc).__name__
+    module = type(exc).__module__.split(".")[0]
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"disk full writing {exc.filename or 'a file'}: free space (or point TMPDIR elsewhere) and re-run"
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"cannot write {exc.filename or 'a file'}: {exc.strerror}; the work directory and stores must be "
+                "writable by this user (check the mount and permissions) and re-run")
+    if module in ("botocore", "boto3", "s3fs", "aiobotocore") or "S3" in name:
+        return f"object store failed ({name}: {first}); check the S3 endpoint, bucket and credentials, then re-run"
+    if module == "redis" or "Redis" in name:
+        return (f"online store failed ({name}: {first}); check Redis is up and the address/password variables, "
+                "then re-run (loads are idempotent)")
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return f"connection failed ({name}: {first}); check the service is up and reachable, then re-run"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or name} ({exc.filename or first}); fix the file system problem and re-run"
+    return f"unexpected {name}: {first}; re-run with --debug for the traceback and report it"

@@ -41,7 +41,7 @@ from feature_platform.errors import (
     PointerMissingError,
     RegistryMismatchError,
 )
-from feature_platform.locks import lease
+from feature_platform.locks import Lease, lease
 from feature_platform.materialization import read_marker
 from feature_platform.online.layout import plan_contract
 from feature_platform.store import ObjectStore
@@ -65,8 +65,10 @@ def feature_store_config(settings: Settings, env: EnvironmentContract) -> dict[s
         registry_cfg: dict[str, Any] = {"registry_type": "sql", "path": f"${{{registry.url_env}}}",
                                         "cache_ttl_seconds": registry.cache_ttl_seconds}
     else:
-        registry_cfg = {"registry_type": "file", "path": settings.resolve_uri(env, registry.uri),
-                        "cache_ttl_seconds": registry.cache_ttl_seconds}
+        path = settings.resolve_uri(env, registry.uri)
+        registry_cfg = {"registry_type": "file", "path": path, "cache_ttl_seconds": registry.cache_ttl_seconds}
+        if not path.startswith("s3://"):  # S3 PUTs are atomic already; Feast writes local files in place
+            registry_cfg["registry_store_type"] = "feature_platform.registry_store.AtomicFileRegistryStore"
     online = env.online_store
     if isinstance(online, RedisConfig):
         # A cluster's seed list is the variable's comma-separated host:port entries; it has only database 0.
@@ -284,13 +286,14 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
 
 
 @contextmanager
-def registry_lock(settings: Settings, env: EnvironmentContract) -> Iterator[None]:
+def registry_lock(settings: Settings, env: EnvironmentContract) -> Iterator[Lease]:
+    """The registry writers' lease; call ``.check()`` right before each registry write (fencing)."""
     registry = env.registry
     if isinstance(registry, SqlRegistryConfig):
-        yield  # transactional; Feast serializes writers itself
+        yield Lease("sql registry")  # transactional; Feast serializes writers itself
         return
-    with lease(settings.resolve_uri(env, registry.uri) + ".lock", settings.s3_endpoint_url, LOCK_TIMEOUT):
-        yield
+    with lease(settings.resolve_uri(env, registry.uri) + ".lock", settings.s3_endpoint_url, LOCK_TIMEOUT) as held:
+        yield held
 
 
 def registered_views(store: FeatureStore) -> dict[str, Any]:
@@ -318,7 +321,7 @@ def apply(settings: Settings, env: EnvironmentContract | None = None,
     settings.writable_contracts(env, [c for c in contracts.all() if not feature_sets or c.name in feature_sets])
     wanted = definitions(settings, env, contracts, feature_sets=feature_sets)
     store = open_store(settings, env)
-    with registry_lock(settings, env), feast_process_environment(settings):
+    with registry_lock(settings, env) as held, feast_process_environment(settings):
         existing = registered_views(store)
         changed = [fv.name for fv in wanted.feature_views
                    if fv.tags[DEFINITION_TAG] != getattr(existing.get(fv.name), "tags", {}).get(DEFINITION_TAG)]
@@ -326,10 +329,12 @@ def apply(settings: Settings, env: EnvironmentContract | None = None,
         missing_services = [fs.name for fs in wanted.feature_services
                             if fs.name not in services or _service_views(services[fs.name]) != _service_views(fs)]
         if changed or missing_services:
+            held.check()
             try:
                 store.apply(wanted.all())
             except Exception as exc:
                 raise FeastError(f"feast apply failed for {env.name}: {_one_line(exc)}") from exc
+        held.check()
         _record_infra(store)
     names = {fv.name for fv in wanted.feature_views}
     known = {c.feature_view_name for c in settings.contracts().all()}
@@ -438,13 +443,26 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
         # One writer per view, and the registry lease too: the materialized interval is recorded in the
         # registry, which the file registry rewrites whole.
         view_lease = object_store.url(f"{builds.version_key(contract)}/materialize.lock")
-        with lease(view_lease, settings.s3_endpoint_url, LOCK_TIMEOUT), registry_lock(settings, env), \
+        with lease(view_lease, settings.s3_endpoint_url, LOCK_TIMEOUT) as view_held, \
                 feast_process_environment(settings):
             view = registered[contract.feature_view_name]
             build_id = view.tags[TAG_PREFIX + "build_id"]
+
+            def record_interval(start: datetime, end: datetime, view: Any = view) -> None:
+                """Feast's own materialize records the interval (for `feast materialize-incremental` and the
+                UI); the registry lease is held only for this write, not for the whole load."""
+                with registry_lock(settings, env) as registry_held:
+                    registry_held.check()
+                    try:
+                        store.registry.apply_materialization(view, store.project, start, end, commit=True)
+                    except Exception as exc:
+                        raise FeastError(f"recording the materialized interval of {view.name} failed: "
+                                         f"{_one_line(exc)}") from exc
+
             try:
-                record = materialization.load_view(settings, env, store, object_store, contract, view, build_id,
-                                                   incremental=incremental, progress=progress)
+                record = materialization.load_view(settings, env, object_store, contract, build_id,
+                                                   incremental=incremental, progress=progress, store=store,
+                                                   view_lease=view_held, record_interval=record_interval)
             except _online_errors() as exc:
                 raise OnlineStoreUnavailable(
                     f"online store of {env.name} unreachable while materializing {contract.feature_view_name}: "

@@ -22,13 +22,14 @@ from feature_platform import build as builds
 from feature_platform.contracts import FeatureSetContract
 from feature_platform.environments import EnvironmentContract, RedisConfig, Settings, SqliteConfig
 from feature_platform.errors import FeastError, StoreError
+from feature_platform.locks import Lease
 from feature_platform.online import materialize as engine
-from feature_platform.online.layout import ViewPlan, entity_keys, plan_contract
+from feature_platform.online.layout import ViewPlan, decode_timestamp_micros, entity_keys, plan_contract
 from feature_platform.online.redis_client import connect
 from feature_platform.store import ObjectStore
 
 ONLINE_MARKER = "online.json"
-PRESENCE_SAMPLE = 20  # entities of a loaded build checked before an incremental run trusts the record
+PRESENCE_SAMPLE = 64  # entities of a loaded build checked before an incremental run trusts the record
 
 
 def marker_key(contract: FeatureSetContract) -> str:
@@ -72,10 +73,13 @@ class _Progress:
             self.bar.close()
 
 
-def load_view(settings: Settings, env: EnvironmentContract, store: Any, object_store: ObjectStore,
-              contract: FeatureSetContract, view: Any, build_id: str, *, incremental: bool, progress: bool
-              ) -> dict[str, Any]:
-    """Make the online store hold exactly ``build_id``'s newest row per entity for this view."""
+def load_view(settings: Settings, env: EnvironmentContract, object_store: ObjectStore,
+              contract: FeatureSetContract, build_id: str, *, incremental: bool, progress: bool, store: Any,
+              view_lease: Lease, record_interval: Callable[[datetime, datetime], None]) -> dict[str, Any]:
+    """Make the online store hold exactly ``build_id``'s newest row per entity for this view.
+
+    ``view_lease`` is checked before each record write (a writer that lost it stops); ``record_interval``
+    records the loaded interval in Feast's registry (Redis: the platform's writer replaces Feast's)."""
     metadata = builds.read_metadata(object_store, contract, build_id)
     start, end = event_range(metadata)
     marker = read_marker(object_store, contract)
@@ -90,6 +94,7 @@ def load_view(settings: Settings, env: EnvironmentContract, store: Any, object_s
         mode = "full"
         previous = [b for b in [marker.get("build_id"), *marker.get("pending_build_ids", [])] if b]
         pending = sorted({*marker.get("pending_build_ids", []), build_id})
+        view_lease.check()
         object_store.write_json_atomic(marker_key(contract), {**marker, "pending_build_ids": pending})
         bar = _Progress(progress, int(metadata.get("entity_count") or 0), contract.feature_view_name)
         try:
@@ -100,15 +105,11 @@ def load_view(settings: Settings, env: EnvironmentContract, store: Any, object_s
         departed = engine.departed_keys(object_store.fs, metadata, [m for m in old if m], plan.join_key)
         deleted = online.delete(departed)
     if isinstance(env.online_store, RedisConfig):
-        # Feast's own materialize records the interval; the platform's writer does the same, so
-        # `feast materialize-incremental` and Feast's UI see it.
-        try:
-            store.registry.apply_materialization(view, store.project, start, end, commit=True)
-        except Exception as exc:
-            raise FeastError(f"recording the materialized interval of {view.name} failed: {_one_line(exc)}") from exc
+        record_interval(start, end)
     record = {"feature_view": contract.feature_view_name, "build_id": build_id, "start": start.isoformat(),
               "end": end.isoformat(), "rows": metadata["row_count"], "entities": metadata.get("entity_count"),
               "written": written, "deleted": deleted, "mode": mode, "at": datetime.now(UTC).isoformat()}
+    view_lease.check()
     object_store.write_json_atomic(marker_key(contract), record)
     return record
 
@@ -121,11 +122,18 @@ def _metadata_if_kept(object_store: ObjectStore, contract: FeatureSetContract, b
         return None  # deleted by gc: its entities cannot be listed (gc never deletes the recorded build)
 
 
-def _first_keys(fs: Any, metadata: dict[str, Any], join_key: str, count: int) -> list[Any]:
+def _sample_newest(fs: Any, metadata: dict[str, Any], join_key: str, timestamp: str, count: int
+                   ) -> tuple[list[Any], list[int]]:
+    """Up to ``count`` entities spread evenly over the build, with each one's newest event time (epoch µs)."""
     with fs.open(str(metadata["data"]).removeprefix("s3://"), "rb") as handle:
-        for batch in pq.ParquetFile(handle).iter_batches(batch_size=count, columns=[join_key]):
-            return batch.column(0).to_pylist()
-    return []
+        table = pq.read_table(handle, columns=[join_key, timestamp])
+    newest = table.group_by(join_key).aggregate([(timestamp, "max")]).sort_by(join_key)
+    if newest.num_rows == 0:
+        return [], []
+    step = max(newest.num_rows // count, 1)
+    picked = newest.take(list(range(0, newest.num_rows, step))[:count])
+    micros = picked.column(f"{timestamp}_max").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    return picked.column(join_key).to_pylist(), micros.to_pylist()
 
 
 class OnlineTarget:
@@ -156,12 +164,15 @@ class RedisTarget(OnlineTarget):
         return engine.delete_view_fields(self.client, self.plan, keys)
 
     def holds(self, fs: Any, metadata: dict[str, Any]) -> bool:
-        """A few of the build's entities are present: catches an emptied or replaced Redis."""
-        keys = self.plan.keys(_first_keys(fs, metadata, self.plan.join_key, PRESENCE_SAMPLE))
+        """Entities spread over the build are present with this build's newest event time: catches an emptied
+        or replaced Redis, and one restored from an older snapshot (AOF/RDB) that holds older rows."""
+        values, micros = _sample_newest(fs, metadata, self.plan.join_key, self.plan.timestamp_field,
+                                        PRESENCE_SAMPLE)
         pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hexists(key, self.plan.ts_field)
-        return all(pipe.execute())
+        for key in self.plan.keys(values):
+            pipe.hget(key, self.plan.ts_field)
+        found = [decode_timestamp_micros(raw) for raw in pipe.execute()]
+        return all(f is not None and f // 1_000_000 == m // 1_000_000 for f, m in zip(found, micros, strict=True))
 
 
 class SqliteTarget(OnlineTarget):
@@ -200,7 +211,8 @@ class SqliteTarget(OnlineTarget):
         return deleted
 
     def holds(self, fs: Any, metadata: dict[str, Any]) -> bool:
-        keys = self._keys(_first_keys(fs, metadata, self.plan.join_key, PRESENCE_SAMPLE))
+        keys = self._keys(_sample_newest(fs, metadata, self.plan.join_key, self.plan.timestamp_field,
+                                         PRESENCE_SAMPLE)[0])
         try:
             with contextlib.closing(sqlite3.connect(self.path)) as con:
                 found = con.execute(f'SELECT count(DISTINCT entity_key) FROM "{self.table}" WHERE entity_key IN '

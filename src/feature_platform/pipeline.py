@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from feature_platform import build as builds
 from feature_platform.contracts import FeatureSetContract
 from feature_platform.environments import STEP_NAMES, EnvironmentContract, Settings
+from feature_platform.errors import ContractError, ContractErrors
 from feature_platform.sample_data import SampleSpec, write_sample_data
-from feature_platform.store import ObjectStore
+from feature_platform.store import ObjectStore, sweep_temporary_files
 
 Progress = Callable[[str], None]
 
@@ -63,8 +64,13 @@ def build(settings: Settings, feature_set: str, version: int | None = None, run_
     settings.writable_contracts(env, [contract])
     result = builds.build_version(
         contract, object_store(settings, env), raw_store(settings, env), environment=env.name,
-        contracts_commit=contracts_commit(settings), run_id=run_id, progress=progress)
+        contracts_commit=contracts_commit(settings), run_id=run_id, progress=progress,
+        future_tolerance=future_tolerance(env))
     return contract, result
+
+
+def future_tolerance(env: EnvironmentContract) -> timedelta:
+    return timedelta(minutes=env.quality.future_event_tolerance_minutes)
 
 
 def promote(settings: Settings, feature_set: str, version: int | None, build_id: str) -> dict[str, Any]:
@@ -202,6 +208,10 @@ def step_validate(settings: Settings, feature_set: str) -> dict[str, Any]:
     contracts.get(feature_set)  # a clear error for an unknown feature set
     versions = contracts.versions(feature_set)
     settings.writable_contracts(settings.environment(), versions)  # a released version edited in place stops here
+    problems = [ContractError(contracts.files[(c.name, c.version)], "source.sql", problem)
+                for c in versions for problem in builds.check_transform(c)]
+    if problems:
+        raise ContractErrors(problems)
     return {"feature_set": feature_set, "versions": {c.version_label: c.schema_hash for c in versions}}
 
 
@@ -218,7 +228,7 @@ def step_quality_gate(settings: Settings, feature_set: str, version: int, staged
     store = object_store(settings, env)
     if staged["complete"]:
         return builds.read_metadata(store, contract, staged["build_id"])  # already gated and recorded
-    return builds.check_quality(contract, store, staged["build_id"], staged.get("gate"))
+    return builds.check_quality(contract, store, staged["build_id"], staged.get("gate"), future_tolerance(env))
 
 
 def step_write_version(settings: Settings, feature_set: str, version: int, staged: dict[str, Any],
@@ -272,4 +282,13 @@ def collect_garbage(settings: Settings, feature_sets: list[str] | None, keep: in
     env = settings.environment()
     contracts = settings.contracts()
     versions = [c for c in contracts.all() if not feature_sets or c.name in feature_sets]
-    return builds.collect_garbage(object_store(settings, env), versions, keep, min_age_seconds, dry_run)
+    store = object_store(settings, env)
+    decisions = builds.collect_garbage(store, versions, keep, min_age_seconds, dry_run)
+    # Files of writes killed midway (local stores and the local registry directory).
+    temporary = store.sweep_temporary(min_age_seconds, dry_run)
+    registry = settings.resolve_uri(env, env.registry.uri) if hasattr(env.registry, "uri") else ""
+    if registry and not registry.startswith("s3://"):
+        temporary += sweep_temporary_files(Path(registry).parent, min_age_seconds, dry_run)
+    return decisions + [{"feature_set": None, "version": None, "build_id": None, "path": path,
+                         "deleted": not dry_run, "reason": "temporary file of an interrupted write"}
+                        for path in temporary]

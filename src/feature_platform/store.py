@@ -55,6 +55,13 @@ class ObjectStore:
             self._root = str(Path(self.root_uri).absolute())
         self.endpoint_url = endpoint_url
 
+    def sweep_temporary(self, min_age_seconds: int, dry_run: bool = True) -> list[str]:
+        """Temporary files of interrupted local writes (``.tmp-*``) older than ``min_age_seconds``: a killed
+        writer leaves them behind; younger ones may belong to a write in progress. S3 writes leave none."""
+        if self.is_s3:
+            return []
+        return sweep_temporary_files(Path(self._root), min_age_seconds, dry_run)
+
     def path(self, key: str = "") -> str:
         """Path as fsspec and pyarrow (with ``self.fs``) take it: ``bucket/prefix/key`` or ``/abs/dir/key``."""
         return f"{self._root}/{key}".rstrip("/") if key else self._root
@@ -176,3 +183,20 @@ class ObjectStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path(key), recursive=True)
+
+
+TEMPORARY_PATTERNS = (".tmp-*", ".*.tmp")  # ObjectStore writes, and the atomic Feast registry store
+
+
+def sweep_temporary_files(root: Path, min_age_seconds: int, dry_run: bool = True) -> list[str]:
+    import time
+
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - min_age_seconds
+    found = sorted({path for pattern in TEMPORARY_PATTERNS for path in root.rglob(pattern) if path.is_file()})
+    stale = [path for path in found if path.stat().st_mtime < cutoff]
+    if not dry_run:
+        for path in stale:
+            path.unlink(missing_ok=True)
+    return [str(path) for path in stale]
