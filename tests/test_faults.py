@@ -415,8 +415,10 @@ def test_an_entity_clash_blames_the_new_file(contracts_copy) -> None:
 # ---------------------------------------------------------------------------- infrastructure, one line each
 
 def test_infrastructure_failures_reach_the_cli_as_one_line(dev_settings, local_settings) -> None:
-    """S3 unreachable, a read-only work directory: one line naming the resource and the fix, non-zero exit;
-    --debug adds the traceback."""
+    """S3 unreachable, a read-only work directory: one line naming the resource and the fix, non-zero exit,
+    `latest` unmoved; --debug adds the traceback."""
+    seed_raw(dev_settings)
+    before = pipeline.build_and_promote(dev_settings, "customer_profile")
     down = dev_settings.replace(values={**dev_settings.values,
                                         "FEAST_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
                                         "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"})
@@ -427,6 +429,7 @@ def test_infrastructure_failures_reach_the_cli_as_one_line(dev_settings, local_s
 
     debug = _featurectl(down, "build", "customer_profile", "--debug", timeout=300)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+    assert builds.read_pointer(data_store(dev_settings), "customer_profile")["build_id"] == before["build_id"]
 
     seed_raw(local_settings)
     pipeline.run_loop(local_settings)
