@@ -96,8 +96,8 @@ def test_dagbag_has_one_dag_per_feature_set(airflow_home, contracts_copy) -> Non
         assert spend[f"{v}.quality_gate"] == [f"{v}.write_version"]
         assert spend[f"{v}.write_version"] == [f"{v}.promote_latest"]
         assert spend[f"{v}.promote_latest"] == ["feast_apply"]
-    assert spend["feast_apply"] == ["materialize"]
-    assert spend["materialize"] == ["verify_online"]
+        assert spend[f"materialize.{v}"] == ["verify_online"]  # one task per view
+    assert spend["feast_apply"] == ["materialize.v1", "materialize.v2"]
     assert bag["heavy_modules"] == []
     assert bag["parse_seconds"] < 5  # generous; measured ~0.1 s (see README)
 
@@ -141,8 +141,9 @@ print(json.dumps(out))
     dev = yaml.safe_load((contracts_copy / "environments/dev.yaml").read_text())["schedule"]
     assert tasks["v2.build"]["timeout"] == dev["steps"]["build"]["timeout_minutes"] * 60
     assert gate["timeout"] == dev["timeout_minutes"] * 60 and gate["retries"] == dev["retries"]
-    assert {t: tasks[t]["pool"] for t in ("feast_apply", "materialize")} == {
-        "feast_apply": "feature_platform_registry", "materialize": "feature_platform_registry"}
+    assert {t: tasks[t]["pool"] for t in ("feast_apply", "materialize.v1", "materialize.v2")} == {
+        "feast_apply": "feature_platform_registry", "materialize.v1": "feature_platform_materialize",
+        "materialize.v2": "feature_platform_materialize"}
     assert gate["pool"] == "default_pool"
     assert gate["resources"]["limits"] and gate["resources"]["requests"]
     for task in tasks.values():
@@ -153,8 +154,45 @@ print(json.dumps(out))
         assert task["container_security"]["read_only_root_filesystem"] is True
         assert "customer_spend" in task["doc"]
     assert tasks["v2.promote_latest"]["outlets"] == ["dev.customer_spend_v2.offline"]
-    assert tasks["materialize"]["outlets"] == ["dev.customer_spend_v1.online", "dev.customer_spend_v2.online"]
+    assert tasks["materialize.v1"]["outlets"] == ["dev.customer_spend_v1.online"]
+    assert tasks["materialize.v2"]["outlets"] == ["dev.customer_spend_v2.online"]
+    assert tasks["materialize.v2"]["arguments"][:5] == ["step", "materialize", "customer_spend", "--xcom",
+                                                         "--version"]
     assert tasks["v2.build"]["outlets"] == []
+
+
+SHARDED_SCRIPT = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+dag = bag.dags["feature_set__customer_spend"]
+task = dag.get_task("materialize.v2")
+print(json.dumps({"type": type(task).__name__, "expand": task.expand_input.value,
+                  "pool": task.partial_kwargs.get("pool"), "v1": type(dag.get_task("materialize.v1")).__name__}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["local", "kubernetes"])
+def test_a_large_view_fans_out_into_mapped_shard_tasks(airflow_home, contracts_copy, mode) -> None:
+    """`materialization.shards_per_view` in the environment contract: that view's task is mapped over its shards
+    (Airflow dynamic task mapping; a pod each in kubernetes mode); the other view stays one task."""
+    path = contracts_copy / "environments/dev.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["materialization"] = {"shards_per_view": {"customer_spend_v2": 3}}
+    path.write_text(yaml.safe_dump(data))
+    env = _airflow_env(airflow_home, {"FEATURE_PLATFORM_CONTRACTS": str(contracts_copy), "FEATURE_PLATFORM_ENV": "dev",
+                                      "FEATURE_PLATFORM_DAG_MODE": mode,
+                                      "FEATURE_PLATFORM_IMAGE": "registry.example.com/fp@sha256:" + "0" * 64})
+    result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(REPO / "dags")], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    task = json.loads(result.stdout.strip().splitlines()[-1])
+    assert task["type"] == "MappedOperator" and task["v1"] != "MappedOperator"
+    if mode == "local":
+        assert [k["shard"] for k in task["expand"]["op_kwargs"]] == ["0/3", "1/3", "2/3"]
+    else:
+        assert [a[a.index("--shard") + 1] for a in task["expand"]["arguments"]] == ["0/3", "1/3", "2/3"]
 
 
 def _dev_contracts(contracts_copy: Path) -> None:
@@ -204,7 +242,7 @@ def test_dag_runs_build_promote_serve_and_pass_the_proof(airflow_home, dev_setti
     for contract in dev_settings.contracts().all():
         view = contract.feature_view_name
         assert events.get(f"dev.{view}.offline") == [f"{contract.version_label}.promote_latest"], view
-        assert events.get(f"dev.{view}.online") == ["materialize"], view
+        assert events.get(f"dev.{view}.online") == [f"materialize.{contract.version_label}"], view
 
 
 def _asset_events(airflow_home: Path) -> dict[str, list[str]]:

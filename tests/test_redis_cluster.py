@@ -10,7 +10,7 @@ import yaml
 
 from feature_platform import feast_bridge, pipeline
 from feature_platform.errors import OnlineStoreUnavailable
-from tests.helpers import every_dtype_contract, merchant_events, replace_raw, seed_raw, write_contract
+from tests.helpers import every_dtype_contract, merchant_events, read_raw, replace_raw, seed_raw, write_contract
 
 pytestmark = pytest.mark.e2e
 
@@ -91,3 +91,117 @@ def test_a_stopped_master_is_a_clear_error_and_its_return_recovers(dev_settings,
     wait_until(redis_cluster.healthy, "cluster state ok after the master returned", timeout=60)
     pipeline.materialize(settings, incremental=True)  # the emptied master is detected and refilled
     assert feast_bridge.read_online(settings, "customer_profile", keys) == before
+
+
+def _cluster_dump(cluster) -> dict[bytes, dict[bytes, bytes]]:
+    import redis
+
+    dump: dict[bytes, dict[bytes, bytes]] = {}
+    for port in cluster.ports:
+        node = redis.Redis(port=port, password=cluster.password)
+        dump.update({key: node.hgetall(key) for key in node.scan_iter(count=1000)})
+    return dump
+
+
+def _flush(cluster) -> None:
+    import redis
+
+    for port in cluster.ports:
+        redis.Redis(port=port, password=cluster.password).flushall()
+
+
+def _run_shards(settings, view: str, count: int, *extra: str) -> list[dict]:
+    """`featurectl materialize --shard I/N` as N processes at once, like N pods."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, **settings.values, "FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
+           "FEATURE_PLATFORM_HOME": str(settings.home), "FEATURE_PLATFORM_ENV": settings.env_name,
+           "PYTHONPATH": str(REPO / "src")}
+    featurectl = str(Path(sys.executable).parent / "featurectl")
+    children = [subprocess.Popen([featurectl, "materialize", "--feature-view", view, "--shard", f"{i}/{count}",
+                                  "--json", *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for i in range(count)]
+    results = [(c.wait(timeout=600), c.stdout.read(), c.stderr.read()) for c in children]
+    assert all(code == 0 for code, _, _ in results), [err[-1500:] for code, _, err in results if code]
+    return [json.loads(out)[0] for _, out, _ in results]
+
+
+def test_shards_together_write_exactly_what_one_run_writes(dev_settings, contracts_copy, redis_cluster) -> None:
+    """Three `--shard I/3` processes at once write every hash exactly as one unsharded run does, each writing
+    only its own entities; the view's record is written once all three finished; a rebuild without some
+    entities is deleted shard by shard; an incremental shard run writes nothing."""
+    from feature_platform import build as builds
+    from feature_platform.materialization import read_marker
+
+    settings = _as_cluster(dev_settings, contracts_copy, redis_cluster)
+    write_contract(contracts_copy, every_dtype_contract())
+    seed_raw(settings)
+    replace_raw(settings, "merchant_events", merchant_events(MERCHANTS))
+    pipeline.build_and_promote(settings, "merchant_risk")
+    pipeline.apply(settings, feature_sets=["merchant_risk"])
+    view = "merchant_risk_v1"
+
+    [whole] = pipeline.materialize(settings, feature_views=[view])
+    expected = _cluster_dump(redis_cluster)
+    _flush(redis_cluster)
+
+    shards = _run_shards(settings, view, 3)
+    assert sorted(s["shard"] for s in shards) == ["0-of-3", "1-of-3", "2-of-3"]
+    assert sum(s["written"] for s in shards) == whole["written"] == len(MERCHANTS)
+    assert all(0 < s["written"] < len(MERCHANTS) for s in shards)
+    assert _cluster_dump(redis_cluster) == expected
+    contract = settings.contracts().get("merchant_risk", 1)
+    store = pipeline.object_store(settings, settings.environment())
+    marker = read_marker(store, contract)
+    assert marker["shards"] == 3 and marker["written"] == len(MERCHANTS)
+    assert marker["build_id"] == builds.read_pointer(store, "merchant_risk")["build_id"]
+
+    # Deletions: ten merchants leave; the shards delete exactly what an unsharded run deletes.
+    replace_raw(settings, "merchant_events", merchant_events(MERCHANTS[10:]))
+    pipeline.build_and_promote(settings, "merchant_risk")
+    pipeline.apply(settings, feature_sets=["merchant_risk"])
+    shards = _run_shards(settings, view, 3, "--incremental")
+    assert sum(s["deleted"] for s in shards) == 10
+    after_shards = _cluster_dump(redis_cluster)
+    pipeline.materialize(settings, feature_views=[view])  # unsharded, same build: nothing may change
+    assert _cluster_dump(redis_cluster) == after_shards
+    rows = feast_bridge.read_online(settings, "merchant_risk", MERCHANTS[:12])
+    assert [r["status"] for r in rows] == ["NOT_FOUND"] * 10 + ["PRESENT"] * 2
+
+    again = _run_shards(settings, view, 3, "--incremental")
+    assert {s["mode"] for s in again} == {"incremental"} and sum(s["written"] for s in again) == 0
+
+
+def test_a_missing_shard_leaves_the_view_unrecorded(dev_settings, contracts_copy, redis_cluster) -> None:
+    """Until every shard has finished, online.json does not claim the build: verify/proof say it is not loaded."""
+    from feature_platform.materialization import read_marker
+
+    settings = _as_cluster(dev_settings, contracts_copy, redis_cluster)
+    seed_raw(settings)
+    pipeline.build_and_promote(settings, "customer_profile")
+    pipeline.apply(settings, feature_sets=["customer_profile"])
+    _run_shards(settings, "customer_profile_v1", 1)  # N=1 is the unsharded path
+    customers = read_raw(settings, "customers")
+    replace_raw(settings, "customers", customers.slice(0, customers.num_rows - 40))  # a new build
+    built = pipeline.build_and_promote(settings, "customer_profile")
+    pipeline.apply(settings, feature_sets=["customer_profile"])
+    contract = settings.contracts().get("customer_profile", 1)
+    store = pipeline.object_store(settings, settings.environment())
+    before = read_marker(store, contract)
+    assert before["build_id"] != built["build_id"]
+    pipeline.materialize(settings, feature_views=["customer_profile_v1"], shard="0/2")
+    assert read_marker(store, contract) == before  # shard 1 of 2 has not run: the new build is not claimed
+    [check] = feast_bridge.verify(settings, feature_views=["customer_profile_v1"])
+    assert not check["ok"]
+    pipeline.materialize(settings, feature_views=["customer_profile_v1"], shard="1/2")
+    marker = read_marker(store, contract)
+    assert marker["shards"] == 2 and marker["build_id"] == built["build_id"]
+    assert feast_bridge.verify(settings, feature_views=["customer_profile_v1"])[0]["ok"]
+    with pytest.raises(ValueError, match="give I/N"):
+        pipeline.materialize(settings, feature_views=["customer_profile_v1"], shard="2/2")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from feature_platform import __version__
-from feature_platform.errors import PlatformError, describe_failure
+from feature_platform.errors import ConfigError, PlatformError, describe_failure
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -238,8 +238,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_materialize(args: argparse.Namespace) -> int:
     from feature_platform import pipeline
 
-    done = pipeline.materialize(_settings(args), incremental=args.incremental, feature_views=args.feature_view,
-                                progress=not (args.quiet or args.json))
+    try:
+        done = pipeline.materialize(_settings(args), incremental=args.incremental, feature_views=args.feature_view,
+                                    progress=not (args.quiet or args.json), shard=args.shard)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     if args.json:
         _print_json(done)
     else:
@@ -356,6 +359,8 @@ def cmd_step(args: argparse.Namespace) -> int:
 
     inputs = {name: json.loads(value) for name in ("staged", "stats", "written")
               if (value := getattr(args, name)) is not None}
+    if args.shard:
+        inputs["shard"] = args.shard
     result = pipeline.run_named_step(_settings(args), args.step, args.feature_set, args.version, inputs,
                                      run_id=args.run_id)
     _print_json(result)
@@ -518,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--incremental", action="store_true", help="resume from Feast's last materialization")
     p.add_argument("--feature-view", action="append", help="only this feature view (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--shard", metavar="I/N", help="only shard I of N (by Redis hash slot): N processes load a view "
+                                                  "in parallel; the view is recorded once all N finished")
     _add_common(p)
     p.set_defaults(handler=cmd_materialize)
 
@@ -567,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--staged", help="JSON result of the build step")
     p.add_argument("--stats", help="JSON result of the quality_gate step")
     p.add_argument("--written", help="JSON result of the write_version step")
+    p.add_argument("--shard", metavar="I/N", help="materialize: only shard I of N")
     p.add_argument("--run-id")
     p.add_argument("--xcom", action="store_true", help="also write the result where KubernetesPodOperator reads XCom")
     p.add_argument("--xcom-path", default="/airflow/xcom/return.json", help=argparse.SUPPRESS)

@@ -6,7 +6,7 @@ no network); every heavy import happens inside the task when it runs.
 Per DAG, for each contract version ``vN``::
 
     validate_contract >> vN.build >> vN.quality_gate >> vN.write_version >> vN.promote_latest
-        >> feast_apply >> materialize >> verify_online
+        >> feast_apply >> materialize.vN (one task per view; mapped over shards "I/N") >> verify_online
 
 Airflow-native: promote publishes an Asset per feature view's offline build and materialize one per view's online
 table (``feature-platform://<env>/<view>/offline|online``), so training DAGs schedule on fresh features; the
@@ -37,8 +37,10 @@ START_DATE = datetime(2026, 1, 1)
 # Pools the DAGs use, with their slots; the Airflow chart's migration job creates them on every sync
 # (argocd/values/airflow-common.yaml runs `airflow pools set` for each; a test keeps the two equal).
 REGISTRY_POOL = "feature_platform_registry"
-POOLS = {REGISTRY_POOL: (1, "Writers of the Feast registry (apply, materialize): one at a time")}
-REGISTRY_WRITERS = ("feast_apply", "materialize")
+MATERIALIZE_POOL = "feature_platform_materialize"
+POOLS = {REGISTRY_POOL: (1, "Feast registry applies: one at a time"),
+         MATERIALIZE_POOL: (8, "Online loads (a task per feature view and shard) running at once")}
+STEP_POOLS = {"feast_apply": REGISTRY_POOL, "materialize": MATERIALIZE_POOL}
 ASSET_SCHEME = "feature-platform"
 
 
@@ -160,13 +162,16 @@ STEP_INPUTS: dict[str, dict[str, str]] = {
 }
 
 
-def run_step(step: str, feature_set: str, version: int | None = None, **context: Any) -> Any:
+def run_step(step: str, feature_set: str, version: int | None = None, shard: str | None = None,
+             **context: Any) -> Any:
     """What a task runs in ``local`` mode: settings from the environment, inputs from XCom, one pipeline step."""
     from feature_platform import pipeline
 
     ti = context["ti"]
     inputs = {name: ti.xcom_pull(task_ids=f"v{version}.{source}")
               for name, source in STEP_INPUTS.get(step, {}).items()}
+    if shard:
+        inputs["shard"] = shard
     return pipeline.run_named_step(Settings.from_env(), step, feature_set, version, inputs,
                                    run_id=context.get("run_id"))
 
@@ -180,19 +185,24 @@ def _task_arguments(env: EnvironmentContract, step: str, outlets: list[Any], doc
     retries, timeout_minutes, _ = env.schedule.policy(step)
     arguments: dict[str, Any] = {"retries": retries, "execution_timeout": timedelta(minutes=timeout_minutes),
                                  "outlets": outlets, "doc_md": doc_md}
-    if step in REGISTRY_WRITERS:
-        arguments["pool"] = REGISTRY_POOL
+    if step in STEP_POOLS:
+        arguments["pool"] = STEP_POOLS[step]
     return arguments
 
 
 def _operator(config: DagConfig, env: EnvironmentContract, step: str, feature_set: str, version: int | None,
-              task_id: str, outlets: list[Any], doc_md: str) -> Any:
+              task_id: str, outlets: list[Any], doc_md: str, shards: int = 1) -> Any:
+    """One task, or with ``shards`` > 1 one mapped task (Airflow dynamic task mapping) per shard "I/N"."""
     common = _task_arguments(env, step, outlets, doc_md)
+    shard_labels = [f"{i}/{shards}" for i in range(shards)] if shards > 1 else []
     if config.mode == "local":
         from airflow.providers.standard.operators.python import PythonOperator
 
-        return PythonOperator(task_id=task_id, python_callable=run_step,
-                              op_kwargs={"step": step, "feature_set": feature_set, "version": version}, **common)
+        kwargs = {"step": step, "feature_set": feature_set, "version": version}
+        if shard_labels:
+            return PythonOperator.partial(task_id=task_id, python_callable=run_step, **common).expand(
+                op_kwargs=[{**kwargs, "shard": label} for label in shard_labels])
+        return PythonOperator(task_id=task_id, python_callable=run_step, op_kwargs=kwargs, **common)
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
@@ -207,7 +217,7 @@ def _operator(config: DagConfig, env: EnvironmentContract, step: str, feature_se
     env_from = ([k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=config.env_from_secret))]
                 if config.env_from_secret else None)
     _, _, resources = env.schedule.policy(step)
-    return KubernetesPodOperator(
+    pod = dict(
         **common,
         container_resources=k8s.V1ResourceRequirements(requests=dict(resources.requests),
                                                        limits=dict(resources.limits)),
@@ -219,11 +229,10 @@ def _operator(config: DagConfig, env: EnvironmentContract, step: str, feature_se
                                                          read_only_root_filesystem=True,
                                                          capabilities=k8s.V1Capabilities(drop=["ALL"])),
         task_id=task_id,
-        name=f"{feature_set}-{group or ''}-{task_id}".replace("_", "-").replace("--", "-")[:63],
+        name=f"{feature_set}-{group or ''}-{step}".replace("_", "-").replace("--", "-")[:63],
         namespace=config.namespace,
         image=config.image,
         cmds=["featurectl"],
-        arguments=arguments,
         env_vars=config.pod_env,
         env_from=env_from,
         service_account_name=config.service_account,
@@ -242,6 +251,10 @@ def _operator(config: DagConfig, env: EnvironmentContract, step: str, feature_se
                        k8s.V1VolumeMount(name="work", mount_path=str(config.settings.home)),
                        k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
     )
+    if shard_labels:  # one pod per shard
+        return KubernetesPodOperator.partial(**pod).expand(
+            arguments=[[*arguments, "--shard", label] for label in shard_labels])
+    return KubernetesPodOperator(arguments=arguments, **pod)
 
 
 def build_dag(config: DagConfig, env: EnvironmentContract, feature_set: str,
@@ -260,7 +273,6 @@ def build_dag(config: DagConfig, env: EnvironmentContract, feature_set: str,
         "on_failure_callback": failure_notifiers,
         **({"on_retry_callback": retry_notifiers} if retry_notifiers else {}),
     }
-    online_assets = [_asset(online_asset_name(env.name, c.feature_view_name)) for c in versions]
     with DAG(
         dag_id=f"{DAG_PREFIX}{feature_set}",
         description=f"{newest.description} ({env.name}: contract -> build -> latest -> Feast -> Redis)",
@@ -272,13 +284,15 @@ def build_dag(config: DagConfig, env: EnvironmentContract, feature_set: str,
         tags=["feature-platform", env.name, feature_set, *(["pii"] if newest.pii else [])],
         doc_md=_dag_doc(env, feature_set, versions),
     ) as dag:
-        def operator(step: str, version: FeatureSetContract | None, outlets: list[Any] | None = None) -> Any:
+        def operator(step: str, version: FeatureSetContract | None, outlets: list[Any] | None = None,
+                     shards: int = 1, task_id: str | None = None) -> Any:
             doc = _step_doc(step, version or newest, env)
-            return _operator(config, env, step, feature_set, version.version if version else None, step,
-                             outlets or [], doc)
+            return _operator(config, env, step, feature_set, version.version if version else None,
+                             task_id or step, outlets or [], doc, shards)
 
         validate = operator("validate_contract", None)
-        promotes = []
+        apply = operator("feast_apply", None)
+        verify = operator("verify_online", None)
         for contract in versions:
             with TaskGroup(group_id=contract.version_label):
                 offline = [_asset(offline_asset_name(env.name, contract.feature_view_name))]
@@ -287,12 +301,18 @@ def build_dag(config: DagConfig, env: EnvironmentContract, feature_set: str,
             validate >> chain[0]
             for upstream, downstream in itertools.pairwise(chain):
                 upstream >> downstream
-            promotes.append(chain[-1])
-        apply = operator("feast_apply", None)
-        materialize = operator("materialize", None, online_assets)
-        verify = operator("verify_online", None)
-        promotes >> apply
-        apply >> materialize >> verify
+            chain[-1] >> apply
+        # Each view loads in its own task (one pod; one mapped pod per shard), so one view's failure leaves
+        # the others served and is retried alone. Their own group: task groups must not form a cycle.
+        online = [c for c in versions if c.online]
+        with TaskGroup(group_id="materialize"):
+            for contract in online:
+                view = contract.feature_view_name
+                load = operator("materialize", contract, [_asset(online_asset_name(env.name, view))],
+                                env.materialization.shards_of(view), task_id=contract.version_label)
+                apply >> load >> verify
+        if not online:
+            apply >> verify
     return dag
 
 

@@ -136,6 +136,15 @@ class ScheduleConfig(StrictModel):
                 override.timeout_minutes or self.timeout_minutes, override.resources or self.resources)
 
 
+class MaterializationConfig(StrictModel):
+    shards: int = Field(default=1, ge=1, le=64, description="shard processes (pods) per feature view load")
+    shards_per_view: dict[str, Annotated[int, Field(ge=1, le=64)]] = Field(
+        default_factory=dict, description="overrides for large views, e.g. {customer_spend_v2: 4}")
+
+    def shards_of(self, feature_view: str) -> int:
+        return self.shards_per_view.get(feature_view, self.shards)
+
+
 class QualityConfig(StrictModel):
     future_event_tolerance_minutes: int = Field(
         default=60, ge=0, le=7 * 24 * 60,
@@ -154,6 +163,7 @@ class EnvironmentContract(StrictModel):
     offline_store: OfflineStoreConfig = Field(default_factory=OfflineStoreConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    materialization: MaterializationConfig = Field(default_factory=MaterializationConfig)
     # Released versions are always immutable; this also refuses versions missing from contracts.lock (dev and
     # prod deploy from Git, where CI locks every version; `local` lets authors try a version before locking it).
     require_locked_contracts: bool = False

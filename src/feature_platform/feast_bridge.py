@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -417,7 +418,8 @@ def _online_errors() -> tuple[type[BaseException], ...]:
 
 
 def materialize(settings: Settings, env: EnvironmentContract | None = None, incremental: bool = False,
-                feature_views: list[str] | None = None, progress: bool = False) -> list[dict[str, Any]]:
+                feature_views: list[str] | None = None, progress: bool = False, shard: Any = None
+                ) -> list[dict[str, Any]]:
     """Load each online feature view's served build into the online store, exactly.
 
     After a view is materialized the online store holds exactly the entities of the build the registry serves,
@@ -443,7 +445,10 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
         # One writer per view, and the registry lease too: the materialized interval is recorded in the
         # registry, which the file registry rewrites whole.
         view_lease = object_store.url(f"{builds.version_key(contract)}/materialize.lock")
-        with lease(view_lease, settings.s3_endpoint_url, LOCK_TIMEOUT) as view_held, \
+        # Shards of one view run in parallel, each under its own lease; the view's lease only to finish.
+        own_lease = view_lease.replace("materialize.lock", f"materialize.shard-{shard.label}.lock") if shard \
+            else view_lease
+        with lease(own_lease, settings.s3_endpoint_url, LOCK_TIMEOUT) as view_held, \
                 feast_process_environment(settings):
             view = registered[contract.feature_view_name]
             build_id = view.tags[TAG_PREFIX + "build_id"]
@@ -462,7 +467,9 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
             try:
                 record = materialization.load_view(settings, env, object_store, contract, build_id,
                                                    incremental=incremental, progress=progress, store=store,
-                                                   view_lease=view_held, record_interval=record_interval)
+                                                   view_lease=view_held, record_interval=record_interval,
+                                                   shard=shard, view_lease_for_finish=partial(
+                                                       lease, view_lease, settings.s3_endpoint_url, LOCK_TIMEOUT))
             except _online_errors() as exc:
                 raise OnlineStoreUnavailable(
                     f"online store of {env.name} unreachable while materializing {contract.feature_view_name}: "

@@ -12,6 +12,7 @@ import contextlib
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,10 +22,11 @@ import pyarrow.parquet as pq
 from feature_platform import build as builds
 from feature_platform.contracts import FeatureSetContract
 from feature_platform.environments import EnvironmentContract, RedisConfig, Settings, SqliteConfig
-from feature_platform.errors import FeastError, StoreError
+from feature_platform.errors import ConfigError, FeastError, StoreError
 from feature_platform.locks import Lease
 from feature_platform.online import materialize as engine
 from feature_platform.online.layout import ViewPlan, decode_timestamp_micros, entity_keys, plan_contract
+from feature_platform.online.materialize import Shard
 from feature_platform.online.redis_client import connect
 from feature_platform.store import ObjectStore
 
@@ -73,10 +75,17 @@ class _Progress:
             self.bar.close()
 
 
+def shard_marker_key(contract: FeatureSetContract, shard: Shard) -> str:
+    return f"{builds.version_key(contract)}/online-shards/{shard.count}/{shard.index}.json"
+
+
 def load_view(settings: Settings, env: EnvironmentContract, object_store: ObjectStore,
               contract: FeatureSetContract, build_id: str, *, incremental: bool, progress: bool, store: Any,
-              view_lease: Lease, record_interval: Callable[[datetime, datetime], None]) -> dict[str, Any]:
-    """Make the online store hold exactly ``build_id``'s newest row per entity for this view.
+              view_lease: Lease, record_interval: Callable[[datetime, datetime], None],
+              shard: Shard | None = None,
+              view_lease_for_finish: Callable[[], AbstractContextManager[Lease]] | None = None) -> dict[str, Any]:
+    """Make the online store hold exactly ``build_id``'s newest row per entity for this view (or, with
+    ``shard``, for the entities of that shard; the view's record is written when every shard has finished).
 
     ``view_lease`` is checked before each record write (a writer that lost it stops); ``record_interval``
     records the loaded interval in Feast's registry (Redis: the platform's writer replaces Feast's)."""
@@ -84,34 +93,63 @@ def load_view(settings: Settings, env: EnvironmentContract, object_store: Object
     start, end = event_range(metadata)
     marker = read_marker(object_store, contract)
     plan = plan_contract(env.feast_project, contract)
-    online: OnlineTarget = (RedisTarget(connect(settings, env), plan) if isinstance(env.online_store, RedisConfig)
-                            else SqliteTarget(settings, env, store, plan))
-    loaded = marker.get("build_id") == build_id and not marker.get("pending_build_ids")
+    if shard and not isinstance(env.online_store, RedisConfig):
+        raise ConfigError(f"--shard needs a Redis online store; {env.name} uses {env.online_store.type}: "
+                          "materialize without --shard")
+    online: OnlineTarget = (RedisTarget(connect(settings, env), plan, shard)
+                            if isinstance(env.online_store, RedisConfig) else SqliteTarget(settings, env, store, plan))
+    own_key = shard_marker_key(contract, shard) if shard else marker_key(contract)
+    own = _read_json(object_store, own_key) if shard else marker
+    loaded = own.get("build_id") == build_id and not own.get("pending_build_ids")
     written = deleted = 0
     if incremental and loaded and online.holds(object_store.fs, metadata):
         mode = "incremental"  # this immutable build is completely loaded and still there: nothing to write
     else:
         mode = "full"
-        previous = [b for b in [marker.get("build_id"), *marker.get("pending_build_ids", [])] if b]
-        pending = sorted({*marker.get("pending_build_ids", []), build_id})
+        previous = {b for m in (marker, own) for b in [m.get("build_id"), *m.get("pending_build_ids", [])] if b}
+        pending = sorted({*own.get("pending_build_ids", []), build_id})
         view_lease.check()
-        object_store.write_json_atomic(marker_key(contract), {**marker, "pending_build_ids": pending})
-        bar = _Progress(progress, int(metadata.get("entity_count") or 0), contract.feature_view_name)
+        object_store.write_json_atomic(own_key, {**own, "pending_build_ids": pending})
+        total = int(metadata.get("entity_count") or 0) // (shard.count if shard else 1)
+        bar = _Progress(progress, total, contract.feature_view_name + (f" shard {shard.label}" if shard else ""))
         try:
             written = online.write(object_store.fs, metadata, start, end, bar)
         finally:
             bar.close()
-        old = [_metadata_if_kept(object_store, contract, b) for b in sorted(set(previous) - {build_id})]
+        old = [_metadata_if_kept(object_store, contract, b) for b in sorted(previous - {build_id})]
         departed = engine.departed_keys(object_store.fs, metadata, [m for m in old if m], plan.join_key)
         deleted = online.delete(departed)
-    if isinstance(env.online_store, RedisConfig):
-        record_interval(start, end)
     record = {"feature_view": contract.feature_view_name, "build_id": build_id, "start": start.isoformat(),
               "end": end.isoformat(), "rows": metadata["row_count"], "entities": metadata.get("entity_count"),
               "written": written, "deleted": deleted, "mode": mode, "at": datetime.now(UTC).isoformat()}
+    if shard:
+        record["shard"] = shard.label
+        view_lease.check()
+        object_store.write_json_atomic(own_key, record)
+        assert view_lease_for_finish is not None
+        with view_lease_for_finish() as finishing:  # the last shard to finish records the view as loaded
+            shards = [_read_json(object_store, shard_marker_key(contract, Shard(i, shard.count)))
+                      for i in range(shard.count)]
+            if all(m.get("build_id") == build_id and not m.get("pending_build_ids") for m in shards):
+                record_interval(start, end)
+                finishing.check()
+                object_store.write_json_atomic(marker_key(contract), {
+                    **record, "shard": None, "shards": shard.count, "written": sum(m["written"] for m in shards),
+                    "deleted": sum(m["deleted"] for m in shards),
+                    "mode": "full" if any(m["mode"] == "full" for m in shards) else "incremental"})
+        return record
+    if isinstance(env.online_store, RedisConfig):
+        record_interval(start, end)
     view_lease.check()
     object_store.write_json_atomic(marker_key(contract), record)
     return record
+
+
+def _read_json(object_store: ObjectStore, key: str) -> dict[str, Any]:
+    try:
+        return object_store.read_json(key)
+    except FileNotFoundError:
+        return {}
 
 
 def _metadata_if_kept(object_store: ObjectStore, contract: FeatureSetContract, build_id: str
@@ -153,21 +191,26 @@ class OnlineTarget:
 
 
 class RedisTarget(OnlineTarget):
-    def __init__(self, client: Any, plan: ViewPlan) -> None:
-        self.client, self.plan = client, plan
+    def __init__(self, client: Any, plan: ViewPlan, shard: Shard | None = None) -> None:
+        self.client, self.plan, self.shard = client, plan, shard
 
     def write(self, fs: Any, metadata: dict[str, Any], start: datetime, end: datetime,
               progress: Callable[[int], None]) -> int:
-        return engine.write_view(self.client, self.plan, engine.newest_rows(fs, metadata, self.plan), progress)
+        rows = engine.only_shard(self.plan, self.shard, engine.newest_rows(fs, metadata, self.plan))
+        return engine.write_view(self.client, self.plan, rows, progress)
 
     def delete(self, keys: Iterator[pa.Array]) -> int:
-        return engine.delete_view_fields(self.client, self.plan, keys)
+        return engine.delete_view_fields(self.client, self.plan, engine.only_shard_keys(self.plan, self.shard, keys))
 
     def holds(self, fs: Any, metadata: dict[str, Any]) -> bool:
         """Entities spread over the build are present with this build's newest event time: catches an emptied
         or replaced Redis, and one restored from an older snapshot (AOF/RDB) that holds older rows."""
         values, micros = _sample_newest(fs, metadata, self.plan.join_key, self.plan.timestamp_field,
-                                        PRESENCE_SAMPLE)
+                                        PRESENCE_SAMPLE * (self.shard.count if self.shard else 1))
+        if self.shard:
+            mine = self.shard.mask(self.plan.keys(values))
+            values = [v for v, keep in zip(values, mine, strict=True) if keep]
+            micros = [m for m, keep in zip(micros, mine, strict=True) if keep]
         pipe = self.client.pipeline(transaction=False)
         for key in self.plan.keys(values):
             pipe.hget(key, self.plan.ts_field)

@@ -121,11 +121,14 @@ def apply(settings: Settings, feature_sets: list[str] | None = None) -> dict[str
 
 
 def materialize(settings: Settings, incremental: bool = False, feature_views: list[str] | None = None,
-                progress: bool = False) -> list[dict[str, Any]]:
+                progress: bool = False, shard: str | None = None) -> list[dict[str, Any]]:
+    """``shard`` "I/N": only the entities of shard I of N (N processes load one view in parallel)."""
     from feature_platform import feast_bridge
+    from feature_platform.online.materialize import Shard
 
+    parsed = Shard.parse(shard) if shard else None
     return feast_bridge.materialize(settings, incremental=incremental, feature_views=feature_views,
-                                    progress=progress)
+                                    progress=progress, shard=parsed if parsed and parsed.count > 1 else None)
 
 
 def verify(settings: Settings, sample: int = 20, feature_views: list[str] | None = None) -> list[dict[str, Any]]:
@@ -267,8 +270,10 @@ def run_named_step(settings: Settings, step: str, feature_set: str, version: int
         return {"build_id": pointer["build_id"], "version": pointer["version"]}
     if step == "feast_apply":
         return apply(settings, feature_sets=[feature_set])
-    if step == "materialize":
-        return materialize(settings, incremental=True, feature_views=feature_views_of(settings, feature_set))
+    if step == "materialize":  # one view (version) per task, optionally one shard of it
+        views = ([settings.contracts().get(feature_set, version).feature_view_name] if version
+                 else feature_views_of(settings, feature_set))
+        return materialize(settings, incremental=True, feature_views=views, shard=inputs.get("shard"))
     if step == "verify_online":
         result = verify(settings, feature_views=feature_views_of(settings, feature_set))
         record_run(settings, feature_set, "success", run_id)

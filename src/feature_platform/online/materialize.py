@@ -87,6 +87,56 @@ def newest_rows(fs: Any, metadata: dict[str, Any], plan: ViewPlan) -> Iterator[p
     return _newest_unsorted(fs, path, plan.join_key, plan.timestamp_field, columns)
 
 
+SLOTS = 16384  # Redis Cluster hash slots
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the entities whose Redis key falls in the ``index``-th of ``count`` equal
+    ranges of Redis Cluster hash slots. Contiguous slot ranges: on a cluster, a shard writes to few nodes."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"I/N"`` with 0 <= I < N."""
+        index, _, count = text.partition("/")
+        if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+            raise ValueError(f"shard {text!r}: give I/N with 0 <= I < N, e.g. 0/4")
+        return cls(int(index), int(count))
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}-of-{self.count}"
+
+    def mask(self, keys: list[bytes]) -> np.ndarray:
+        from redis.crc import key_slot
+
+        slots = np.fromiter((key_slot(key) for key in keys), dtype=np.int64, count=len(keys))
+        return (slots * self.count // SLOTS) == self.index
+
+
+def only_shard(plan: ViewPlan, shard: Shard | None, batches: Iterator[pa.RecordBatch], column: str | None = None
+               ) -> Iterator[pa.RecordBatch]:
+    """The rows of ``batches`` whose entity belongs to ``shard`` (all of them without one)."""
+    for batch in batches:
+        if shard is None:
+            yield batch
+            continue
+        keys = plan.keys(batch.column(column or plan.join_key))
+        kept = batch.filter(pa.array(shard.mask(keys)))
+        if kept.num_rows:
+            yield kept
+
+
+def only_shard_keys(plan: ViewPlan, shard: Shard | None, arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
+    for array in arrays:
+        kept = array if shard is None else array.filter(pa.array(shard.mask(plan.keys(array))))
+        if len(kept):
+            yield kept
+
+
 def hset_commands(plan: ViewPlan, batch: pa.RecordBatch) -> tuple[list[bytes], list[list[bytes]]]:
     """The keys and, per field of ``plan.fields``, the value of each key: exactly what Feast's writer HSETs."""
     keys = plan.keys(batch.column(plan.join_key))
@@ -124,16 +174,44 @@ def write_view(client: Any, plan: ViewPlan, batches: Iterator[pa.RecordBatch], p
     cluster = is_cluster(client)
     for batch in batches:
         keys, columns = hset_commands(plan, batch)
-        if cluster:  # redis-py groups the commands by the node owning each key's slot
-            pipe = client.pipeline(transaction=False)
-            for index, key in enumerate(keys):
-                pipe.hset(key, mapping=dict(zip(fields, (column[index] for column in columns), strict=True)))
-            pipe.execute()
+        if cluster:
+            _write_cluster(client, fields, keys, columns)
         else:
             execute_packed(client, pack_hsets(fields, keys, columns), len(keys))
         written += batch.num_rows
         progress(batch.num_rows)
     return written
+
+
+def _write_cluster(client: Any, fields: list[bytes], keys: list[bytes], columns: list[list[bytes]]) -> None:
+    """Per master: the keys whose slot it owns, packed as RESP and sent on one connection (the single-node
+    path, once per node). A slot that moved meanwhile (MOVED/ASK during resharding): redis-py's cluster
+    pipeline, which follows redirections, writes the batch instead."""
+    from redis.crc import key_slot
+    from redis.exceptions import ResponseError
+
+    from feature_platform.online.reader import execute_packed
+
+    by_node: dict[str, list[int]] = {}
+    nodes: dict[str, Any] = {}
+    for index, key in enumerate(keys):
+        node = client.nodes_manager.get_node_from_slot(key_slot(key))
+        by_node.setdefault(node.name, []).append(index)
+        nodes[node.name] = node
+    try:
+        for name, indexes in by_node.items():
+            connection = client.get_redis_connection(nodes[name])
+            subset = [keys[i] for i in indexes]
+            execute_packed(connection, pack_hsets(fields, subset, [[column[i] for i in indexes] for column in columns]),
+                           len(subset))
+    except ResponseError as exc:
+        if not str(exc).startswith(("MOVED", "ASK")):
+            raise
+        client.nodes_manager.initialize()  # learn the new slot owners
+        pipe = client.pipeline(transaction=False)
+        for index, key in enumerate(keys):
+            pipe.hset(key, mapping=dict(zip(fields, (column[index] for column in columns), strict=True)))
+        pipe.execute()
 
 
 def departed_keys(fs: Any, new_metadata: dict[str, Any], old_metadatas: list[dict[str, Any]], join_key: str
