@@ -525,3 +525,27 @@ def test_images_are_built_from_the_lock_as_non_root() -> None:
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     assert "requirements.lock" in dockerfile and "USER 10001" in dockerfile
     assert "s3fs==" in (REPO / "requirements.lock").read_text()  # materialize needs it; no Feast extra has it
+
+
+def test_prod_can_point_at_a_redis_cluster_by_configuration(helm: str, tmp_path: Path) -> None:
+    """Seed nodes in the chart's redis.address and `cluster: true` in the environment contract: the pods get the
+    seed list, the contract validates, and Feast's config says redis_cluster."""
+    from feature_platform.environments import Settings
+    from feature_platform.feast_bridge import feature_store_config
+
+    seeds = ",".join(f"redis-cluster-{i}.redis-cluster-headless.feature-platform-prod.svc.cluster.local:6379"
+                     for i in range(3))
+    [deployment] = [o for o in render_chart(helm, "prod", set_values={"redis.address": seeds.replace(",", "\\,")})
+                    if o["kind"] == "Deployment"]
+    env = {v["name"]: v.get("value") for v in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FEATURE_PLATFORM_REDIS_ADDRESS"] == seeds
+    contracts = tmp_path / "contracts"
+    shutil.copytree(REPO / "contracts", contracts)
+    path = contracts / "environments" / "prod.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["online_store"].update({"cluster": True, "db": 0})
+    path.write_text(yaml.safe_dump(data))
+    settings = Settings.from_env({"FEATURE_PLATFORM_REDIS_ADDRESS": seeds}, contracts_dir=contracts,
+                                 home=tmp_path / "home", env_name="prod")
+    config = feature_store_config(settings, settings.environment())
+    assert config["online_store"]["redis_type"] == "redis_cluster"

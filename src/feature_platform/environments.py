@@ -226,7 +226,10 @@ def _check_isolation(envs: dict[str, EnvironmentContract], files: dict[str, str]
             "feast_project": env.feast_project,
             "object_store.uri": env.object_store.uri,
             "registry": registry.uri if isinstance(registry, FileRegistryConfig) else registry.url_env,
-            "online_store": (online.address_env, online.db) if isinstance(online, RedisConfig) else None,
+            # A cluster is never the same server as a standalone Redis: prod may move to a cluster (db 0) while
+            # dev keeps db 0 of its own Redis under the same variable name.
+            "online_store": (online.address_env, online.db, online.cluster) if isinstance(online, RedisConfig)
+            else None,
         }
 
     errors = []
