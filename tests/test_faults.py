@@ -236,6 +236,20 @@ def test_incremental_materialize_refills_an_emptied_or_rolled_back_redis(dev_set
     done = {d["feature_view"]: d["mode"] for d in pipeline.materialize(dev_settings, incremental=True)}
     assert done["customer_spend_v2"] == "full" and done["customer_spend_v1"] == "incremental"
 
+    # A load that never finished (its record still lists the build as pending): verify names the partial state,
+    # the next incremental run completes it.
+    from feature_platform.errors import FeastError
+    from feature_platform.materialization import marker_key, read_marker
+
+    store = pipeline.object_store(dev_settings, dev_settings.environment())
+    marker = read_marker(store, contract)
+    store.write_json_atomic(marker_key(contract), {**marker, "pending_build_ids": [marker["build_id"]]})
+    with pytest.raises(FeastError, match=r"customer_spend_v2: .*partial or mixed: a load of build\(s\) "):
+        pipeline.verify(dev_settings, feature_views=["customer_spend_v2"])
+    [done] = pipeline.materialize(dev_settings, incremental=True, feature_views=["customer_spend_v2"])
+    assert done["mode"] == "full"
+    pipeline.verify(dev_settings, feature_views=["customer_spend_v2"])
+
 
 # ----------------------------------------------------------------------------------------- the quality gate
 

@@ -199,7 +199,11 @@ def test_a_missing_shard_leaves_the_view_unrecorded(dev_settings, contracts_copy
     pipeline.materialize(settings, feature_views=["customer_profile_v1"], shard="0/2")
     assert read_marker(store, contract) == before  # shard 1 of 2 has not run: the new build is not claimed
     [check] = feast_bridge.verify(settings, feature_views=["customer_profile_v1"])
-    assert not check["ok"]
+    assert not check["ok"] and check["pending_build_ids"] == []  # the view's record is untouched meanwhile
+    from feature_platform.errors import FeastError
+
+    with pytest.raises(FeastError, match=f"registry serves build {built['build_id']}"):
+        pipeline.verify(settings, feature_views=["customer_profile_v1"])
     pipeline.materialize(settings, feature_views=["customer_profile_v1"], shard="1/2")
     marker = read_marker(store, contract)
     assert marker["shards"] == 2 and marker["build_id"] == built["build_id"]

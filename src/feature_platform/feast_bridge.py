@@ -693,6 +693,9 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
             results.append({
                 "feature_view": contract.feature_view_name, "build_id": build_id,
                 "materialized_build_id": materialized, "sampled": len(keys),
+                # A load started and not finished (killed, Redis down, shards missing): the store may hold a
+                # mix of builds until a run completes it.
+                "pending_build_ids": marker.get("pending_build_ids", []),
                 "missing": missing, "mismatches": mismatches[:5], "mismatch_count": len(mismatches),
                 "online_entities": online_count, "build_entities": build_count,
                 "absent_key_served": absent_row["status"] != "NOT_FOUND",

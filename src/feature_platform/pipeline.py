@@ -146,6 +146,8 @@ def verify(settings: Settings, sample: int = 20, feature_views: list[str] | None
                    "" if r["fresh"] else f"stale: newest online {r['newest_online']} older than ttl "
                                          f"{r['ttl_seconds']}s",
                    "" if r["materialized_build_id"] == r["build_id"] else
+                   f"partial or mixed: a load of build(s) {', '.join(r['pending_build_ids'])} did not finish; "
+                   "run `featurectl materialize` to complete it" if r.get("pending_build_ids") else
                    f"registry serves build {r['build_id']} but build {r['materialized_build_id']} was "
                    "completely materialized last; run `featurectl materialize`",
                    "" if r["online_entities"] == r["build_entities"] else
