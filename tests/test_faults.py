@@ -132,8 +132,7 @@ def test_a_long_holder_keeps_its_lease_and_a_lost_lease_is_fenced(s3_clean) -> N
         held.check()
         held._stop.set()  # a holder frozen (GC pause, network partition): no more renewals
         with s3_lock(uri, s3_clean.endpoint, timeout=period * 3, period=period) as successor:
-            held.lost = held.lost or "renewal stopped"
-            with pytest.raises(LeaseLost):
+            with pytest.raises(LeaseLost, match="not renewed"):  # it notices by itself on waking
                 held.check()
             successor.check()
     # The frozen holder's release ran after the successor's: nothing of either is left, nothing was stolen.
@@ -461,7 +460,7 @@ def test_infrastructure_failures_reach_the_cli_as_one_line(dev_settings, local_s
     assert "cannot create the lock file" in line and "materialize.lock" in line, line
 
 
-def test_lease_heartbeat_survives_a_slow_holder_in_threads(s3_clean) -> None:
+def test_threads_of_one_process_never_hold_a_lease_together(s3_clean) -> None:
     """Two threads of one process contend: exactly one holds at a time (the lease, not the GIL, decides)."""
     uri, inside, overlaps = "s3://feature-platform-dev/faults/threads.lock", [], []
     lock = threading.Lock()

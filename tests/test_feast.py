@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -244,61 +246,55 @@ def test_plain_feast_cli_works_on_the_generated_repo(dev_settings) -> None:
     assert rows[0]["conv_rate"] is not None
 
 
+@contextmanager
+def _http_process(settings, command: list[str], ready_path: str, what: str) -> Iterator[str]:
+    """Start an HTTP server process, wait until ``ready_path`` answers 200, yield its base URL, stop it."""
+    process = subprocess.Popen(command, env=_process_env(settings), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{command[command.index('--port') + 1]}"
+    try:
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(process.stderr.read()[-2000:])
+            with urllib.request.urlopen(url + ready_path, timeout=2) as response:
+                return response.status == 200
+
+        wait_until(ready, what, timeout=120)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def test_feast_ui_starts_on_the_generated_config(dev_settings) -> None:
     """`feast ui` (needs Feast's grpcio extra, in the lock) serves its page and the registry it shows."""
     seed_raw(dev_settings)
     pipeline.build_all(dev_settings)
     pipeline.apply(dev_settings)
     config = feast_bridge.write_feature_store_yaml(dev_settings, dev_settings.environment())
-    port = free_port()
     command = [str(Path(sys.executable).parent / "feast"), "-c", str(REPO / "feature_repo"), "-f", str(config),
-               "ui", "--host", "127.0.0.1", "--port", str(port)]
-    ui = subprocess.Popen(command, env=_process_env(dev_settings), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-    try:
-        def page() -> bool:
-            if ui.poll() is not None:
-                raise AssertionError(ui.stderr.read()[-2000:])
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
-                return response.status == 200
-
-        wait_until(page, "feast ui", timeout=120)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/feature_views/all", timeout=10) as response:
-            assert response.status == 200 and b"customer_spend_v2" in response.read()
-    finally:
-        ui.terminate()
-        ui.wait(timeout=30)
+               "ui", "--host", "127.0.0.1", "--port", str(free_port())]
+    with _http_process(dev_settings, command, "/", "feast ui") as url, \
+            urllib.request.urlopen(f"{url}/api/v1/feature_views/all", timeout=10) as response:
+        assert response.status == 200 and b"customer_spend_v2" in response.read()
 
 
 def test_feast_serve_answers_online_requests(dev_settings) -> None:
     """The HTTP feature server (featurectl serve) returns the same values as the SDK."""
     seed_raw(dev_settings)
     pipeline.run_loop(dev_settings)
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "featurectl"), "serve", "--port", str(port)]
-    server = subprocess.Popen(command, env=_process_env(dev_settings), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        def healthy() -> bool:
-            if server.poll() is not None:
-                raise AssertionError(server.stderr.read()[-2000:])
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                return response.status == 200
-
-        wait_until(healthy, "feast serve", timeout=90)
+    command = [str(Path(sys.executable).parent / "featurectl"), "serve", "--port", str(free_port())]
+    with _http_process(dev_settings, command, "/health", "feature server") as url:
         body = json.dumps({"features": ["customer_profile_v1:tier", "customer_profile_v1:country"],
                            "entities": {"customer_id": [1001, 1002]}}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/get-online-features", data=body,
+        request = urllib.request.Request(f"{url}/get-online-features", data=body,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             answer = json.loads(response.read())
-        names = answer["metadata"]["feature_names"]
-        tiers = answer["results"][names.index("tier")]["values"]
-        sdk = feast_bridge.read_online(dev_settings, "customer_profile", ["1001", "1002"])
-        assert tiers == [row["tier"] for row in sdk]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    names = answer["metadata"]["feature_names"]
+    tiers = answer["results"][names.index("tier")]["values"]
+    sdk = feast_bridge.read_online(dev_settings, "customer_profile", ["1001", "1002"])
+    assert tiers == [row["tier"] for row in sdk]
 
 
 def test_historical_reproduces_a_pinned_build(local_settings, tmp_path, capsys) -> None:

@@ -59,11 +59,17 @@ class Lease:
 
     uri: str
     etag: str = ""
+    period: float | None = None  # None: held until released (a local flock)
     lost: str | None = None
     renewals: int = 0
+    renewed_at: float = field(default_factory=time.monotonic)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def check(self) -> None:
+        """Raise when the heartbeat reported a takeover, or when the last renewal is a whole period old (a
+        holder paused or cut off: its lease may have lapsed and been taken, even if no beat could tell)."""
+        if not self.lost and self.period and time.monotonic() - self.renewed_at > self.period:
+            self.lost = f"not renewed for over {self.period:.0f}s"
         if self.lost:
             raise LeaseLost(f"lost the lease {self.uri}: {self.lost}; nothing more was written, re-run the command")
 
@@ -168,11 +174,10 @@ def _heartbeat(client: Any, bucket: str, key: str, body: bytes, etag: str, perio
     time (the store unreachable for a whole period: another writer may take it over)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    last_renewal = time.monotonic()
     while not handle._stop.wait(period / 3):
         try:
             etag = client.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=etag)["ETag"]
-            last_renewal = time.monotonic()
+            handle.renewed_at = time.monotonic()
             handle.renewals += 1
             handle.etag = etag
         except ClientError as exc:
@@ -181,7 +186,7 @@ def _heartbeat(client: Any, bucket: str, key: str, body: bytes, etag: str, perio
                 return
         except BotoCoreError:
             pass  # the store is unreachable: try again at the next beat
-        if time.monotonic() - last_renewal > period:
+        if time.monotonic() - handle.renewed_at > period:
             handle.lost = f"not renewed for {period}s (object store unreachable)"
             return
 
@@ -221,7 +226,7 @@ def s3_lock(uri: str, endpoint_url: str | None, timeout: float, period: int | No
     except (BotoCoreError, ConnectionError) as exc:
         raise StoreError(f"cannot reach the object store for the lock {uri}: {exc}; check "
                          "FEATURE_PLATFORM_S3_ENDPOINT_URL/network and re-run") from exc
-    handle = Lease(uri, etag)
+    handle = Lease(uri, etag, period)
     beat = threading.Thread(target=_heartbeat, args=(client, bucket, key, body, etag, period, handle),
                             name=f"lease-heartbeat {uri}", daemon=True)
     beat.start()
