@@ -235,11 +235,11 @@ def quality_gate(con: Any, contract: FeatureSetContract) -> tuple[list[str], dic
         if constraints.allowed_values is not None:
             allowed = ", ".join(_sql_literal(v) for v in constraints.allowed_values)
             bad, example = con.execute(
-                f'SELECT count(*), any_value("{name}") FROM built WHERE "{name}" NOT IN ({allowed})').fetchone()
+                f'SELECT count(*), min("{name}") FROM built WHERE "{name}" NOT IN ({allowed})').fetchone()
             if bad:
                 failures.append(f"column {name}: {bad} row(s) outside allowed_values (e.g. {example!r})")
     duplicates, example = con.execute(
-        f'SELECT count(*), any_value("{key}") FROM (SELECT "{key}" FROM built GROUP BY "{key}", "{ts}" '
+        f'SELECT count(*), min("{key}") FROM (SELECT "{key}" FROM built GROUP BY "{key}", "{ts}" '
         "HAVING count(*) > 1)").fetchone()
     if duplicates:
         failures.append(f"columns ({key}, {ts}): {duplicates} duplicate key(s) (e.g. {key}={example}); "
@@ -306,8 +306,10 @@ class GateStatistics:
             if constraints.allowed_values is not None:
                 bad = _outside(column, constraints.allowed_values)
                 count = int(pc.sum(bad).as_py() or 0)
-                if count and name not in self.outside_example:
-                    self.outside_example[name] = column.filter(bad)[0].as_py()
+                if count:  # the smallest offending value: the same example whatever the batch order
+                    smallest = pc.min(column.filter(bad)).as_py()
+                    seen = self.outside_example.get(name)
+                    self.outside_example[name] = smallest if seen is None else min(seen, smallest)
                 self.outside[name] = self.outside.get(name, 0) + count
         self._count_keys(batch)
 
@@ -332,8 +334,10 @@ class GateStatistics:
             starts = duplicate & ~before  # each duplicated (entity, time) group once, as GROUP BY would
             self.entities += int((~same_key).sum())
             found = int(starts.sum())
-            if found and self.duplicate_example is None:
-                self.duplicate_example = keys[int(np.flatnonzero(starts)[0]) + 1].as_py()
+            if found:  # the smallest duplicated key, as the scan's min() reports it
+                smallest = pc.min(keys[1:].filter(pa.array(starts))).as_py()
+                seen = self.duplicate_example
+                self.duplicate_example = smallest if seen is None else min(seen, smallest)
             self.duplicates += found
             self._last_was_duplicate = bool(duplicate[-1])
         self._last = (keys[len(keys) - 1:], stamps[len(stamps) - 1:])
