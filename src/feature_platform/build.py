@@ -478,9 +478,50 @@ def _transform_to_file(raw: ObjectStore, snapshot: list[dict[str, Any]], contrac
                 rows += batch.num_rows
                 progress(f"{contract.name} v{contract.version}: {rows:,} rows written")
         failures, stats = gate.result()
+        if rows:
+            con.execute(f"SET threads = {execution_threads(con, 'SELECT 1')}")
+            con.register("built", ds.dataset(str(target), format="parquet"))
+            add_profile(stats, profile_columns(con, contract))
         return {"rows": rows, "threads": threads, "gate": {"failures": failures, "stats": stats}}
     finally:
         con.close()
+
+
+QUANTILES = [i / 100 for i in range(101)]  # percentiles: drift (PSI) is computed between two builds' percentiles
+TOP_VALUES = 20  # categories kept per string/bool feature (the rest count as "other")
+
+
+def profile_columns(con: Any, contract: FeatureSetContract) -> dict[str, dict[str, Any]]:
+    """The distribution summary `featurectl monitor` compares between builds, per feature, over the relation
+    ``built``: numbers (and timestamps, as epoch seconds) get mean, stddev and percentiles; strings and bools
+    their most frequent values with counts. Exact and deterministic (same build, same summary)."""
+    profile: dict[str, dict[str, Any]] = {}
+    for feature in contract.features:
+        name = f'"{feature.name}"'
+        if feature.dtype in ("string", "bool"):
+            top = con.execute(f"SELECT CAST({name} AS VARCHAR) AS v, count(*) AS c FROM built WHERE {name} IS NOT NULL "
+                              f"GROUP BY v ORDER BY c DESC, v LIMIT {TOP_VALUES}").fetchall()
+            total, distinct = con.execute(f"SELECT count({name}), count(DISTINCT {name}) FROM built").fetchone()
+            profile[feature.name] = {"kind": "categorical", "values": total, "distinct_count": distinct,
+                                     "top_values": [[value, count] for value, count in top]}
+            continue
+        value = f"epoch({name})" if feature.dtype == "timestamp" else f"CAST({name} AS DOUBLE)"
+        finite = f"WHERE {name} IS NOT NULL" + (f" AND isfinite({name})" if feature.dtype in FLOAT_DTYPES else "")
+        count, mean, stddev, quantiles = con.execute(
+            f"SELECT count(*), avg(v), stddev_samp(v), quantile_disc(v, {QUANTILES}) "
+            f"FROM (SELECT {value} AS v FROM built {finite})").fetchone()
+        profile[feature.name] = {"kind": "numeric", "values": count, "mean": _finite(mean),
+                                 "stddev": _finite(stddev), "quantiles": [float(q) for q in quantiles or []]}
+    return profile
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def add_profile(stats: dict[str, Any], profile: dict[str, dict[str, Any]]) -> None:
+    for name, summary in profile.items():
+        stats["columns"].setdefault(name, {})["profile"] = summary
 
 
 def _naive_timestamp_columns(source: Any, contract: FeatureSetContract, raw: ObjectStore) -> list[str]:
@@ -548,6 +589,8 @@ def check_quality(contract: FeatureSetContract, store: ObjectStore, build_id: st
             con.register("built", ds.dataset(store.path(f"{prefix}/{DATA_FILE}"), format="parquet",
                                              filesystem=store.fs))
             failures, stats = quality_gate(con, contract)
+            if stats.get("row_count"):
+                add_profile(stats, profile_columns(con, contract))
         finally:
             con.close()
     failures += _future_events(contract, stats, future_tolerance)

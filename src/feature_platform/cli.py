@@ -298,6 +298,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from feature_platform import pipeline
+
+    result = pipeline.monitor(_settings(args), args.feature_set or None,
+                              report_dir=Path(args.report_dir) if args.report_dir else None,
+                              publish=args.publish, fail_on_breach=False)
+    if args.json:
+        _print_json(result)
+    else:
+        for view in result["views"]:
+            print(f"{'ok    ' if view['ok'] else 'BREACH'} {view['feature_view']}: build {view['build_id']}, "
+                  f"{view['row_count']:,} rows, newest event {view['event_time_max']}")
+            for breach in view["breaches"]:
+                print(f"         {breach}")
+        print(f"report: {result['report']['html']}")
+    return 0 if all(view["ok"] for view in result["views"]) else 1
+
+
 def serve_command(settings: Any, host: str, port: int) -> list[str]:
     """`feast serve` on the generated config. The registry is refreshed in the background every cache TTL, never
     on the request path, and the server never applies: it only reads what `featurectl apply` registered."""
@@ -549,6 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(handler=cmd_verify)
 
+    p = commands.add_parser("monitor", help="freshness, volume, null rate and drift per view vs the previous build; "
+                                            "exit 1 on a breach (writes monitor.{json,md,html,prom})")
+    p.add_argument("feature_set", nargs="*", help="feature sets (default: all)")
+    p.add_argument("--report-dir", help="where the report goes (default: <home>/<env>/monitor/<feature set|all>)")
+    p.add_argument("--publish", action="store_true", help="also copy the report into the object store (_monitor/)")
+    _add_common(p)
+    p.set_defaults(handler=cmd_monitor)
+
     p = commands.add_parser("serve", help="run the feature server (Feast's HTTP API) for the environment")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=6566)
@@ -568,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("step", help="run one orchestrated step (what each Airflow task runs in a pod)")
     p.add_argument("step", choices=["validate_contract", "build", "quality_gate", "write_version", "promote_latest",
-                                     "feast_apply", "materialize", "verify_online"])
+                                     "feast_apply", "materialize", "verify_online", "monitor"])
     p.add_argument("feature_set")
     p.add_argument("--version", type=lambda v: int(v.lstrip("v")))
     p.add_argument("--staged", help="JSON result of the build step")

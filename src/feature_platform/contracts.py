@@ -67,12 +67,24 @@ class Constraints(StrictModel):
         return self
 
 
+class FeatureMonitoring(StrictModel):
+    """Per-feature overrides of the feature set's monitoring thresholds."""
+
+    drift_threshold: float | None = Field(default=None, gt=0, description="PSI (numbers) or largest category "
+                                          "share change (strings, bools) above which the feature has drifted")
+    max_null_rate_increase: float | None = Field(default=None, ge=0, le=1)
+    ignore_drift: bool = False
+
+
 class Feature(StrictModel):
     name: SafeName
     dtype: DType
     description: str = Field(min_length=1)
     nullable: bool = True
     constraints: Constraints | None = None
+    pii: bool = Field(default=False, description="personal data: masked in exports and training sets unless the "
+                                                 "reader's team is in access.pii_readers")
+    monitoring: FeatureMonitoring | None = None
 
     @model_validator(mode="after")
     def _constraints_fit_dtype(self) -> Feature:
@@ -127,6 +139,44 @@ class Source(StrictModel):
         return sql
 
 
+TeamName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+
+
+class Access(StrictModel):
+    """Who may read the feature set (Feast ``Permission`` objects are derived from this)."""
+
+    team: TeamName | None = Field(default=None, description="owning team; default: the owner's e-mail local part")
+    readers: list[TeamName] = Field(default_factory=list, description="teams that may read (online and offline)")
+    pii_readers: list[TeamName] = Field(default_factory=list, description="teams that see PII features unmasked "
+                                                                          "(must also be readers or the owner)")
+
+
+class Monitoring(StrictModel):
+    """Thresholds of `featurectl monitor` for this feature set (defaults in parentheses)."""
+
+    max_staleness: str | None = Field(default=None, description="newest event time older than this is stale "
+                                                                "(the ttl)")
+    max_null_rate_increase: float = Field(default=0.05, ge=0, le=1, description="null share rise vs the "
+                                                                                "previous build (0.05)")
+    drift_threshold: float = Field(default=0.2, gt=0, description="PSI for numbers (0.2)")
+    category_share_threshold: float = Field(default=0.1, gt=0, le=1, description="largest category share change "
+                                                                                 "for strings and bools (0.1)")
+    max_row_count_change: float = Field(default=0.5, gt=0, description="relative row count change (0.5)")
+
+    @field_validator("max_staleness")
+    @classmethod
+    def _staleness_is_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+
+def _team_of(owner: str) -> str:
+    """payments-ml@example.com -> payments-ml (the default owning team)."""
+    local = owner.split("@", 1)[0].strip().lower()
+    return re.sub(r"[^a-z0-9_.-]+", "-", local).strip("-.") or "owners"
+
+
 class FeatureSetContract(StrictModel):
     kind: Literal["FeatureSet"]
     name: SafeName
@@ -141,6 +191,11 @@ class FeatureSetContract(StrictModel):
     # version has its own feature service (<name>_v<N>), so a breaking version never reaches pinned models.
     latest_alias: bool = False
     pii: bool
+    # Lifecycle (ODCS's status): a retired version is no longer built, applied or served; its file stays (the
+    # lock keeps released versions) and `featurectl apply` removes its Feast objects, recorded in the audit log.
+    status: Literal["active", "deprecated", "retired"] = "active"
+    access: Access = Field(default_factory=Access)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
     tags: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")], str] = Field(default_factory=dict)
     source: Source
     features: list[Feature] = Field(min_length=1)
@@ -173,9 +228,39 @@ class FeatureSetContract(StrictModel):
             seen.add(feature.name)
         return features
 
+    @model_validator(mode="after")
+    def _pii_readers_can_read(self) -> FeatureSetContract:
+        allowed = {self.owner_team, *self.access.readers}
+        outsiders = [t for t in self.access.pii_readers if t not in allowed]
+        if outsiders:
+            raise ValueError(f"access.pii_readers: {', '.join(outsiders)} may not read this feature set at all; "
+                             "add them to access.readers")
+        return self
+
     @property
     def ttl_seconds(self) -> int:
         return parse_duration(self.ttl)
+
+    @property
+    def owner_team(self) -> str:
+        return self.access.team or _team_of(self.owner)
+
+    @property
+    def reader_teams(self) -> list[str]:
+        return sorted({self.owner_team, *self.access.readers})
+
+    @property
+    def pii_features(self) -> list[str]:
+        """Features masked for readers outside pii_readers: the ones marked ``pii: true``; a feature set marked
+        ``pii: true`` without per-feature marks treats every feature as personal data."""
+        marked = [f.name for f in self.features if f.pii]
+        if marked:
+            return marked
+        return [f.name for f in self.features] if self.pii else []
+
+    @property
+    def retired(self) -> bool:
+        return self.status == "retired"
 
     @property
     def version_label(self) -> str:
@@ -447,8 +532,8 @@ class ContractSet:
         if not versions:
             known = ", ".join(self.names()) or "none"
             raise ContractError(str(self.root), "", f"no feature set named {name!r}; known: {known}")
-        if version is None:
-            return versions[-1]
+        if version is None:  # the newest live version (a retired newest one only if all are retired)
+            return (self.live_versions(name) or versions)[-1]
         for contract in versions:
             if contract.version == version:
                 return contract
@@ -456,10 +541,19 @@ class ContractSet:
         raise ContractError(str(self.root), "", f"{name} has no version v{version}; have {have}")
 
     def latest_versions(self) -> list[FeatureSetContract]:
-        return [self.versions(name)[-1] for name in self.names()]
+        """The newest live version of each feature set (a set whose versions are all retired has none)."""
+        return [live[-1] for name in self.names() if (live := self.live_versions(name))]
 
     def all(self) -> list[FeatureSetContract]:
+        """Every version, retired ones included (the lock and the audit know them)."""
         return [self.feature_sets[k] for k in sorted(self.feature_sets)]
+
+    def live(self) -> list[FeatureSetContract]:
+        """The versions that are built, applied, materialized and served: all but retired ones."""
+        return [c for c in self.all() if not c.retired]
+
+    def live_versions(self, name: str) -> list[FeatureSetContract]:
+        return [c for c in self.versions(name) if not c.retired]
 
 
 def _is_feature_set_file(relative: str) -> bool:
@@ -647,9 +741,13 @@ def diff_contracts(old: FeatureSetContract, new: FeatureSetContract) -> list[Cha
             changes.append(Change(after.nullable, f"feature {name} nullable {before.nullable} -> {after.nullable}"))
         if before.description != after.description or before.constraints != after.constraints:
             changes.append(Change(False, f"feature {name} description or constraints changed"))
+        if before.pii != after.pii or before.monitoring != after.monitoring:
+            changes.append(Change(False, f"feature {name} pii flag or monitoring thresholds changed"))
     if (old.description, old.owner, old.tags, old.pii, old.online) != (
             new.description, new.owner, new.tags, new.pii, new.online):
         changes.append(Change(False, "documentation, owner, tags, pii or online flag changed"))
+    if (old.access, old.monitoring, old.status) != (new.access, new.monitoring, new.status):
+        changes.append(Change(False, "access (teams), monitoring thresholds or status changed"))
     if old.transform_hash != new.transform_hash:
         changes.append(Change(False, "source table or SQL changed (rows may differ; schema is checked at build)"))
     return changes

@@ -6,7 +6,7 @@ no network); every heavy import happens inside the task when it runs.
 Per DAG, for each contract version ``vN``::
 
     validate_contract >> vN.build >> vN.quality_gate >> vN.write_version >> vN.promote_latest
-        >> feast_apply >> materialize.vN (one task per view; mapped over shards "I/N") >> verify_online
+        >> feast_apply >> materialize.vN (one task per view; mapped over shards "I/N") >> verify_online >> monitor
 
 Airflow-native: promote publishes an Asset per feature view's offline build and materialize one per view's online
 table (``feature-platform://<env>/<view>/offline|online``), so training DAGs schedule on fresh features; the
@@ -293,6 +293,7 @@ def build_dag(config: DagConfig, env: EnvironmentContract, feature_set: str,
         validate = operator("validate_contract", None)
         apply = operator("feast_apply", None)
         verify = operator("verify_online", None)
+        verify >> operator("monitor", None)  # a breach fails this task, which notifies like any failure
         for contract in versions:
             with TaskGroup(group_id=contract.version_label):
                 offline = [_asset(offline_asset_name(env.name, contract.feature_view_name))]
@@ -325,6 +326,8 @@ STEP_DOCS = {
     "feast_apply": "Applies the feature views and services to the Feast registry (one writer at a time).",
     "materialize": "Loads the newest values into the online store and publishes the online Assets.",
     "verify_online": "Reads back sampled entities and compares them with the build.",
+    "monitor": "Freshness, volume, null rate and drift vs the previous build; fails on a breach (report in the "
+               "object store under _monitor/).",
 }
 
 
@@ -347,8 +350,8 @@ def build_dags(config: DagConfig | None = None) -> dict[str, Any]:
     config = config or DagConfig.from_env()
     contracts: ContractSet = load_contracts(config.settings.contracts_dir)
     env = load_environment(config.settings.contracts_dir, config.settings.env_name)
-    return {f"{DAG_PREFIX}{name}": build_dag(config, env, name, contracts.versions(name))
-            for name in contracts.names()}
+    return {f"{DAG_PREFIX}{name}": build_dag(config, env, name, contracts.live_versions(name))
+            for name in contracts.names() if contracts.live_versions(name)}  # all versions retired: no DAG
 
 
 def write_xcom(value: Any, path: Path = Path("/airflow/xcom/return.json")) -> None:

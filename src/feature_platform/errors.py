@@ -92,6 +92,20 @@ class LockTimeout(PlatformError):
     """Another writer holds the registry lock for too long."""
 
 
+class MonitorBreach(PlatformError):
+    """A monitored figure (freshness, volume, null rate, drift) crossed its threshold; names each one."""
+
+
+class AccessDenied(PlatformError):
+    """The caller's team may not read a feature view (or see its PII unmasked)."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status  # HTTP: 401 without a valid identity, 403 with one that is not allowed
+
+
 def describe_failure(exc: BaseException) -> str:
     """One line for a failure the platform did not raise on purpose: which resource, and what to do."""
     import errno

@@ -249,7 +249,7 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
     entities: dict[str, Any] = {}
     views: dict[str, Any] = {}
     missing = []
-    selected = [c for c in contracts.all() if not feature_sets or c.name in feature_sets]
+    selected = [c for c in contracts.live() if not feature_sets or c.name in feature_sets]
     for contract in selected:
         e = contract.entity
         if e.name not in entities:
@@ -433,7 +433,7 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
 
     env = env or settings.environment()
     contracts = settings.contracts()
-    selected = [c for c in contracts.all()
+    selected = [c for c in contracts.live()
                 if c.online and (not feature_views or c.feature_view_name in feature_views)]
     settings.writable_contracts(env, selected)
     store = open_store(settings, env)
@@ -661,7 +661,7 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
     object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
     now = now or datetime.now(UTC)
     results = []
-    selected = [c for c in contracts.all()
+    selected = [c for c in contracts.live()
                 if c.online and (not feature_views or c.feature_view_name in feature_views)]
     with feast_process_environment(settings):
         registered = check_registry_matches(store, selected)

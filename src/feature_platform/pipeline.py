@@ -91,7 +91,7 @@ def build_and_promote(settings: Settings, feature_set: str, version: int | None 
 def build_all(settings: Settings, run_id: str | None = None, progress: Progress = _quiet) -> list[dict[str, Any]]:
     """Build and promote every version of every feature set (the feature-set pointer names the newest version's
     build whatever the order)."""
-    return [build_and_promote(settings, c.name, c.version, run_id, progress) for c in settings.contracts().all()]
+    return [build_and_promote(settings, c.name, c.version, run_id, progress) for c in settings.contracts().live()]
 
 
 def versions(settings: Settings, feature_set: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
@@ -157,6 +157,31 @@ def verify(settings: Settings, sample: int = 20, feature_views: list[str] | None
             reasons.append(f"{r['feature_view']}: " + ", ".join(w for w in why if w))
         raise FeastError("offline/online verification failed: " + "; ".join(reasons))
     return results
+
+
+def monitor(settings: Settings, feature_sets: list[str] | None = None, report_dir: Path | None = None,
+            publish: bool = False, fail_on_breach: bool = True) -> dict[str, Any]:
+    """Monitor the views, write monitor.{json,md,html} (and Prometheus gauges), then raise MonitorBreach if a
+    threshold was crossed: the report is written either way."""
+    from feature_platform import monitoring
+
+    env = settings.environment()
+    reports = monitoring.monitor(settings, feature_sets)
+    scope = feature_sets[0] if feature_sets and len(feature_sets) == 1 else None
+    directory = report_dir or settings.env_home(env) / "monitor" / (scope or "all")
+    paths = monitoring.write_report(reports, env.name, directory)
+    metrics = monitoring.prometheus_text(reports, env.name)
+    (directory / "monitor.prom").write_text(metrics)  # the node exporter's textfile collector format
+    published = monitoring.publish_report(object_store(settings, env), paths, scope) if publish else []
+    gateway = settings.values.get("FEATURE_PLATFORM_PUSHGATEWAY")
+    if gateway:
+        monitoring.push_metrics(metrics, gateway, env.name)
+    result = {"views": [r.as_dict() for r in reports], "report": {k: str(v) for k, v in paths.items()},
+              "published": published}
+    error = monitoring.breach_error(reports)
+    if error is not None and fail_on_breach:
+        raise error
+    return result
 
 
 def _run_record_path(settings: Settings, env: EnvironmentContract, feature_set: str) -> Path:
@@ -248,7 +273,7 @@ def step_write_version(settings: Settings, feature_set: str, version: int, stage
 
 
 def feature_views_of(settings: Settings, feature_set: str) -> list[str]:
-    return [c.feature_view_name for c in settings.contracts().versions(feature_set)]
+    return [c.feature_view_name for c in settings.contracts().live_versions(feature_set)]
 
 
 STEPS = STEP_NAMES
@@ -280,6 +305,8 @@ def run_named_step(settings: Settings, step: str, feature_set: str, version: int
         result = verify(settings, feature_views=feature_views_of(settings, feature_set))
         record_run(settings, feature_set, "success", run_id)
         return result
+    if step == "monitor":
+        return monitor(settings, [feature_set], publish=True)
     raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
 
 

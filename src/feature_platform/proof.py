@@ -118,7 +118,7 @@ def check_store(settings: Settings, env: EnvironmentContract) -> tuple[str, list
             return FAIL, [*evidence, str(exc)]
         listed = builds.list_builds(store, name)
         unfinished = [b["build_id"] for b in listed if not b["complete"]]
-        for contract in contracts.versions(name):
+        for contract in contracts.live_versions(name):
             pointer = builds.read_pointer(store, name, contract.version_label)
             metadata = builds.read_metadata(store, contract, pointer["build_id"])
             if not metadata.get("schema_hash") or not metadata.get("generated_at"):
@@ -157,7 +157,7 @@ def check_registry(settings: Settings, env: EnvironmentContract) -> tuple[str, l
         evidence.append(f"registry object present at {location}")
     store = feast_bridge.open_store(settings, env)
     with feast_bridge.feast_process_environment(settings):
-        views = feast_bridge.check_registry_matches(store, settings.contracts().all())
+        views = feast_bridge.check_registry_matches(store, settings.contracts().live())
     evidence.append(f"{len(views)} feature views registered, schema_hash equal to the contracts")
     return PASS, evidence
 

@@ -38,7 +38,10 @@ def check_server(url: str, contracts: ContractSet) -> list[str]:
         return [f"{url}/health answered HTTP {status}"]
     problems = []
     for name in contracts.names():
-        contract = contracts.versions(name)[-1]
+        live = contracts.live_versions(name)
+        if not live or not live[-1].online:
+            continue
+        contract = live[-1]
         if not contract.online:
             continue
         features = [f"{contract.feature_view_name}:{f.name}" for f in contract.features]
