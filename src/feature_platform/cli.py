@@ -132,6 +132,33 @@ def cmd_contracts_lock(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_contracts_export(args: argparse.Namespace) -> int:
+    """Every contract version as an ODCS document, validated against the standard's schema before writing."""
+    import yaml
+
+    from feature_platform import odcs
+    from feature_platform.environments import load_environments
+
+    settings = _settings(args)
+    contracts = settings.contracts()
+    environments = [e for name, e in sorted(load_environments(settings.contracts_dir).items())
+                    if not args.env or name == args.env]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    problems, written = [], []
+    for contract in contracts.all():
+        document = odcs.to_odcs(contract, environments)
+        errors = odcs.validate(document)
+        problems += [f"{contract.feature_view_name}: {e}" for e in errors]
+        path = out / f"{contract.feature_view_name}.odcs.yaml"
+        if not errors:
+            path.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+            written.append(str(path))
+    for line in written:
+        print(f"wrote {line}")
+    return _report(problems, f"{len(written)} ODCS {odcs.API_VERSION} document(s) valid", 2)
+
+
 def cmd_contracts_schema(args: argparse.Namespace) -> int:
     from feature_platform.contracts import json_schema
 
@@ -273,8 +300,9 @@ def cmd_historical(args: argparse.Namespace) -> int:
     entity_df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     if "event_timestamp" in entity_df:
         entity_df["event_timestamp"] = pd.to_datetime(entity_df["event_timestamp"], utc=True)
-    frame, provenance = historical(_settings(args), entity_df, args.feature_set, version=args.version,
-                                   build_id=args.build)
+    settings = _settings(args)
+    frame, provenance = historical(settings, entity_df, args.feature_set, version=args.version,
+                                   build_id=args.build, caller=_caller(settings, args))
     if args.out:
         frame.to_parquet(args.out, index=False)
         Path(str(args.out) + ".provenance.json").write_text(json.dumps(provenance, indent=2))
@@ -282,6 +310,66 @@ def cmd_historical(args: argparse.Namespace) -> int:
     else:
         print(frame.to_string(index=False))
     print(json.dumps(provenance), file=sys.stderr)
+    return 0
+
+
+def _caller(settings: Any, args: argparse.Namespace) -> Any:
+    from feature_platform.governance import caller_from_cli
+
+    return caller_from_cli(settings, settings.environment(), team=args.team, token=args.token)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from feature_platform import pipeline
+
+    settings = _settings(args)
+    frame, provenance = pipeline.export(settings, args.feature_set, version=args.version, build_id=args.build,
+                                        caller=_caller(settings, args))
+    out = Path(args.out)
+    frame.to_csv(out, index=False) if out.suffix == ".csv" else frame.to_parquet(out, index=False)
+    Path(str(out) + ".provenance.json").write_text(json.dumps(provenance, indent=2))
+    hidden = provenance["pii_masked"] + provenance["pii_dropped"]
+    print(f"wrote {len(frame)} rows of {provenance['feature_set']} {provenance['version']} build "
+          f"{provenance['build_id']} to {out}" + (f" (PII masked or dropped: {', '.join(hidden)})" if hidden else ""))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from feature_platform import audit
+
+    settings = _settings(args)
+    env = settings.environment()
+    if args.feature_set:
+        settings.contracts().get(args.feature_set)  # a clear error for an unknown name
+    entries = audit.read(settings, env, args.feature_set)
+    if args.json:
+        _print_json(entries)
+        return 0
+    for entry in entries:
+        print(f"{entry['at']}  {entry['action']:9} {entry['actor']}  commit {entry['contracts_commit'][:12]}  "
+              f"{', '.join(entry['feature_sets'])}")
+        for change in entry["changes"]:
+            if args.feature_set and change.get("feature_set") not in (args.feature_set, None):
+                continue
+            detail = "; ".join(change.get("detail") or [])
+            print(f"    {change['change']:20} {change['kind']:15} {change['object']:32} "
+                  f"{change['classification']}" + (f": {detail}" if detail else ""))
+    if not entries:
+        print(f"no audit entries for {args.feature_set or 'any feature set'} in {env.name}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from feature_platform.contracts import parse_duration
+    from feature_platform.errors import ConfigError
+    from feature_platform.governance import issue_token, token_key
+
+    settings = _settings(args)
+    env = settings.environment()
+    key = token_key(settings, env)
+    if key is None:
+        raise ConfigError(f"{env.name} has no access.token_key_env: it signs no tokens (access there is by --team)")
+    print(issue_token(key, args.team, args.subject, parse_duration(args.ttl)))
     return 0
 
 
@@ -361,9 +449,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_server(args: argparse.Namespace) -> int:
+    from feature_platform.governance import platform_token
     from feature_platform.online.check import check_server
 
-    problems = check_server(args.url, _settings(args).contracts())
+    settings = _settings(args)
+    problems = check_server(args.url, settings.contracts(),
+                            platform_token(settings, settings.environment(), "check-server"))
     for problem in problems:
         print(f"FAIL {problem}", file=sys.stderr)
     if not problems:
@@ -468,6 +559,12 @@ def _add_common(parser: argparse.ArgumentParser, env: bool = True) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
 
 
+def _add_identity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--team", help="your team, where the environment signs no tokens "
+                                       "(default $FEATURE_PLATFORM_TEAM)")
+    parser.add_argument("--token", help="your team token (default $FEATURE_PLATFORM_TOKEN)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="featurectl", description="feature-platform: contracts -> builds -> Feast -> online reads.")
@@ -495,6 +592,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lock", help="record new versions' schema_hash in contracts.lock (never rewrites one)")
     _add_common(p, env=False)
     p.set_defaults(handler=cmd_contracts_lock)
+    p = sub.add_parser("export", help="write each contract version as an Open Data Contract Standard document")
+    p.add_argument("--format", choices=["odcs"], default="odcs")
+    p.add_argument("--out", default="odcs", help="directory for <view>.odcs.yaml (default ./odcs)")
+    p.add_argument("--env", help="only this environment's server entry (default: every environment)")
+    p.add_argument("--contracts", help="contracts directory (default: $FEATURE_PLATFORM_CONTRACTS or ./contracts)")
+    p.set_defaults(handler=cmd_contracts_export)
     p = sub.add_parser("schema", help="print the JSON Schema of the contract format")
     p.set_defaults(handler=cmd_contracts_schema, json=True)
 
@@ -559,8 +662,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=lambda v: int(v.lstrip("v")), help="contract version (default: newest)")
     p.add_argument("--build", help="pin a build id to reproduce a training set exactly")
     p.add_argument("--out", help="write Parquet here (plus <out>.provenance.json)")
+    _add_identity(p)
     _add_common(p)
     p.set_defaults(handler=cmd_historical)
+
+    p = commands.add_parser("export", help="write a build's rows to Parquet or CSV (PII masked unless allowed)")
+    p.add_argument("feature_set")
+    p.add_argument("--version", type=lambda v: int(v.lstrip("v")), help="contract version (default: newest)")
+    p.add_argument("--build", help="build id (default: the version's latest)")
+    p.add_argument("--out", required=True, help="file.parquet or file.csv (plus <out>.provenance.json)")
+    _add_identity(p)
+    _add_common(p)
+    p.set_defaults(handler=cmd_export)
+
+    p = commands.add_parser("audit", help="the append-only log of definition changes (applies, rollbacks, "
+                                          "retirements)")
+    p.add_argument("feature_set", nargs="?")
+    _add_common(p)
+    p.set_defaults(handler=cmd_audit)
+
+    p = commands.add_parser("token", help="issue a team token (needs the environment's token key)")
+    p.add_argument("--team", required=True)
+    p.add_argument("--subject", help="who holds it (default: the team)")
+    p.add_argument("--ttl", default="30d", help="lifetime (default 30d)")
+    _add_common(p)
+    p.set_defaults(handler=cmd_token)
 
     p = commands.add_parser("verify", help="check online values equal the offline latest and are fresh")
     p.add_argument("--sample", type=int, default=20, help="entities sampled per feature view")

@@ -151,6 +151,25 @@ class QualityConfig(StrictModel):
         description="event timestamps later than now plus this are refused by the quality gate (clock skew slack)")
 
 
+class AccessConfig(StrictModel):
+    """Who may read (see governance.py). Secrets are named, never written."""
+
+    default: Literal["allow", "deny"] = Field(
+        default="allow", description="allow: every caller reads every view (an open dev); deny: only the teams a "
+                                     "contract names (prod)")
+    token_key_env: EnvVarName | None = Field(
+        default=None, description="variable holding the key that signs team tokens (HS256); required by deny")
+    pii_key_env: EnvVarName | None = Field(
+        default=None, description="variable holding the HMAC key that masks PII in exports; without it PII "
+                                  "features are dropped from exports")
+
+    @model_validator(mode="after")
+    def _deny_needs_identities(self) -> AccessConfig:
+        if self.default == "deny" and not self.token_key_env:
+            raise ValueError("default: deny needs token_key_env (callers must prove their team)")
+        return self
+
+
 class EnvironmentContract(StrictModel):
     kind: Literal["Environment"]
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -164,6 +183,7 @@ class EnvironmentContract(StrictModel):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     materialization: MaterializationConfig = Field(default_factory=MaterializationConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
     # Released versions are always immutable; this also refuses versions missing from contracts.lock (dev and
     # prod deploy from Git, where CI locks every version; `local` lets authors try a version before locking it).
     require_locked_contracts: bool = False

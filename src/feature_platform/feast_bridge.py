@@ -187,9 +187,10 @@ class Definitions:
     entities: list[Any]
     feature_views: list[Any]
     feature_services: list[Any]
+    permissions: list[Any]  # who may read (governance.permissions)
 
     def all(self) -> list[Any]:
-        return [*self.entities, *self.feature_views, *self.feature_services]
+        return [*self.entities, *self.feature_views, *self.feature_services, *self.permissions]
 
 
 def definition_hash(contract: FeatureSetContract, pointer: dict[str, Any]) -> str:
@@ -280,7 +281,10 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
                                 owner=c.owner)
                  for c in contracts.latest_versions()
                  if c.latest_alias and c.feature_view_name in views and (not feature_sets or c.name in feature_sets)]
-    return Definitions(list(entities.values()), list(views.values()), services)
+    from feature_platform.governance import permissions
+
+    served = [c for c in selected if c.feature_view_name in views]
+    return Definitions(list(entities.values()), list(views.values()), services, permissions(env, contracts, served))
 
 
 # ------------------------------------------------------------------------------------------------------ apply
@@ -317,10 +321,14 @@ def apply(settings: Settings, env: EnvironmentContract | None = None,
           feature_sets: list[str] | None = None) -> ApplyResult:
     """Register the contracts' Feast objects (all, or only ``feature_sets``: a per-feature-set DAG owns just its
     own); never deletes anything. A no-op when nothing changed. Serialized per environment."""
+    from feature_platform import audit
+    from feature_platform.governance import permission_fingerprint
+
     env = env or settings.environment()
     contracts = settings.contracts()
     settings.writable_contracts(env, [c for c in contracts.all() if not feature_sets or c.name in feature_sets])
     wanted = definitions(settings, env, contracts, feature_sets=feature_sets)
+    retired = [c for c in contracts.all() if c.retired and (not feature_sets or c.name in feature_sets)]
     store = open_store(settings, env)
     with registry_lock(settings, env) as held, feast_process_environment(settings):
         existing = registered_views(store)
@@ -329,18 +337,77 @@ def apply(settings: Settings, env: EnvironmentContract | None = None,
         services = {fs.name: fs for fs in store.registry.list_feature_services(store.project, allow_cache=False)}
         missing_services = [fs.name for fs in wanted.feature_services
                             if fs.name not in services or _service_views(services[fs.name]) != _service_views(fs)]
-        if changed or missing_services:
+        granted = {p.name: p for p in store.registry.list_permissions(store.project, allow_cache=False)}
+        new_permissions = [p.name for p in wanted.permissions
+                           if p.name not in granted or permission_fingerprint(granted[p.name])
+                           != permission_fingerprint(p)]
+        # Retiring a version is the one deletion apply makes: its view, services and permission go.
+        alias_names = {c.name for c in contracts.latest_versions() if c.latest_alias}
+        removals = [existing[c.feature_view_name] for c in retired if c.feature_view_name in existing]
+        removals += [services[name] for c in retired for name in (c.feature_view_name, c.name)
+                     if name in services and name not in alias_names
+                     and _service_views(services[name]) == [c.feature_view_name]]
+        removals += [granted[f"{c.feature_view_name}_readers"] for c in retired
+                     if f"{c.feature_view_name}_readers" in granted]
+        if changed or missing_services or new_permissions or removals:
             held.check()
             try:
-                store.apply(wanted.all())
+                store.apply(wanted.all(), objects_to_delete=removals, partial=not removals)
             except Exception as exc:
                 raise FeastError(f"feast apply failed for {env.name}: {_one_line(exc)}") from exc
+            changes = _audit_changes(contracts, wanted, existing, changed, missing_services, new_permissions,
+                                     removals)
+            audit.record(settings, env, "apply", [x["feature_set"] for x in changes if x["feature_set"]], changes)
         held.check()
         _record_infra(store)
     names = {fv.name for fv in wanted.feature_views}
     known = {c.feature_view_name for c in settings.contracts().all()}
     return ApplyResult(changed=changed, unchanged=sorted(names - set(changed)),
-                       unmanaged=sorted(set(existing) - known))
+                       unmanaged=sorted(set(existing) - known - {r.name for r in removals}))
+
+
+def _audit_changes(contracts: ContractSet, wanted: Definitions, existing: dict[str, Any], changed: list[str],
+                   services: list[str], permissions: list[str], removals: list[Any]) -> list[dict[str, Any]]:
+    """What one apply changed, each object classified: a new version against the one before it (the contracts
+    diff: compatible or breaking), a re-pointed view by its builds, access and retirement as such."""
+    from feature_platform.contracts import diff_contracts
+
+    by_view = {c.feature_view_name: c for c in contracts.all()}
+    changes: list[dict[str, Any]] = []
+    for view in wanted.feature_views:
+        if view.name not in changed:
+            continue
+        contract = by_view[view.name]
+        before = existing.get(view.name)
+        if before is None:
+            older = [c for c in contracts.versions(contract.name) if c.version < contract.version]
+            diff = diff_contracts(older[-1], contract) if older else []
+            changes.append({"object": view.name, "kind": "FeatureView", "change": "added",
+                            "classification": "breaking" if any(d.breaking for d in diff) else
+                            ("compatible" if older else "new feature set"),
+                            "detail": [d.what for d in diff] if older else [],
+                            "build_id": view.tags[TAG_PREFIX + "build_id"],
+                            "schema_hash": contract.schema_hash})
+        else:
+            old_build = before.tags.get(TAG_PREFIX + "build_id")
+            new_build = view.tags[TAG_PREFIX + "build_id"]
+            changes.append({"object": view.name, "kind": "FeatureView", "change": "updated",
+                            "classification": "data (new build)" if old_build != new_build else "metadata",
+                            "detail": [f"build {old_build} -> {new_build}"] if old_build != new_build else
+                            ["description, owner, tags, pii or online flag"],
+                            "build_id": new_build, "schema_hash": contract.schema_hash})
+    changes += [{"object": name, "kind": "FeatureService", "change": "added or re-pointed",
+                 "classification": "serving"} for name in services]
+    changes += [{"object": name, "kind": "Permission", "change": "added or updated", "classification": "access",
+                 "detail": [f"readers: {', '.join(p.policy.get_roles())}"]}
+                for p in wanted.permissions for name in [p.name] if name in permissions]
+    changes += [{"object": obj.name, "kind": type(obj).__name__, "change": "removed",
+                 "classification": "retired", "detail": ["contract status: retired"]} for obj in removals]
+    names = contracts.names()
+    for change in changes:
+        stem = change["object"].removesuffix("_readers")
+        change["feature_set"] = by_view[stem].name if stem in by_view else (stem if stem in names else None)
+    return changes
 
 
 def _record_infra(store: FeatureStore) -> None:
@@ -711,18 +778,25 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
 
 
 def historical(settings: Settings, entity_df: Any, feature_set: str, version: int | None = None,
-               build_id: str | None = None, env: EnvironmentContract | None = None) -> tuple[Any, dict[str, Any]]:
+               build_id: str | None = None, env: EnvironmentContract | None = None,
+               caller: Any = None) -> tuple[Any, dict[str, Any]]:
     """Point-in-time join of ``entity_df`` (join key + ``event_timestamp`` + any label columns) with one contract
     version: one row per input row, in input order (see :mod:`feature_platform.offline`).
 
     ``build_id`` pins the build, so a training set can be reproduced exactly from its recorded metadata; by
     default the build the registry serves is used. Returns (dataframe, provenance).
+
+    ``caller`` (default: the CLI identity, see governance.caller_from_cli) must be allowed to read the view; PII
+    features come back masked unless its team may see them.
     """
+    from feature_platform import governance
     from feature_platform.offline import point_in_time_join
 
     env = env or settings.environment()
     contracts = settings.contracts()
     contract = contracts.get(feature_set, version)
+    caller = caller or governance.caller_from_cli(settings, env)
+    governance.check_offline_read(settings, env, contract, caller)
     object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
     if build_id is None:
         store = open_store(settings, env)
@@ -734,7 +808,20 @@ def historical(settings: Settings, entity_df: Any, feature_set: str, version: in
         raise RegistryMismatchError(f"build {build_id} was made from schema {metadata['schema_hash']} but "
                                     f"{contract.feature_view_name} is {contract.schema_hash}")
     frame = point_in_time_join(entity_df, contract, str(metadata["data"]).removeprefix("s3://"), object_store.fs)
+    frame, masking = governance.mask_frame(frame, contract, caller, _pii_key_if_needed(settings, env, contract,
+                                                                                        caller))
     provenance = {"feature_set": contract.name, "version": contract.version_label, "build_id": build_id,
                   "schema_hash": contract.schema_hash, "rows": len(frame),
-                  "data": metadata["data"], "ttl_seconds": contract.ttl_seconds}
+                  "data": metadata["data"], "ttl_seconds": contract.ttl_seconds,
+                  "caller": caller.describe(), "pii_masked": masking["masked"], "pii_dropped": masking["dropped"]}
     return frame, provenance
+
+
+def _pii_key_if_needed(settings: Settings, env: EnvironmentContract, contract: FeatureSetContract,
+                       caller: Any) -> bytes | None:
+    """The masking key, read only when something must be masked (a missing key then fails closed)."""
+    from feature_platform import governance
+
+    if not contract.pii_features or governance.sees_pii(contract, caller):
+        return None
+    return governance.pii_key(settings, env)

@@ -108,9 +108,54 @@ def versions(settings: Settings, feature_set: str) -> tuple[list[dict[str, Any]]
 def rollback(settings: Settings, feature_set: str, build_id: str) -> dict[str, Any]:
     env = settings.environment()
     store = object_store(settings, env)
+    from feature_platform import audit
+
     metadata = builds.find_build(store, feature_set, build_id)
     contract = settings.contracts().get(feature_set, int(str(metadata["version"]).lstrip("v")))
-    return builds.promote(store, contract, metadata)
+    try:
+        before = builds.read_pointer(store, feature_set, contract.version_label)["build_id"]
+    except builds.PointerMissingError:
+        before = None
+    pointer = builds.promote(store, contract, metadata)
+    audit.record(settings, env, "rollback", [feature_set], [{
+        "object": contract.feature_view_name, "kind": "latest pointer", "change": "rolled back",
+        "classification": "data (earlier build)", "detail": [f"build {before} -> {build_id}"],
+        "feature_set": feature_set, "build_id": build_id}])
+    return pointer
+
+
+def export(settings: Settings, feature_set: str, version: int | None = None, build_id: str | None = None,
+           caller: Any = None) -> tuple[Any, dict[str, Any]]:
+    """A build's rows (default: the version's latest) as a DataFrame for ``caller``: refused unless its team may
+    read the view, PII features masked unless it may see them. Returns (frame, provenance)."""
+    from feature_platform import governance
+    from feature_platform.feast_bridge import _pii_key_if_needed
+
+    env = settings.environment()
+    contract = settings.contracts().get(feature_set, version)
+    caller = caller or governance.caller_from_cli(settings, env)
+    governance.check_offline_read(settings, env, contract, caller)
+    store = object_store(settings, env)
+    build_id = build_id or builds.read_pointer(store, feature_set, contract.version_label)["build_id"]
+    metadata = builds.read_metadata(store, contract, build_id)
+    frame = builds.read_build_table(store, metadata).to_pandas(types_mapper=_nullable_types)
+    frame, masking = governance.mask_frame(frame, contract, caller,
+                                           _pii_key_if_needed(settings, env, contract, caller))
+    return frame, {"feature_set": feature_set, "version": contract.version_label, "build_id": build_id,
+                   "schema_hash": metadata["schema_hash"], "rows": len(frame), "data": metadata["data"],
+                   "caller": caller.describe(), "pii_masked": masking["masked"], "pii_dropped": masking["dropped"]}
+
+
+def _nullable_types(arrow_type: Any) -> Any:
+    """Integers and bools with nulls stay integers and bools (pandas nullable dtypes), not floats."""
+    import pandas as pd
+    import pyarrow as pa
+
+    if pa.types.is_integer(arrow_type):
+        return pd.api.types.pandas_dtype(str(arrow_type).capitalize())
+    if pa.types.is_boolean(arrow_type):
+        return pd.BooleanDtype()
+    return None
 
 
 def apply(settings: Settings, feature_sets: list[str] | None = None) -> dict[str, Any]:

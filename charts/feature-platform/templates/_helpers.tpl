@@ -92,6 +92,18 @@ feature-platform.io/environment: {{ .Values.environment.name }}
       optional: true
 {{- end }}
 {{- end }}
+{{- if .Values.governance.secretName }}
+{{- range $key := list "FEATURE_PLATFORM_AUTH_KEY" "FEATURE_PLATFORM_PII_KEY" }}
+- name: {{ $key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $.Values.governance.secretName }}
+      key: {{ $key }}
+      # An environment contract that names the variable fails closed without it (the server refuses to start
+      # where access.default is deny; exports refuse to write PII); an open dev may omit the token key.
+      optional: true
+{{- end }}
+{{- end }}
 {{- if .Values.s3.endpointUrl }}
 - name: FEAST_S3_ENDPOINT_URL
   value: {{ .Values.s3.endpointUrl | quote }}

@@ -17,9 +17,13 @@ from feature_platform.contracts import ContractSet
 PROBE = {"string": "feature-platform-probe", "int64": -1}
 
 
-def _call(url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> tuple[int, Any]:
+def _call(url: str, body: dict[str, Any] | None = None, timeout: float = 10, token: str | None = None
+          ) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    headers = {"Content-Type": "application/json"} if data else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"null")
@@ -27,8 +31,9 @@ def _call(url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> 
         return exc.code, exc.read().decode(errors="replace")[:300]
 
 
-def check_server(url: str, contracts: ContractSet) -> list[str]:
-    """Problems found (empty: the server works), each naming the request that failed."""
+def check_server(url: str, contracts: ContractSet, token: str | None = None) -> list[str]:
+    """Problems found (empty: the server works), each naming the request that failed. ``token``: the platform's
+    own team token where the environment requires one."""
     url = url.rstrip("/")
     try:
         status, _ = _call(f"{url}/health")
@@ -46,7 +51,7 @@ def check_server(url: str, contracts: ContractSet) -> list[str]:
             continue
         features = [f"{contract.feature_view_name}:{f.name}" for f in contract.features]
         body = {"features": features, "entities": {contract.entity.join_key: [PROBE[contract.entity.dtype]]}}
-        status, answer = _call(f"{url}/get-online-features", body)
+        status, answer = _call(f"{url}/get-online-features", body, token=token)
         if status != 200:
             problems.append(f"{contract.feature_view_name}: /get-online-features answered HTTP {status}: {answer}")
             continue

@@ -32,6 +32,8 @@ from typing import Any
 
 import msgspec
 
+from feature_platform.errors import AccessDenied
+from feature_platform.governance import PII_READERS_TAG, PII_TAG, Caller, caller_from_bearer, may_read
 from feature_platform.online import reader
 from feature_platform.online.layout import FeaturePlan, ViewPlan, parse_entity_values, plan_view
 
@@ -62,6 +64,12 @@ class Catalog:
     unplannable: dict[str, str] = field(default_factory=dict)  # view -> why Feast's path serves it
     services: dict[str, list[tuple[str, list[str]]]] = field(default_factory=dict)  # -> [(view, features)]
     loaded_at: float = 0.0
+    # Access: the registry's Permission objects, the views and services they protect, and per view the PII
+    # features with the teams that may read them; decisions are cached per (resource, team) until the refresh.
+    permissions: list[Any] = field(default_factory=list)
+    resources: dict[str, Any] = field(default_factory=dict)
+    pii: dict[str, tuple[frozenset[str], frozenset[str]]] = field(default_factory=dict)
+    decisions: dict[tuple[str, str | None], tuple[bool, str]] = field(default_factory=dict)
 
 
 def _feast_dtype(field_: Any) -> str | None:
@@ -91,9 +99,74 @@ def build_catalog(store: Any) -> Catalog:
                                      [(f.name, types[f.name]) for f in view.features])
     for view in registry.list_on_demand_feature_views(project, allow_cache=True):
         unplannable[view.name] = "on-demand feature view"
+    feature_services = registry.list_feature_services(project, allow_cache=True)
     services = {s.name: [(p.name_to_use(), [f.name for f in p.features]) for p in s.feature_view_projections]
-                for s in registry.list_feature_services(project, allow_cache=True)}
-    return Catalog(views=views, unplannable=unplannable, services=services, loaded_at=time.time())
+                for s in feature_services}
+    permissions = registry.list_permissions(project, allow_cache=True)
+    resources = {v.name: v for v in registry.list_feature_views(project, allow_cache=True)}
+    resources.update({s.name: s for s in feature_services})
+    pii = {}
+    for permission in permissions:
+        features = permission.tags.get(PII_TAG, "")
+        if features and permission.name.endswith("_readers"):
+            teams = permission.tags.get(PII_READERS_TAG, "")
+            pii[permission.name.removesuffix("_readers")] = (frozenset(features.split(",")),
+                                                            frozenset(filter(None, teams.split(","))))
+    return Catalog(views=views, unplannable=unplannable, services=services, loaded_at=time.time(),
+                   permissions=permissions, resources=resources, pii=pii)
+
+
+class OnlineAccess:
+    """Who may read what online (see governance.py): the caller from the request's bearer token, Feast's
+    decision on the catalog's Permission objects, and where the environment denies by default, PII features
+    only for their pii_readers."""
+
+    def __init__(self, default: str, key: bytes | None, env: Any) -> None:
+        self.default, self.key, self.env = default, key, env
+
+    def caller(self, authorization: str | None) -> Caller:
+        try:
+            return caller_from_bearer(self.env, self.key, authorization)
+        except AccessDenied as exc:
+            raise RequestError(exc.status, str(exc)) from None
+
+    def check(self, catalog: Catalog, request: OnlineRequest, caller: Caller) -> None:
+        if request.feature_service:
+            targets = [request.feature_service]
+            groups = catalog.services.get(request.feature_service, [])
+        else:
+            groups_: dict[str, list[str]] = {}
+            for ref in request.features:
+                view, _, feature = ref.partition(":")
+                groups_.setdefault(view, []).append(feature)
+            groups = list(groups_.items())
+            targets = [view for view, _ in groups]
+        for name in targets:
+            allowed, why = self._decide(catalog, name, caller)
+            if not allowed:
+                raise RequestError(403, f"{caller.describe()} may not read {name}: {why}")
+        if self.default != "deny":
+            return
+        for view, features in groups:
+            pii_features, teams = catalog.pii.get(view, (frozenset(), frozenset()))
+            hidden = sorted(pii_features.intersection(features))
+            if hidden and caller.team not in teams:
+                raise RequestError(403, f"{caller.describe()} may not read the PII feature(s) {', '.join(hidden)} of "
+                                        f"{view}: ask the owner to add the team to access.pii_readers")
+
+    def _decide(self, catalog: Catalog, name: str, caller: Caller) -> tuple[bool, str]:
+        key = (name, caller.team)
+        decision = catalog.decisions.get(key)
+        if decision is None:
+            resource = catalog.resources.get(name)
+            if resource is None:
+                decision = (True, "")  # unknown names get their 404 from resolve()
+            elif not catalog.permissions:
+                decision = (self.default == "allow", "no permissions are registered; run `featurectl apply`")
+            else:
+                decision = may_read(catalog.permissions, caller, resource, online=True)
+            catalog.decisions[key] = decision
+        return decision
 
 
 # ------------------------------------------------------------------------------------------------- metrics
@@ -213,8 +286,9 @@ class FeatureServer:
 
     def __init__(self, client: Any, catalog_loader: Callable[[], Catalog], refresh_seconds: float,
                  feast_fallback: Callable[[OnlineRequest], dict[str, Any]] | None = None,
-                 enforce_ttl: bool = True) -> None:
+                 enforce_ttl: bool = True, access: OnlineAccess | None = None) -> None:
         self.client = client
+        self.access = access
         self.catalog_loader = catalog_loader
         self.refresh_seconds = refresh_seconds
         self.feast_fallback = feast_fallback
@@ -243,10 +317,12 @@ class FeatureServer:
         self._stop.set()
 
     # -- reads
-    def get_online_features(self, request: OnlineRequest) -> dict[str, Any]:
+    def get_online_features(self, request: OnlineRequest, authorization: str | None = None) -> dict[str, Any]:
         catalog = self.catalog
         if catalog is None:
             raise RequestError(503, "the registry is not loaded yet")
+        if self.access is not None:
+            self.access.check(catalog, request, self.access.caller(authorization))
         groups = resolve(catalog, request) if self.client is not None else None
         if groups is None:
             if self.feast_fallback is None:
@@ -318,6 +394,13 @@ class FeatureServer:
 # --------------------------------------------------------------------------------------------- ASGI plumbing
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 async def _read_body(receive: Receive) -> bytes:
     chunks = []
     while True:
@@ -353,7 +436,7 @@ class App:
             if path == "/get-online-features" and method == "POST":
                 request = parse_request(await _read_body(receive))
                 try:
-                    answer = server.get_online_features(request)
+                    answer = server.get_online_features(request, _header(scope, b"authorization"))
                 except reader_errors() as exc:
                     raise RequestError(503, f"online store unavailable: {type(exc).__name__}: {exc}") from exc
                 await _respond(send, 200, _encoder.encode(answer))
@@ -433,7 +516,10 @@ def create_app() -> App:
                                ) from exc
         return convert_response_to_dict(response.proto)
 
-    server = FeatureServer(client, load, max(env.registry.cache_ttl_seconds, 1), fallback, enforce_ttl)
+    from feature_platform.governance import token_key
+
+    access = OnlineAccess(env.access.default, token_key(settings, env), env)  # a named, missing key: no start
+    server = FeatureServer(client, load, max(env.registry.cache_ttl_seconds, 1), fallback, enforce_ttl, access)
 
     def startup() -> None:
         """Ready only when warm: registry planned, Redis answering, one planned read done."""

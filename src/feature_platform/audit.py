@@ -1,0 +1,113 @@
+"""An append-only trail of definition changes, next to the registry: who changed which Feast objects, when, from
+which contracts commit, and how the change classifies.
+
+Every apply that changes the registry (views added or re-pointed at a new build, services, permissions, retired
+versions removed), every rollback of a ``latest`` pointer and every retirement writes one entry. Entries are never
+rewritten:
+
+- file registry (``s3://bucket/feast/registry.db``): one object per entry under ``s3://bucket/feast/audit/``,
+  keyed ``<UTC time>-<id>.json`` so listing is chronological (enable S3 Object Lock on that prefix to make
+  it tamper-proof);
+- SQL registry: rows of the table ``feature_platform_audit`` in the registry's database (grant the platform
+  INSERT and SELECT only).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import uuid
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from feature_platform.environments import EnvironmentContract, FileRegistryConfig, Settings
+from feature_platform.store import ObjectStore
+
+AUDIT_DIR = "audit"
+AUDIT_TABLE = "feature_platform_audit"
+ACTOR_VARIABLE = "FEATURE_PLATFORM_ACTOR"  # set by the DAGs ("airflow:<dag>/<run>"); else user@host
+
+
+def actor(settings: Settings) -> str:
+    named = settings.values.get(ACTOR_VARIABLE)
+    if named:
+        return named
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry (arbitrary container uid)
+        user = "uid-unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _file_log(settings: Settings, env: EnvironmentContract) -> ObjectStore:
+    assert isinstance(env.registry, FileRegistryConfig)
+    registry = settings.resolve_uri(env, env.registry.uri)
+    parent = registry.rsplit("/", 1)[0] if registry.startswith("s3://") else str(PurePosixPath(registry).parent)
+    return ObjectStore(f"{parent}/{AUDIT_DIR}", settings.s3_endpoint_url)
+
+
+def _engine(settings: Settings, env: EnvironmentContract) -> Any:
+    from sqlalchemy import create_engine
+
+    return create_engine(settings.require(env.registry.url_env, "the SQL registry's URL"))  # type: ignore[union-attr]
+
+
+def _table(metadata: Any) -> Any:
+    from sqlalchemy import Column, DateTime, String, Table, Text
+
+    return Table(AUDIT_TABLE, metadata,
+                 Column("id", String(64), primary_key=True), Column("at", DateTime(timezone=True), index=True),
+                 Column("environment", String(64)), Column("action", String(32)), Column("feature_sets", Text),
+                 Column("entry", Text))
+
+
+def record(settings: Settings, env: EnvironmentContract, action: str, feature_sets: list[str],
+           changes: list[dict[str, Any]], **detail: Any) -> dict[str, Any]:
+    """Append one entry; returns it."""
+    from feature_platform.pipeline import contracts_commit
+
+    now = datetime.now(UTC)
+    entry = {"id": uuid.uuid4().hex, "at": now.isoformat(), "environment": env.name, "action": action,
+             "actor": actor(settings), "contracts_commit": contracts_commit(settings) or "unknown",
+             "feature_sets": sorted(set(feature_sets)), "changes": changes, **detail}
+    if isinstance(env.registry, FileRegistryConfig):
+        stamp = now.strftime("%Y%m%dT%H%M%S.%fZ")
+        _file_log(settings, env).write_json_atomic(f"{stamp}-{entry['id'][:12]}.json", entry)
+    else:
+        from sqlalchemy import MetaData
+
+        engine = _engine(settings, env)
+        try:
+            table = _table(MetaData())
+            table.create(engine, checkfirst=True)
+            with engine.begin() as connection:
+                connection.execute(table.insert().values(
+                    id=entry["id"], at=now, environment=env.name, action=action,
+                    feature_sets=",".join(entry["feature_sets"]), entry=json.dumps(entry, default=str)))
+        finally:
+            engine.dispose()
+    return entry
+
+
+def read(settings: Settings, env: EnvironmentContract, feature_set: str | None = None) -> list[dict[str, Any]]:
+    """The entries, oldest first (of one feature set when given)."""
+    if isinstance(env.registry, FileRegistryConfig):
+        log = _file_log(settings, env)
+        entries = [json.loads(log.fs.cat_file(info.path)) for info in log.list_files("", ".json")]
+    else:
+        from sqlalchemy import MetaData, inspect, select
+
+        engine = _engine(settings, env)
+        try:
+            if not inspect(engine).has_table(AUDIT_TABLE):
+                return []
+            table = _table(MetaData())
+            with engine.connect() as connection:
+                rows = connection.execute(select(table.c.entry).where(table.c.environment == env.name))
+                entries = [json.loads(row[0]) for row in rows]
+        finally:
+            engine.dispose()
+    entries.sort(key=lambda e: (e["at"], e["id"]))
+    return [e for e in entries if feature_set is None or feature_set in e["feature_sets"]]

@@ -1,0 +1,262 @@
+"""Who may read what: team identities, Feast ``Permission`` objects derived from the contracts, PII masking.
+
+- **Identity.** A caller is a team. The feature server and `featurectl historical/export` take it from a signed
+  token (HS256 JWT, ``roles: [team]``, key from the Secret the environment's ``access.token_key_env`` names;
+  `featurectl token` issues them). Feast's own clients send one with ``auth: {type: oidc, token_env_var: ...}``.
+  Where the environment has no token key (local, an open dev), ``--team`` names the team unauthenticated.
+- **Read access.** Each live contract version yields a Feast ``Permission`` on its feature view and services
+  (``<view>_readers``: owner team + ``access.readers`` + the platform's own checks, actions describe/read
+  online/read offline). An environment with ``access.default: allow`` (dev) adds ``<project>_open_read`` for the
+  role every caller holds; ``deny`` (prod) does not, so a team no contract names reads nothing. Decisions are
+  Feast's own (``enforce_policy``).
+- **PII.** Features marked ``pii: true`` (every feature of a ``pii: true`` set without per-feature marks) leave
+  the platform masked unless the caller's team is the owner or in ``access.pii_readers``: HMAC-SHA256 with the
+  environment's key (``access.pii_key_env``), so equal values stay joinable and nothing is reversible, or
+  dropped where the environment has no key. Online, a team outside pii_readers is refused PII features.
+
+The object store's IAM stays the hard boundary (the prod bucket is readable by the platform's workload identity
+only); these checks are what the platform's interfaces enforce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from feature_platform.contracts import ContractSet, FeatureSetContract
+from feature_platform.environments import EnvironmentContract, Settings
+from feature_platform.errors import AccessDenied, ConfigError
+
+TOKEN_ISSUER = "feature-platform"
+TOKEN_VARIABLE = "FEATURE_PLATFORM_TOKEN"  # a caller's token for the CLI (Feast clients: token_env_var)
+TEAM_VARIABLE = "FEATURE_PLATFORM_TEAM"  # unauthenticated team, only where the environment has no token key
+PII_TAG = "feature_platform.pii_features"
+PII_READERS_TAG = "feature_platform.pii_readers"
+
+
+@dataclass(frozen=True)
+class Caller:
+    team: str | None  # None: anonymous
+    subject: str = "anonymous"
+    authenticated: bool = False
+
+    @property
+    def roles(self) -> list[str]:
+        return [self.team, EVERYONE] if self.team else [EVERYONE]
+
+    def feast_user(self) -> Any:
+        from feast.permissions.user import User
+
+        return User(username=self.subject, roles=self.roles)
+
+    def describe(self) -> str:
+        return f"team {self.team}" if self.team else "an anonymous caller"
+
+
+# The role every caller holds: what an open environment's permission grants. (Feast 0.67 cannot read back a
+# Permission with its AllowAll policy from the registry, so openness is a role-based policy too.)
+EVERYONE = "all-callers"
+PLATFORM_TEAM = "feature-platform"  # the platform's own checks (helm test, proof) read every view
+ANONYMOUS = Caller(None)
+PLATFORM = Caller(PLATFORM_TEAM, PLATFORM_TEAM, True)
+
+
+# --------------------------------------------------------------------------------------------------- tokens
+
+
+def _key(settings: Settings, variable: str | None, what: str) -> bytes | None:
+    if not variable:
+        return None
+    value = settings.values.get(variable)
+    if not value:
+        raise ConfigError(f"environment variable {variable} is not set; it must hold the {what} (from the "
+                          "environment's governance Secret); the environment contract names it")
+    return value.encode()
+
+
+def token_key(settings: Settings, env: EnvironmentContract) -> bytes | None:
+    return _key(settings, env.access.token_key_env, "key that signs team tokens")
+
+
+def pii_key(settings: Settings, env: EnvironmentContract) -> bytes | None:
+    return _key(settings, env.access.pii_key_env, "key that masks PII (HMAC-SHA256)")
+
+
+def issue_token(key: bytes, team: str, subject: str | None = None, ttl_seconds: int = 30 * 86400) -> str:
+    import jwt
+
+    now = int(time.time())
+    claims = {"iss": TOKEN_ISSUER, "sub": subject or team, "roles": [team], "iat": now, "exp": now + ttl_seconds}
+    return jwt.encode(claims, key, algorithm="HS256")
+
+
+def verify_token(key: bytes, token: str) -> Caller:
+    """The caller a token names; AccessDenied (401) for a bad signature, an expired or a malformed token."""
+    import jwt
+
+    try:
+        claims = jwt.decode(token, key, algorithms=["HS256"], issuer=TOKEN_ISSUER,
+                            options={"require": ["exp", "sub", "roles"]})
+    except jwt.ExpiredSignatureError:
+        raise AccessDenied("the token has expired; ask for a new one (`featurectl token`)", 401) from None
+    except jwt.InvalidTokenError as exc:
+        raise AccessDenied(f"the token is not valid here ({exc}); use one issued for this environment", 401
+                           ) from None
+    roles = claims.get("roles")
+    if not isinstance(roles, list) or len(roles) != 1 or not isinstance(roles[0], str):
+        raise AccessDenied("the token must name exactly one team in its roles claim", 401)
+    return Caller(roles[0], str(claims["sub"]), True)
+
+
+def caller_from_bearer(env: EnvironmentContract, key: bytes | None, authorization: str | None) -> Caller:
+    """The feature server's identity check for one request."""
+    if not authorization:
+        if env.access.default == "deny":
+            raise AccessDenied("no token: send `Authorization: Bearer <token>` (a team token for this environment)",
+                               401)
+        return ANONYMOUS
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AccessDenied("the Authorization header must be `Bearer <token>`", 401)
+    if key is None:
+        return ANONYMOUS  # this environment has no token key: tokens carry no weight, access is open
+    return verify_token(key, token.strip())
+
+
+def caller_from_cli(settings: Settings, env: EnvironmentContract, team: str | None = None,
+                    token: str | None = None) -> Caller:
+    """A CLI user's identity: a token where the environment signs them (required when it denies by default),
+    else the team named by --team / FEATURE_PLATFORM_TEAM, else anonymous."""
+    token = token or settings.values.get(TOKEN_VARIABLE)
+    team = team or settings.values.get(TEAM_VARIABLE)
+    key = token_key(settings, env) if env.access.token_key_env else None
+    if token and key is not None:
+        return verify_token(key, token)
+    if key is not None and env.access.default == "deny":
+        raise AccessDenied(f"{env.name} needs a signed team token: set {TOKEN_VARIABLE} (or --token) to the token "
+                           "`featurectl token --team TEAM` issued for your team", 401)
+    return Caller(team, team or "anonymous", False) if team else ANONYMOUS
+
+
+# ------------------------------------------------------------------------------------------- Feast permissions
+
+
+def view_permission(contract: FeatureSetContract, service_names: list[str]) -> Any:
+    from feast import FeatureService, FeatureView
+    from feast.permissions.action import AuthzedAction
+    from feast.permissions.permission import Permission
+    from feast.permissions.policy import RoleBasedPolicy
+
+    names = sorted({contract.feature_view_name, *service_names})
+    return Permission(
+        name=f"{contract.feature_view_name}_readers",
+        types=[FeatureView, FeatureService],
+        name_patterns=[f"^{name}$" for name in names],
+        actions=[AuthzedAction.DESCRIBE, AuthzedAction.READ_ONLINE, AuthzedAction.READ_OFFLINE],
+        policy=RoleBasedPolicy(roles=[*contract.reader_teams, PLATFORM_TEAM]),  # + the platform's own checks
+        tags={"feature_platform.owner_team": contract.owner_team,
+              PII_TAG: ",".join(contract.pii_features),
+              PII_READERS_TAG: ",".join(sorted({contract.owner_team, *contract.access.pii_readers, PLATFORM_TEAM}))},
+    )
+
+
+def open_permission(env: EnvironmentContract) -> Any:
+    from feast import FeatureService, FeatureView
+    from feast.permissions.action import AuthzedAction
+    from feast.permissions.permission import Permission
+    from feast.permissions.policy import RoleBasedPolicy
+
+    return Permission(name=f"{env.feast_project}_open_read", types=[FeatureView, FeatureService],
+                      actions=[AuthzedAction.DESCRIBE, AuthzedAction.READ_ONLINE, AuthzedAction.READ_OFFLINE],
+                      policy=RoleBasedPolicy(roles=[EVERYONE]),
+                      tags={"feature_platform.access": "open (access.default: allow)"})
+
+
+def permissions(env: EnvironmentContract, contracts: ContractSet, selected: list[FeatureSetContract]) -> list[Any]:
+    """The Permission objects of ``selected`` live contract versions (plus the open one where allowed)."""
+    aliases = {c.feature_view_name: [c.name] for c in contracts.latest_versions() if c.latest_alias}
+    wanted = [view_permission(c, aliases.get(c.feature_view_name, [])) for c in selected]
+    if env.access.default == "allow":
+        wanted.append(open_permission(env))
+    return wanted
+
+
+def permission_fingerprint(permission: Any) -> bytes:
+    return permission.to_proto().spec.SerializeToString(deterministic=True)
+
+
+def may_read(permissions_: list[Any], caller: Caller, resource: Any, online: bool) -> tuple[bool, str]:
+    """Feast's decision for ``caller`` reading ``resource`` (a FeatureView or FeatureService)."""
+    from feast.errors import FeastPermissionError
+    from feast.permissions.action import AuthzedAction
+    from feast.permissions.enforcer import enforce_policy
+
+    action = AuthzedAction.READ_ONLINE if online else AuthzedAction.READ_OFFLINE
+    try:
+        enforce_policy(permissions_, caller.feast_user(), [resource], [action])
+    except FeastPermissionError as exc:
+        return False, str(exc).splitlines()[0][:300] if str(exc) else "denied"
+    return True, ""
+
+
+def sees_pii(contract: FeatureSetContract, caller: Caller) -> bool:
+    return caller.team is not None and caller.team in {contract.owner_team, *contract.access.pii_readers,
+                                                         *([PLATFORM_TEAM] if caller.authenticated else [])}
+
+
+def platform_token(settings: Settings, env: EnvironmentContract, purpose: str) -> str | None:
+    """A five-minute token for the platform's own checks, where the environment signs tokens."""
+    key = token_key(settings, env) if env.access.token_key_env and settings.values.get(
+        env.access.token_key_env) else None
+    return issue_token(key, PLATFORM_TEAM, purpose, 300) if key else None
+
+
+# ------------------------------------------------------------------------------------------------------- PII
+
+
+def mask_value(key: bytes, value: Any) -> str | None:
+    """HMAC-SHA256 of the value's canonical text: equal values give equal tokens (joins and counts still work),
+    nothing can be reversed without the key, and another environment's key gives other tokens."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def mask_frame(frame: Any, contract: FeatureSetContract, caller: Caller, key: bytes | None
+               ) -> tuple[Any, dict[str, list[str]]]:
+    """``frame`` with the contract's PII features masked (or dropped without a key) unless ``caller`` may see
+    them; returns (frame, {"masked": [...], "dropped": [...]}) for the export's provenance."""
+    present = [name for name in contract.pii_features if name in frame.columns]
+    if not present or sees_pii(contract, caller):
+        return frame, {"masked": [], "dropped": []}
+    if key is None:
+        return frame.drop(columns=present), {"masked": [], "dropped": present}
+    out = frame.copy()
+    for name in present:
+        out[name] = [mask_value(key, v) for v in out[name].astype(object).where(out[name].notna(), None)]
+        out[name] = out[name].astype("string")
+    return out, {"masked": present, "dropped": []}
+
+
+def check_offline_read(settings: Settings, env: EnvironmentContract, contract: FeatureSetContract,
+                       caller: Caller) -> None:
+    """historical/export: Feast's decision on the contract's Permission (as registered), else AccessDenied."""
+    from feast import FeatureView
+
+    wanted = permissions(env, settings.contracts(), [contract])
+    resource = FeatureView(name=contract.feature_view_name, source=_placeholder_source(contract), schema=[])
+    allowed, why = may_read(wanted, caller, resource, online=False)
+    if not allowed:
+        raise AccessDenied(f"{caller.describe()} may not read {contract.feature_view_name} ({env.name}): readers are "
+                           f"{', '.join(contract.reader_teams)}; {why}")
+
+
+def _placeholder_source(contract: FeatureSetContract) -> Any:
+    from feast import FileSource
+
+    return FileSource(name=f"{contract.feature_view_name}_source", path="unused.parquet",
+                      timestamp_field=contract.timestamp_field)
