@@ -342,3 +342,82 @@ def _port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def test_teams_read_what_the_contracts_allow_and_feasts_client_sends_the_token(loaded, contracts_copy,
+                                                                               tmp_path) -> None:
+    """prod's rules on a real server: no token 401; a reader team reads its views, an outsider gets 403, a reader
+    outside pii_readers is refused PII features (also through a feature service); Feast's `remote` client with
+    `auth: {type: oidc, token_env_var}` presents the token and gets the values or Feast's error."""
+    import yaml
+    from feast import FeatureStore
+
+    from feature_platform.governance import issue_token
+
+    key = "server-test-auth-key-0123456789abcdef-xyz"
+    path = contracts_copy / "environments" / "dev.yaml"
+    env = yaml.safe_load(path.read_text())
+    env["access"] = {"default": "deny", "token_key_env": "TEST_AUTH_KEY"}
+    path.write_text(yaml.safe_dump(env))
+    settings = loaded.replace(values={**loaded.values, "TEST_AUTH_KEY": key})
+    pipeline.apply(settings)  # closes the open permission
+
+    def bearer(team: str, ttl: int = 600, signing_key: str = key) -> str:
+        return issue_token(signing_key.encode(), team, ttl_seconds=ttl)
+
+    def post(server: Server, body: dict, token: str | None) -> tuple[int, dict]:
+        request = urllib.request.Request(f"http://127.0.0.1:{server.port}/get-online-features",
+                                         data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  **({"Authorization": f"Bearer {token}"} if token else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    spend = {"features": ["customer_spend_v2:txn_count_1d"], "entities": {"customer_id": [1001]}}
+    tier = {"features": ["customer_profile_v1:tier"], "entities": {"customer_id": [1001]}}
+    email = {"features": ["customer_profile_v1:tier", "customer_profile_v1:email_domain"],
+             "entities": {"customer_id": [1001]}}
+    profile_service = {"feature_service": "customer_profile_v1", "entities": {"customer_id": [1001]}}
+    server = Server(settings, extra={"TEST_AUTH_KEY": key})
+    try:
+        status, answer = post(server, spend, None)
+        assert status == 401 and "no token" in answer["detail"]
+        assert post(server, spend, bearer("payments-ml", ttl=-5))[0] == 401
+        assert post(server, spend, bearer("payments-ml", signing_key="some-other-environments-key-0123456789"))[0] \
+            == 401
+        status, answer = post(server, spend, bearer("payments-ml"))
+        assert status == 200 and answer["results"][1]["statuses"] == ["PRESENT"]
+        status, answer = post(server, spend, bearer("marketing"))
+        assert status == 403 and "team marketing may not read customer_spend_v2" in answer["detail"]
+        assert post(server, tier, bearer("payments-ml"))[0] == 200  # a reader of customer_profile
+        status, answer = post(server, email, bearer("payments-ml"))
+        assert status == 403 and "PII feature(s) email_domain of customer_profile_v1" in answer["detail"]
+        assert post(server, profile_service, bearer("payments-ml"))[0] == 403
+        assert post(server, email, bearer("fraud-ml"))[0] == 200  # in pii_readers
+        assert post(server, profile_service, bearer("crm-data"))[0] == 200  # the owner
+
+        config = feast_bridge.feature_store_config(settings, settings.environment())
+        config["online_store"] = {"type": "remote", "path": f"http://127.0.0.1:{server.port}"}
+        config["auth"] = {"type": "oidc", "token_env_var": "TEST_FEAST_TOKEN"}
+        repo = tmp_path / "remote"
+        repo.mkdir()
+        (repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
+        with feast_bridge.feast_process_environment(settings):
+            os.environ["TEST_FEAST_TOKEN"] = bearer("payments-ml")
+            try:
+                remote = FeatureStore(repo_path=str(repo))
+                got = remote.get_online_features(features=spend["features"],
+                                                 entity_rows=[{"customer_id": 1001}]).to_dict()
+                assert got["txn_count_1d"] == [feast_bridge.read_online(settings, "customer_spend", [1001],
+                                                                        version=2)[0]["txn_count_1d"]]
+                os.environ["TEST_FEAST_TOKEN"] = bearer("marketing")
+                with pytest.raises(Exception, match=r"403|may not read"):
+                    FeatureStore(repo_path=str(repo)).get_online_features(
+                        features=spend["features"], entity_rows=[{"customer_id": 1001}]).to_dict()
+            finally:
+                os.environ.pop("TEST_FEAST_TOKEN", None)
+    finally:
+        server.stop()

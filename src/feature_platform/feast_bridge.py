@@ -349,6 +349,9 @@ def apply(settings: Settings, env: EnvironmentContract | None = None,
                      and _service_views(services[name]) == [c.feature_view_name]]
         removals += [granted[f"{c.feature_view_name}_readers"] for c in retired
                      if f"{c.feature_view_name}_readers" in granted]
+        open_read = f"{env.feast_project}_open_read"  # the environment stopped being open: close it
+        if env.access.default == "deny" and open_read in granted:
+            removals.append(granted[open_read])
         if changed or missing_services or new_permissions or removals:
             held.check()
             try:
@@ -808,20 +811,10 @@ def historical(settings: Settings, entity_df: Any, feature_set: str, version: in
         raise RegistryMismatchError(f"build {build_id} was made from schema {metadata['schema_hash']} but "
                                     f"{contract.feature_view_name} is {contract.schema_hash}")
     frame = point_in_time_join(entity_df, contract, str(metadata["data"]).removeprefix("s3://"), object_store.fs)
-    frame, masking = governance.mask_frame(frame, contract, caller, _pii_key_if_needed(settings, env, contract,
-                                                                                        caller))
+    frame, masking = governance.mask_frame(frame, contract, caller,
+                                           governance.masking_key(settings, env, contract, caller))
     provenance = {"feature_set": contract.name, "version": contract.version_label, "build_id": build_id,
                   "schema_hash": contract.schema_hash, "rows": len(frame),
                   "data": metadata["data"], "ttl_seconds": contract.ttl_seconds,
                   "caller": caller.describe(), "pii_masked": masking["masked"], "pii_dropped": masking["dropped"]}
     return frame, provenance
-
-
-def _pii_key_if_needed(settings: Settings, env: EnvironmentContract, contract: FeatureSetContract,
-                       caller: Any) -> bytes | None:
-    """The masking key, read only when something must be masked (a missing key then fails closed)."""
-    from feature_platform import governance
-
-    if not contract.pii_features or governance.sees_pii(contract, caller):
-        return None
-    return governance.pii_key(settings, env)

@@ -74,7 +74,13 @@ def _key(settings: Settings, variable: str | None, what: str) -> bytes | None:
     if not value:
         raise ConfigError(f"environment variable {variable} is not set; it must hold the {what} (from the "
                           "environment's governance Secret); the environment contract names it")
+    if len(value.encode()) < MIN_KEY_BYTES:
+        raise ConfigError(f"environment variable {variable} holds a key of {len(value.encode())} bytes; the {what} "
+                          f"needs at least {MIN_KEY_BYTES} (e.g. `openssl rand -hex 32`)")
     return value.encode()
+
+
+MIN_KEY_BYTES = 32  # HS256 and HMAC-SHA256 keys shorter than the hash are guessable (RFC 7518 3.2)
 
 
 def token_key(settings: Settings, env: EnvironmentContract) -> bytes | None:
@@ -215,6 +221,14 @@ def platform_token(settings: Settings, env: EnvironmentContract, purpose: str) -
 
 
 # ------------------------------------------------------------------------------------------------------- PII
+
+
+def masking_key(settings: Settings, env: EnvironmentContract, contract: FeatureSetContract, caller: Caller
+                ) -> bytes | None:
+    """The PII key, read only when something must be masked (a named but missing key then fails closed)."""
+    if not contract.pii_features or sees_pii(contract, caller):
+        return None
+    return pii_key(settings, env)
 
 
 def mask_value(key: bytes, value: Any) -> str | None:

@@ -129,7 +129,6 @@ def export(settings: Settings, feature_set: str, version: int | None = None, bui
     """A build's rows (default: the version's latest) as a DataFrame for ``caller``: refused unless its team may
     read the view, PII features masked unless it may see them. Returns (frame, provenance)."""
     from feature_platform import governance
-    from feature_platform.feast_bridge import _pii_key_if_needed
 
     env = settings.environment()
     contract = settings.contracts().get(feature_set, version)
@@ -140,7 +139,7 @@ def export(settings: Settings, feature_set: str, version: int | None = None, bui
     metadata = builds.read_metadata(store, contract, build_id)
     frame = builds.read_build_table(store, metadata).to_pandas(types_mapper=_nullable_types)
     frame, masking = governance.mask_frame(frame, contract, caller,
-                                           _pii_key_if_needed(settings, env, contract, caller))
+                                           governance.masking_key(settings, env, contract, caller))
     return frame, {"feature_set": feature_set, "version": contract.version_label, "build_id": build_id,
                    "schema_hash": metadata["schema_hash"], "rows": len(frame), "data": metadata["data"],
                    "caller": caller.describe(), "pii_masked": masking["masked"], "pii_dropped": masking["dropped"]}

@@ -37,6 +37,7 @@ class Report:
     environment: str
     started_at: str
     checks: list[Check]
+    monitoring: list[Any] = field(default_factory=list)  # monitoring.ViewReport per view, for the HTML report
 
     @property
     def ok(self) -> bool:
@@ -181,17 +182,71 @@ def check_online(settings: Settings, env: EnvironmentContract, sample: int) -> t
     return status, evidence
 
 
+def check_pii(settings: Settings, env: EnvironmentContract) -> tuple[str, list[str]]:
+    """No PII feature reaches an export unmasked: the export path (access check, then masking with this
+    environment's key) run on each PII view's first row group as a reader outside pii_readers (or an outsider),
+    and none of the build's raw PII values may come out."""
+    import pyarrow.parquet as pq
+
+    from feature_platform import governance
+    from feature_platform.errors import AccessDenied
+    from feature_platform.pipeline import object_store
+
+    store = object_store(settings, env)
+    evidence, status = [], PASS
+    for contract in settings.contracts().live():
+        if not contract.pii_features:
+            continue
+        outsiders = [t for t in contract.access.readers if t not in contract.access.pii_readers]
+        caller = governance.Caller(outsiders[0] if outsiders else "proof-outsider", "proof", True)
+        try:
+            governance.check_offline_read(settings, env, contract, caller)
+        except AccessDenied:
+            evidence.append(f"{contract.feature_view_name}: {caller.describe()} is refused (not a reader)")
+            continue
+        pointer = builds.read_pointer(store, contract.name, contract.version_label)
+        metadata = builds.read_metadata(store, contract, pointer["build_id"])
+        with store.fs.open(str(metadata["data"]).removeprefix("s3://"), "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            sample = parquet.read_row_group(0).to_pandas() if parquet.num_row_groups else None
+        if sample is None:
+            continue
+        key = governance.masking_key(settings, env, contract, caller)
+        exported, masking = governance.mask_frame(sample, contract, caller, key)
+        leaked = [name for name in contract.pii_features if name in exported.columns and
+                  set(map(str, exported[name].dropna())) & set(map(str, sample[name].dropna()))]
+        if leaked:
+            status = FAIL
+        hidden = f"masked {', '.join(masking['masked']) or '-'}, dropped {', '.join(masking['dropped']) or '-'}"
+        evidence.append(f"{contract.feature_view_name}: as {caller.describe()}, "
+                        + (f"UNMASKED {', '.join(leaked)}" if leaked else hidden))
+    return status, evidence or ["no live contract marks PII"]
+
+
+def check_monitoring(settings: Settings, env: EnvironmentContract, report: Report) -> tuple[str, list[str]]:
+    """Freshness, volume, null rate and drift vs the previous build (`featurectl monitor`): a breach is a WARN
+    here (the loop works; the data moved), and the DAG's monitor task fails on it."""
+    from feature_platform import monitoring
+
+    report.monitoring = monitoring.monitor(settings)
+    evidence = [f"{r.feature_view}: " + ("ok" if r.ok else "; ".join(r.breaches)) for r in report.monitoring]
+    return (PASS if all(r.ok for r in report.monitoring) else WARN), evidence
+
+
 def run_proof(settings: Settings, sample: int = 20) -> Report:
     env = settings.environment()
     started = datetime.now(UTC).isoformat()
+    report = Report(env.name, started, [])
     steps: list[tuple[str, Callable[[], tuple[str, list[str]]]]] = [
         ("contracts readable and identical to Git", lambda: check_contracts(settings, env)),
         ("latest DAG run per feature set succeeded", lambda: check_dag_runs(settings, env)),
         ("version prefix, latest pointer and metadata.json agree", lambda: check_store(settings, env)),
         ("feast registry holds every contract", lambda: check_registry(settings, env)),
         ("materialized, fresh, online == offline", lambda: check_online(settings, env, sample)),
+        ("no PII feature reaches an export unmasked", lambda: check_pii(settings, env)),
+        ("freshness, volume, null rate and drift within thresholds", lambda: check_monitoring(settings, env, report)),
     ]
-    checks = []
+    checks = report.checks
     for name, run in steps:
         start = time.perf_counter()
         try:
@@ -199,16 +254,27 @@ def run_proof(settings: Settings, sample: int = 20) -> Report:
         except PlatformError as exc:
             status, evidence = FAIL, [str(exc)]
         checks.append(Check(name, status, evidence, round(time.perf_counter() - start, 3)))
-    return Report(env.name, started, checks)
+    return report
 
 
 def write_report(report: Report, path: Path) -> tuple[Path, Path]:
-    """FILE.json for machines and FILE.md for people."""
+    """FILE.json for machines, FILE.md for people, and FILE.html: the checks plus the monitoring charts."""
+    import html
+
+    from feature_platform import monitoring
+
     base = path.with_suffix("")
     json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report.to_json(), indent=2))
     md_path.write_text(report.to_markdown())
+    rows = "".join(f"<tr><td>{html.escape(c.name)}</td><td class='{c.status.lower()}'>{c.status}</td>"
+                   f"<td>{c.seconds:.2f}</td><td>{'<br>'.join(html.escape(e) for e in c.evidence)}</td></tr>"
+                   for c in report.checks)
+    page = monitoring.render_html(report.monitoring, report.environment, datetime.now(UTC))
+    summary = (f"<h1>Proof: {html.escape(report.environment)}: {'PASS' if report.ok else 'FAIL'}</h1>"
+               f"<table><tr><th>check</th><th>status</th><th>s</th><th>evidence</th></tr>{rows}</table>")
+    base.with_suffix(".html").write_text(page.replace("<body>", "<body>" + summary, 1))
     return json_path, md_path
 
 
