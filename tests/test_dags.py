@@ -433,9 +433,15 @@ def test_kubernetes_mode_steps_chain_through_xcom(local_settings, tmp_path, airf
         assert code == 0, task.task_id
         xcoms[task.task_id] = json.loads(xcom_file.read_text())
         ran.append(task.task_id)
-    assert ran[0] == "validate_contract" and ran[-1] == "verify_online"
+    assert ran[0] == "validate_contract" and ran[-2:] == ["verify_online", "monitor"]
     assert xcoms["v2.write_version"]["build_id"] == xcoms["v2.promote_latest"]["build_id"]
     assert all(r["ok"] for r in xcoms["verify_online"])
+    assert [v["feature_view"] for v in xcoms["monitor"]["views"]] == ["customer_spend_v1", "customer_spend_v2"]
+    env_vars = dag.get_task("feast_apply").env_vars
+    actor = env_vars["FEATURE_PLATFORM_ACTOR"] if isinstance(env_vars, dict) else next(
+        e.value for e in env_vars if e.name == "FEATURE_PLATFORM_ACTOR")
+    assert environment.from_string(actor).render(dag=dag, run_id="manual__kpo") == \
+        "airflow:feature_set__customer_spend/manual__kpo"  # the audit trail names the DAG run
     metadata = builds.read_metadata(data_store(local_settings), local_settings.contracts().get("customer_spend", 2),
                                     xcoms["v2.write_version"]["build_id"])
     assert metadata["run_id"] == "manual__kpo"

@@ -172,8 +172,10 @@ def run_step(step: str, feature_set: str, version: int | None = None, shard: str
               for name, source in STEP_INPUTS.get(step, {}).items()}
     if shard:
         inputs["shard"] = shard
-    return pipeline.run_named_step(Settings.from_env(), step, feature_set, version, inputs,
-                                   run_id=context.get("run_id"))
+    settings = Settings.from_env()
+    actor = f"airflow:{DAG_PREFIX}{feature_set}/{context.get('run_id')}"  # who the audit trail names
+    settings = settings.replace(values={**settings.values, "FEATURE_PLATFORM_ACTOR": actor})
+    return pipeline.run_named_step(settings, step, feature_set, version, inputs, run_id=context.get("run_id"))
 
 
 # -------------------------------------------------------------------------------------------- the factory
@@ -233,7 +235,7 @@ def _operator(config: DagConfig, env: EnvironmentContract, step: str, feature_se
         namespace=config.namespace,
         image=config.image,
         cmds=["featurectl"],
-        env_vars=config.pod_env,
+        env_vars={**config.pod_env, "FEATURE_PLATFORM_ACTOR": "airflow:{{ dag.dag_id }}/{{ run_id }}"},
         env_from=env_from,
         service_account_name=config.service_account,
         labels={"redis-client": "true", "app.kubernetes.io/part-of": "feature-platform"},
