@@ -191,6 +191,9 @@ def test_the_online_store_lagging_the_latest_build_is_a_breach(tmp_path: Path) -
 
 
 def test_monitor_ignores_retired_versions_and_names_unknown_sets(sensor_settings: Settings) -> None:
+    unbuilt = pipeline.monitor(sensor_settings, fail_on_breach=False)["views"][0]
+    assert unbuilt["breaches"] == ["no promoted build of v1; run the DAG (or `featurectl build sensor_health "
+                                   "--version 1`)"]
     build(sensor_settings, sensor_events(seed=1))
     with pytest.raises(Exception, match="no feature set named 'nope'"):
         pipeline.monitor(sensor_settings, ["nope"])

@@ -32,7 +32,7 @@ import numpy as np
 from feature_platform import build as builds
 from feature_platform.contracts import FeatureSetContract, parse_duration
 from feature_platform.environments import EnvironmentContract, Settings
-from feature_platform.errors import MonitorBreach
+from feature_platform.errors import MonitorBreach, PointerMissingError
 from feature_platform.store import ObjectStore
 
 HISTORY = 10  # builds per version shown in the report's plots
@@ -84,6 +84,9 @@ class ViewReport:
     def as_dict(self) -> dict[str, Any]:
         document = asdict(self)
         document.pop("profiles")
+        for name in ("freshness_seconds", "build_age_seconds"):  # JSON has no infinity: unknown is null
+            if not math.isfinite(document[name]):
+                document[name] = None
         document["ok"] = self.ok
         return document
 
@@ -161,6 +164,10 @@ def _profile(metadata: dict[str, Any], feature: str) -> dict[str, Any]:
     return (metadata.get("columns", {}).get(feature) or {}).get("profile") or {}
 
 
+def _span(seconds: float) -> str:
+    return str(timedelta(seconds=int(seconds))) if math.isfinite(seconds) else "unknown"
+
+
 def _age(now: datetime, stamp: str | None) -> float:
     if not stamp:
         return math.inf
@@ -230,13 +237,13 @@ def monitor_view(store: ObjectStore, env: EnvironmentContract, contract: Feature
         else contract.ttl_seconds
     freshness = _age(now, newest.get("event_time_max"))
     if freshness > staleness:
-        breaches.insert(0, f"stale: newest event {newest.get('event_time_max')} is {timedelta(seconds=int(freshness))}"
+        breaches.insert(0, f"stale: newest event {newest.get('event_time_max')} is {_span(freshness)}"
                            f" old (limit {timedelta(seconds=staleness)})")
     interval = schedule_seconds(env)
     build_age = _age(now, pointer.get("promoted_at") or newest.get("generated_at"))
     max_build_age = 2 * interval if interval else None
     if max_build_age is not None and build_age > max_build_age:
-        breaches.insert(0, f"no new build for {timedelta(seconds=int(build_age))} (schedule {env.schedule.cron}: "
+        breaches.insert(0, f"no new build for {_span(build_age)} (schedule {env.schedule.cron}: "
                            "two runs missed)")
     marker = read_marker(store, contract) if contract.online else {}
     online_build = marker.get("build_id")
@@ -274,7 +281,14 @@ def monitor(settings: Settings, feature_sets: list[str] | None = None, now: date
     for name in feature_sets or contracts.names():
         listed = builds.list_builds(store, name)
         for contract in contracts.live_versions(name):
-            reports.append(monitor_view(store, env, contract, listed, now))
+            try:
+                reports.append(monitor_view(store, env, contract, listed, now))
+            except PointerMissingError:  # never promoted: a breach to report, not a crash hiding the others
+                reports.append(ViewReport(contract.name, contract.feature_view_name, "", None, 0, None, 0, "",
+                                          math.inf, contract.ttl_seconds, math.inf, None, None, contract.online,
+                                          breaches=[f"no promoted build of {contract.version_label}; run the DAG "
+                                                    f"(or `featurectl build {contract.name} --version "
+                                                    f"{contract.version}`)"]))
     return reports
 
 
@@ -422,7 +436,7 @@ def render_markdown(reports: list[ViewReport], env: str, now: datetime) -> str:
         lines += [f"## {r.feature_view}: {'OK' if r.ok else 'BREACH'}", "",
                   f"- build {r.build_id} ({r.row_count:,} rows, {r.entity_count:,} entities), previous "
                   f"{r.previous_build_id or 'none'}",
-                  f"- newest event {r.event_time_max}, {timedelta(seconds=int(r.freshness_seconds))} old "
+                  f"- newest event {r.event_time_max}, {_span(r.freshness_seconds)} old "
                   f"(limit {timedelta(seconds=r.max_staleness_seconds)})",
                   f"- online: {r.online_build_id or 'not loaded'}" if r.online else "- offline only", ""]
         lines += [f"- **{b}**" for b in r.breaches] + ([""] if r.breaches else [])
@@ -451,7 +465,7 @@ def render_html(reports: list[ViewReport], env: str, now: datetime) -> str:
         parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
                      + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in body)
                      + "</table>")
-        charts = [("freshness", plot_freshness(r)), ("null-rate", plot_null_rates(r))]
+        charts = [("freshness", plot_freshness(r)), ("null-rate", plot_null_rates(r))] if r.history else []
         charts += [(f"drift-{f.feature}", plot_drift(r, f)) for f in r.features if f.drifted]
         parts += [f"<figure class='chart' data-chart='{e(kind)}'>{svg}</figure>" for kind, svg in charts]
         parts.append("</section>")
