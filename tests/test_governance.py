@@ -352,3 +352,19 @@ def test_contracts_export_as_valid_odcs(tmp_path: Path) -> None:
     assert {s["server"] for s in patient["servers"]} == {"local", "dev", "prod"}
     assert odcs.validate({**patient, "schema": [{**patient["schema"][0], "properties": [
         {**props["heart_rate"], "logicalType": "float64"}]}]})  # the validator does reject a wrong document
+
+
+def test_the_proof_fails_when_pii_would_leave_unmasked(governed: dict[str, Settings], monkeypatch) -> None:
+    from feature_platform import proof
+
+    settings = governed["secure"]
+    env = settings.environment()
+    status, evidence = proof.check_pii(settings, env)
+    assert status == proof.PASS and evidence == ["patient_vitals_v1: team proof-outsider is refused (not a reader)"]
+    write_contract(settings.contracts_dir, patient_contract(access={"readers": ["research", "billing"]}))
+    status, evidence = proof.check_pii(settings, env)
+    assert status == proof.PASS and evidence == ["patient_vitals_v1: as team billing, masked postcode, birth_year, "
+                                                 "dropped -"]
+    monkeypatch.setattr(governance, "mask_frame", lambda frame, *_: (frame, {"masked": [], "dropped": []}))
+    status, evidence = proof.check_pii(settings, env)  # a regression that forgets to mask
+    assert status == proof.FAIL and "UNMASKED postcode, birth_year" in evidence[0]
