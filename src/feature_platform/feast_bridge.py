@@ -442,7 +442,7 @@ def plan(settings: Settings, env: EnvironmentContract | None = None) -> dict[str
             data_sources=[fv.batch_source for fv in wanted.feature_views],
             feature_views=wanted.feature_views, on_demand_feature_views=[], stream_feature_views=[],
             label_views=[], entities=[*wanted.entities, DUMMY_ENTITY], feature_services=wanted.feature_services,
-            permissions=[])
+            permissions=wanted.permissions)
         try:
             registry_diff, infra_diff, _ = store.plan(contents)
         except Exception as exc:
