@@ -133,7 +133,10 @@ def test_sql_registry_on_postgres(dev_settings, contracts_copy, postgres_server,
     prod["registry"] = {"type": "sql", "url_env": "FEATURE_PLATFORM_REGISTRY_URL", "cache_ttl_seconds": 60}
     path.write_text(yaml.safe_dump(prod))
     settings = dev_settings.replace(env_name="prod", values={
-        **dev_settings.values, "FEATURE_PLATFORM_REGISTRY_URL": postgres_server.url()})
+        **dev_settings.values, "FEATURE_PLATFORM_REGISTRY_URL": postgres_server.url(),
+        # prod's governance Secret (README "Governance"): without it prod's proof and exports fail closed
+        "FEATURE_PLATFORM_AUTH_KEY": "prod-test-auth-key-0123456789abcdef-0123", "FEATURE_PLATFORM_PII_KEY":
+            "prod-test-pii-key-0123456789abcdef-01234"})
     seed_raw(settings)
     pipeline.build_all(settings)
     _apply_concurrently_from_two_contract_sets(settings, contracts_copy, tmp_path)
@@ -144,6 +147,12 @@ def test_sql_registry_on_postgres(dev_settings, contracts_copy, postgres_server,
     assert redis_clean.client(db=1).dbsize() > 0 and redis_clean.client(db=0).dbsize() == 0  # prod's Redis DB
     report = run_proof(settings)
     assert report.ok, [c.evidence for c in report.checks if c.status != "PASS"]
+    pii = next(c for c in report.checks if "PII" in c.name)
+    assert pii.evidence == ["customer_profile_v1: as team payments-ml, masked email_domain, dropped -"]
+    from feature_platform import audit
+
+    assert {c["object"] for e in audit.read(settings, settings.environment()) for c in e["changes"]} >= {
+        "customer_spend_v2", "customer_spend_v2_readers"}  # the audit table in the registry's database
 
 
 def test_apply_waits_for_the_registry_lease(dev_settings, monkeypatch) -> None:
