@@ -48,9 +48,11 @@ def test_proof_passes_on_s3_and_redis_and_writes_reports(dev_settings, tmp_path)
     assert set(statuses(report).values()) == {PASS}
     json_path, md_path = write_report(report, tmp_path / "proof")
     data = json.loads(json_path.read_text())
-    assert data["ok"] is True and len(data["checks"]) == 5
+    assert data["ok"] is True and len(data["checks"]) == 7
     assert all(c["seconds"] >= 0 for c in data["checks"])
     assert "| feast registry holds every contract | PASS |" in md_path.read_text()
+    page = (tmp_path / "proof.html").read_text()  # the checks plus one freshness and null-rate chart per view
+    assert "<h1>Proof: dev: PASS</h1>" in page and page.count("data-chart='freshness'") == 4
 
 
 def test_readme_main_command_ends_with_a_passing_proof(tmp_path) -> None:
