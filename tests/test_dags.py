@@ -232,6 +232,11 @@ def test_dag_runs_build_promote_serve_and_pass_the_proof(airflow_home, dev_setti
         assert metadata["run_id"].startswith("manual__")
     keys = {o["Key"] for o in s3_clean.client().list_objects_v2(Bucket="feature-platform-dev")["Contents"]}
     assert "feast/registry.db" in keys and "features/customer_spend/latest.json" in keys
+    assert "features/_monitor/customer_spend/monitor.html" in keys  # the monitor task ran and published
+    from feature_platform import audit
+
+    actors = {e["actor"] for e in audit.read(dev_settings, dev_settings.environment())}
+    assert actors and all(a.startswith("airflow:feature_set__customer_spend/manual__") for a in actors), actors
     rows = feast_bridge.read_online(dev_settings, "customer_spend", ["1001", "1002", "1003"])
     assert all(r["txn_count_1d"] is not None for r in rows)
     report = run_proof(dev_settings)

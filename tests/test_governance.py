@@ -173,6 +173,9 @@ def test_secure_environment_refuses_without_token_and_outsiders(governed: dict[s
     unsigned = settings.replace(values={**settings.values, "FEATURE_PLATFORM_TEAM": "research"})
     with pytest.raises(AccessDenied, match="signed team token"):  # a team name alone proves nothing here
         pipeline.export(unsigned, "patient_vitals")
+    refused = [e for e in audit.read(settings, settings.environment()) if e["action"] in ("export", "historical")]
+    assert [(e["action"], e["caller"], e["changes"][0]["change"]) for e in refused] == [
+        ("export", "team marketing", "refused"), ("historical", "team marketing", "refused")]
 
 
 def test_pii_is_masked_for_readers_outside_pii_readers(governed: dict[str, Settings]) -> None:
@@ -209,6 +212,11 @@ def test_pii_is_masked_for_readers_outside_pii_readers(governed: dict[str, Setti
     frame, _ = feast_bridge.historical(settings, entities(), "patient_vitals", caller=owner)
     assert list(frame["postcode"][:2]) == ["PC1", "PC2"]
 
+    reads = [(e["action"], e["caller"], e["changes"][0]["classification"])
+             for e in audit.read(settings, settings.environment(), "patient_vitals") if e["action"] != "apply"]
+    assert reads == [("export", "team research", "PII unmasked"), ("export", "team billing", "PII masked"),
+                     ("export", "team billing", "PII masked"), ("historical", "team billing", "PII masked"),
+                     ("historical", "team clinical-ml", "PII unmasked")]  # who saw personal data, and how
     no_key = settings.replace(values={k: v for k, v in settings.values.items() if k != "TEST_PII_KEY"})
     with pytest.raises(ConfigError, match="TEST_PII_KEY is not set"):  # fails closed, never exports raw PII
         pipeline.export(no_key, "patient_vitals", caller=billing)

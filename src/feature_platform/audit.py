@@ -2,8 +2,9 @@
 which contracts commit, and how the change classifies.
 
 Every apply that changes the registry (views added or re-pointed at a new build, services, permissions, retired
-versions removed), every rollback of a ``latest`` pointer and every retirement writes one entry. Entries are never
-rewritten:
+versions removed), every rollback of a ``latest`` pointer and every retirement writes one entry, and so does every
+offline read (`historical`, `export`: who took which build, PII masked or not) and every refused one. Entries
+are never rewritten:
 
 - file registry (``s3://bucket/feast/registry.db``): one object per entry under ``s3://bucket/feast/audit/``,
   keyed ``<UTC time>-<id>.json`` so listing is chronological (enable S3 Object Lock on that prefix to make

@@ -799,7 +799,7 @@ def historical(settings: Settings, entity_df: Any, feature_set: str, version: in
     contracts = settings.contracts()
     contract = contracts.get(feature_set, version)
     caller = caller or governance.caller_from_cli(settings, env)
-    governance.check_offline_read(settings, env, contract, caller)
+    governance.check_offline_read(settings, env, contract, caller, action="historical")
     object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
     if build_id is None:
         store = open_store(settings, env)
@@ -817,4 +817,5 @@ def historical(settings: Settings, entity_df: Any, feature_set: str, version: in
                   "schema_hash": contract.schema_hash, "rows": len(frame),
                   "data": metadata["data"], "ttl_seconds": contract.ttl_seconds,
                   "caller": caller.describe(), "pii_masked": masking["masked"], "pii_dropped": masking["dropped"]}
+    governance.record_read(settings, env, contract, caller, "historical", provenance)
     return frame, provenance

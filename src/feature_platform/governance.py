@@ -257,16 +257,41 @@ def mask_frame(frame: Any, contract: FeatureSetContract, caller: Caller, key: by
 
 
 def check_offline_read(settings: Settings, env: EnvironmentContract, contract: FeatureSetContract,
-                       caller: Caller) -> None:
-    """historical/export: Feast's decision on the contract's Permission (as registered), else AccessDenied."""
+                       caller: Caller, action: str | None = None) -> None:
+    """historical/export: Feast's decision on the contract's Permission (as registered), else AccessDenied.
+    With ``action`` a refusal is also written to the audit trail."""
     from feast import FeatureView
 
     wanted = permissions(env, settings.contracts(), [contract])
     resource = FeatureView(name=contract.feature_view_name, source=_placeholder_source(contract), schema=[])
     allowed, why = may_read(wanted, caller, resource, online=False)
     if not allowed:
+        if action:
+            record_read(settings, env, contract, caller, action, None, denied=why)
         raise AccessDenied(f"{caller.describe()} may not read {contract.feature_view_name} ({env.name}): readers are "
                            f"{', '.join(contract.reader_teams)}; {why}")
+
+
+def record_read(settings: Settings, env: EnvironmentContract, contract: FeatureSetContract, caller: Caller,
+                action: str, provenance: dict[str, Any] | None, denied: str | None = None) -> None:
+    """Offline reads leave a trail too (who took which build's rows, PII masked or not, or who was refused):
+    regulated teams must answer "who saw this personal data"."""
+    from feature_platform import audit
+
+    if denied is not None:
+        change, classification, detail = "refused", "access denied", [denied]
+    else:
+        assert provenance is not None
+        hidden = provenance["pii_masked"] + provenance["pii_dropped"]
+        shown = [f for f in contract.pii_features if f not in hidden]
+        change, classification = "read", ("PII unmasked" if shown else "PII masked" if hidden else "no PII")
+        detail = [f"build {provenance['build_id']}, {provenance['rows']} rows",
+                  *([f"PII unmasked: {', '.join(shown)}"] if shown else []),
+                  *([f"PII masked or dropped: {', '.join(hidden)}"] if hidden else [])]
+    audit.record(settings, env, action, [contract.name], [{
+        "object": contract.feature_view_name, "kind": "offline read", "change": change,
+        "classification": classification, "detail": detail, "feature_set": contract.name}],
+        caller=caller.describe(), authenticated=caller.authenticated)
 
 
 def _placeholder_source(contract: FeatureSetContract) -> Any:

@@ -133,16 +133,18 @@ def export(settings: Settings, feature_set: str, version: int | None = None, bui
     env = settings.environment()
     contract = settings.contracts().get(feature_set, version)
     caller = caller or governance.caller_from_cli(settings, env)
-    governance.check_offline_read(settings, env, contract, caller)
+    governance.check_offline_read(settings, env, contract, caller, action="export")
     store = object_store(settings, env)
     build_id = build_id or builds.read_pointer(store, feature_set, contract.version_label)["build_id"]
     metadata = builds.read_metadata(store, contract, build_id)
     frame = builds.read_build_table(store, metadata).to_pandas(types_mapper=_nullable_types)
     frame, masking = governance.mask_frame(frame, contract, caller,
                                            governance.masking_key(settings, env, contract, caller))
-    return frame, {"feature_set": feature_set, "version": contract.version_label, "build_id": build_id,
-                   "schema_hash": metadata["schema_hash"], "rows": len(frame), "data": metadata["data"],
-                   "caller": caller.describe(), "pii_masked": masking["masked"], "pii_dropped": masking["dropped"]}
+    provenance = {"feature_set": feature_set, "version": contract.version_label, "build_id": build_id,
+                  "schema_hash": metadata["schema_hash"], "rows": len(frame), "data": metadata["data"],
+                  "caller": caller.describe(), "pii_masked": masking["masked"], "pii_dropped": masking["dropped"]}
+    governance.record_read(settings, env, contract, caller, "export", provenance)
+    return frame, provenance
 
 
 def _nullable_types(arrow_type: Any) -> Any:
