@@ -236,7 +236,9 @@ def test_dag_runs_build_promote_serve_and_pass_the_proof(airflow_home, dev_setti
     from feature_platform import audit
 
     actors = {e["actor"] for e in audit.read(dev_settings, dev_settings.environment())}
-    assert actors and all(a.startswith("airflow:feature_set__customer_spend/manual__") for a in actors), actors
+    assert {a.split("/")[0] for a in actors} == {f"airflow:feature_set__{name}" for name in  # one run per DAG
+                                                  ("customer_profile", "customer_spend", "driver_hourly_stats")}
+    assert all(a.split("/")[1].startswith("manual__") for a in actors), actors
     rows = feast_bridge.read_online(dev_settings, "customer_spend", ["1001", "1002", "1003"])
     assert all(r["txn_count_1d"] is not None for r in rows)
     report = run_proof(dev_settings)
