@@ -358,6 +358,12 @@ def test_contracts_export_as_valid_odcs(tmp_path: Path) -> None:
     assert props["patient_id"]["primaryKey"] and props["patient_id"]["logicalType"] == "integer"
     assert {r["role"] for r in patient["roles"]} == {"clinical-ml", "research"}
     assert {s["server"] for s in patient["servers"]} == {"local", "dev", "prod"}
+    streamed = subprocess.run([sys.executable, "-m", "feature_platform.cli", "contracts", "export", "--out", "-",
+                               "--contracts", str(contracts), "--env", "prod"], capture_output=True, text=True,
+                              timeout=120)
+    documents = list(yaml.safe_load_all(streamed.stdout))
+    assert streamed.returncode == 0 and [d["name"] for d in documents] == [f[:-len(".odcs.yaml")] for f in files]
+    assert all(d["servers"] == [{**d["servers"][0], "server": "prod"}] for d in documents)  # --env: prod only
     assert odcs.validate({**patient, "schema": [{**patient["schema"][0], "properties": [
         {**props["heart_rate"], "logicalType": "float64"}]}]})  # the validator does reject a wrong document
 

@@ -143,17 +143,25 @@ def cmd_contracts_export(args: argparse.Namespace) -> int:
     contracts = settings.contracts()
     environments = [e for name, e in sorted(load_environments(settings.contracts_dir).items())
                     if not args.env or name == args.env]
+    to_stdout = args.out == "-"
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    problems, written = [], []
+    if not to_stdout:
+        out.mkdir(parents=True, exist_ok=True)
+    problems, written, documents = [], [], []
     for contract in contracts.all():
         document = odcs.to_odcs(contract, environments)
         errors = odcs.validate(document)
         problems += [f"{contract.feature_view_name}: {e}" for e in errors]
-        path = out / f"{contract.feature_view_name}.odcs.yaml"
-        if not errors:
+        if errors:
+            continue
+        documents.append(document)
+        if not to_stdout:
+            path = out / f"{contract.feature_view_name}.odcs.yaml"
             path.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
             written.append(str(path))
+    if to_stdout:  # one YAML stream, a document per contract version
+        print(yaml.safe_dump_all(documents, sort_keys=False, allow_unicode=True), end="")
+        return _report(problems, "", 2) if problems else 0
     for line in written:
         print(f"wrote {line}")
     return _report(problems, f"{len(written)} ODCS {odcs.API_VERSION} document(s) valid", 2)
@@ -594,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_contracts_lock)
     p = sub.add_parser("export", help="write each contract version as an Open Data Contract Standard document")
     p.add_argument("--format", choices=["odcs"], default="odcs")
-    p.add_argument("--out", default="odcs", help="directory for <view>.odcs.yaml (default ./odcs)")
+    p.add_argument("--out", default="odcs", help="directory for <view>.odcs.yaml (default ./odcs); - prints one "
+                                                  "YAML stream")
     p.add_argument("--env", help="only this environment's server entry (default: every environment)")
     p.add_argument("--contracts", help="contracts directory (default: $FEATURE_PLATFORM_CONTRACTS or ./contracts)")
     p.set_defaults(handler=cmd_contracts_export)
