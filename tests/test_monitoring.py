@@ -115,6 +115,9 @@ def test_profile_is_recorded_per_feature_in_metadata(sensor_settings: Settings) 
     assert sum(c for _, c in status["top_values"]) == status["values"] == metadata["row_count"]
     errors = metadata["columns"]["errors"]["profile"]
     assert errors["values"] == metadata["row_count"] - metadata["columns"]["errors"]["null_count"]
+    assert metadata["columns"]["errors"]["null_rate"] == pytest.approx(
+        metadata["columns"]["errors"]["null_count"] / metadata["row_count"])
+    assert metadata["columns"]["temperature"]["null_rate"] == 0.0
 
 
 def test_a_stable_rebuild_passes_and_a_drifted_one_breaches(sensor_settings: Settings, tmp_path: Path) -> None:

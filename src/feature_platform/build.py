@@ -520,6 +520,11 @@ def _finite(value: Any) -> float | None:
 
 
 def add_profile(stats: dict[str, Any], profile: dict[str, dict[str, Any]]) -> None:
+    """Merge the profile into the gate's per-column statistics, with each column's null rate spelled out."""
+    rows = stats.get("row_count") or 0
+    for column in stats["columns"].values():
+        if rows and "null_count" in column:
+            column["null_rate"] = column["null_count"] / rows
     for name, summary in profile.items():
         stats["columns"].setdefault(name, {})["profile"] = summary
 
