@@ -398,6 +398,13 @@ def test_teams_read_what_the_contracts_allow_and_feasts_client_sends_the_token(l
         assert post(server, profile_service, bearer("payments-ml"))[0] == 403
         assert post(server, email, bearer("fraud-ml"))[0] == 200  # in pii_readers
         assert post(server, profile_service, bearer("crm-data"))[0] == 200  # the owner
+        check = [str(Path(sys.executable).parent / "featurectl"), "check-server", "--url",
+                 f"http://127.0.0.1:{server.port}"]  # `helm test`: the platform's own token, PII views included
+        result = subprocess.run(check, env=_env(settings), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        keyless = {k: v for k, v in _env(settings).items() if k != "TEST_AUTH_KEY"}
+        result = subprocess.run(check, env=keyless, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and "HTTP 401" in result.stderr
 
         config = feast_bridge.feature_store_config(settings, settings.environment())
         config["online_store"] = {"type": "remote", "path": f"http://127.0.0.1:{server.port}"}
