@@ -42,6 +42,7 @@ class Caller:
     team: str | None  # None: anonymous
     subject: str = "anonymous"
     authenticated: bool = False
+    expires_at: float = 0.0  # epoch seconds, for verified tokens
 
     @property
     def roles(self) -> list[str]:
@@ -114,7 +115,7 @@ def verify_token(key: bytes, token: str) -> Caller:
     roles = claims.get("roles")
     if not isinstance(roles, list) or len(roles) != 1 or not isinstance(roles[0], str):
         raise AccessDenied("the token must name exactly one team in its roles claim", 401)
-    return Caller(roles[0], str(claims["sub"]), True)
+    return Caller(roles[0], str(claims["sub"]), True, float(claims["exp"]))
 
 
 def caller_from_bearer(env: EnvironmentContract, key: bytes | None, authorization: str | None) -> Caller:

@@ -121,14 +121,25 @@ class OnlineAccess:
     decision on the catalog's Permission objects, and where the environment denies by default, PII features
     only for their pii_readers."""
 
+    TOKEN_CACHE = 4096  # verified tokens kept (a signature check per request would cost ~30 µs)
+
     def __init__(self, default: str, key: bytes | None, env: Any) -> None:
         self.default, self.key, self.env = default, key, env
+        self._verified: dict[str, tuple[Caller, float]] = {}
 
     def caller(self, authorization: str | None) -> Caller:
+        cached = self._verified.get(authorization) if authorization else None
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
         try:
-            return caller_from_bearer(self.env, self.key, authorization)
+            caller = caller_from_bearer(self.env, self.key, authorization)
         except AccessDenied as exc:
             raise RequestError(exc.status, str(exc)) from None
+        if authorization and caller.authenticated:
+            if len(self._verified) >= self.TOKEN_CACHE:
+                self._verified.clear()
+            self._verified[authorization] = (caller, caller.expires_at)
+        return caller
 
     def check(self, catalog: Catalog, request: OnlineRequest, caller: Caller) -> None:
         if request.feature_service:
