@@ -80,8 +80,8 @@ def governed(tmp_path: Path) -> dict[str, Settings]:
     return out
 
 
-def token(team: str, key: str = AUTH_KEY, ttl: int = 600) -> str:
-    return governance.issue_token(key.encode(), team, ttl_seconds=ttl)
+def token(team: str, key: str = AUTH_KEY, ttl: int = 600, environment: str = "secure") -> str:
+    return governance.issue_token(key.encode(), team, environment, ttl_seconds=ttl)
 
 
 def entities() -> pd.DataFrame:
@@ -92,15 +92,18 @@ def entities() -> pd.DataFrame:
 
 
 def test_tokens_name_one_team_and_bad_ones_are_refused() -> None:
-    caller = governance.verify_token(AUTH_KEY.encode(), token("research"))
+    caller = governance.verify_token(AUTH_KEY.encode(), token("research"), "secure")
     assert caller.team == "research" and caller.authenticated
     with pytest.raises(AccessDenied, match="expired") as expired:
-        governance.verify_token(AUTH_KEY.encode(), token("research", ttl=-10))
+        governance.verify_token(AUTH_KEY.encode(), token("research", ttl=-10), "secure")
     assert expired.value.status == 401
+    other = "another-environments-key-0000000000000000"
     with pytest.raises(AccessDenied, match="not valid here"):
-        governance.verify_token(AUTH_KEY.encode(), token("research", key="another-environments-key-0000000000000000"))
+        governance.verify_token(AUTH_KEY.encode(), token("research", key=other), "secure")
     with pytest.raises(AccessDenied, match="not valid here"):
-        governance.verify_token(AUTH_KEY.encode(), "not.a.token")
+        governance.verify_token(AUTH_KEY.encode(), "not.a.token", "secure")
+    with pytest.raises(AccessDenied, match="not valid here"):  # same key, another environment's token
+        governance.verify_token(AUTH_KEY.encode(), token("research", environment="dev"), "secure")
 
 
 def test_deny_environment_needs_a_token_key(tmp_path: Path) -> None:
@@ -183,10 +186,10 @@ def test_pii_is_masked_for_readers_outside_pii_readers(governed: dict[str, Setti
 
     settings = governed["secure"]
     raw = vitals()
-    owner = governance.verify_token(AUTH_KEY.encode(), token("clinical-ml"))
-    research = governance.verify_token(AUTH_KEY.encode(), token("research"))
+    owner = governance.verify_token(AUTH_KEY.encode(), token("clinical-ml"), "secure")
+    research = governance.verify_token(AUTH_KEY.encode(), token("research"), "secure")
     write_contract(settings.contracts_dir, patient_contract(access={"readers": ["research", "billing"]}))
-    billing = governance.verify_token(AUTH_KEY.encode(), token("billing"))
+    billing = governance.verify_token(AUTH_KEY.encode(), token("billing"), "secure")
 
     clear, provenance = pipeline.export(settings, "patient_vitals", caller=research)
     assert provenance["pii_masked"] == [] and set(clear["postcode"].dropna()) == {f"PC{i}" for i in range(5)}

@@ -363,7 +363,7 @@ def test_teams_read_what_the_contracts_allow_and_feasts_client_sends_the_token(l
     pipeline.apply(settings)  # closes the open permission
 
     def bearer(team: str, ttl: int = 600, signing_key: str = key) -> str:
-        return issue_token(signing_key.encode(), team, ttl_seconds=ttl)
+        return issue_token(signing_key.encode(), team, "dev", ttl_seconds=ttl)
 
     def post(server: Server, body: dict, token: str | None) -> tuple[int, dict]:
         request = urllib.request.Request(f"http://127.0.0.1:{server.port}/get-online-features",

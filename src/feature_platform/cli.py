@@ -377,7 +377,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     key = token_key(settings, env)
     if key is None:
         raise ConfigError(f"{env.name} has no access.token_key_env: it signs no tokens (access there is by --team)")
-    print(issue_token(key, args.team, args.subject, parse_duration(args.ttl)))
+    print(issue_token(key, args.team, env.name, args.subject, parse_duration(args.ttl)))
     return 0
 
 

@@ -92,21 +92,25 @@ def pii_key(settings: Settings, env: EnvironmentContract) -> bytes | None:
     return _key(settings, env.access.pii_key_env, "key that masks PII (HMAC-SHA256)")
 
 
-def issue_token(key: bytes, team: str, subject: str | None = None, ttl_seconds: int = 30 * 86400) -> str:
+def issue_token(key: bytes, team: str, environment: str, subject: str | None = None,
+                ttl_seconds: int = 30 * 86400) -> str:
+    """A team token for one environment (its name is the audience: a dev token never opens prod)."""
     import jwt
 
     now = int(time.time())
-    claims = {"iss": TOKEN_ISSUER, "sub": subject or team, "roles": [team], "iat": now, "exp": now + ttl_seconds}
+    claims = {"iss": TOKEN_ISSUER, "aud": environment, "sub": subject or team, "roles": [team], "iat": now,
+              "exp": now + ttl_seconds}
     return jwt.encode(claims, key, algorithm="HS256")
 
 
-def verify_token(key: bytes, token: str) -> Caller:
-    """The caller a token names; AccessDenied (401) for a bad signature, an expired or a malformed token."""
+def verify_token(key: bytes, token: str, environment: str) -> Caller:
+    """The caller a token names; AccessDenied (401) for a bad signature, another environment's, an expired or a
+    malformed token."""
     import jwt
 
     try:
-        claims = jwt.decode(token, key, algorithms=["HS256"], issuer=TOKEN_ISSUER,
-                            options={"require": ["exp", "sub", "roles"]})
+        claims = jwt.decode(token, key, algorithms=["HS256"], issuer=TOKEN_ISSUER, audience=environment,
+                            options={"require": ["exp", "sub", "roles", "aud"]})
     except jwt.ExpiredSignatureError:
         raise AccessDenied("the token has expired; ask for a new one (`featurectl token`)", 401) from None
     except jwt.InvalidTokenError as exc:
@@ -130,7 +134,7 @@ def caller_from_bearer(env: EnvironmentContract, key: bytes | None, authorizatio
         raise AccessDenied("the Authorization header must be `Bearer <token>`", 401)
     if key is None:
         return ANONYMOUS  # this environment has no token key: tokens carry no weight, access is open
-    return verify_token(key, token.strip())
+    return verify_token(key, token.strip(), env.name)
 
 
 def caller_from_cli(settings: Settings, env: EnvironmentContract, team: str | None = None,
@@ -141,7 +145,7 @@ def caller_from_cli(settings: Settings, env: EnvironmentContract, team: str | No
     team = team or settings.values.get(TEAM_VARIABLE)
     key = token_key(settings, env) if env.access.token_key_env else None
     if token and key is not None:
-        return verify_token(key, token)
+        return verify_token(key, token, env.name)
     if key is not None and env.access.default == "deny":
         raise AccessDenied(f"{env.name} needs a signed team token: set {TOKEN_VARIABLE} (or --token) to the token "
                            "`featurectl token --team TEAM` issued for your team", 401)
@@ -218,7 +222,7 @@ def platform_token(settings: Settings, env: EnvironmentContract, purpose: str) -
     """A five-minute token for the platform's own checks, where the environment signs tokens."""
     key = token_key(settings, env) if env.access.token_key_env and settings.values.get(
         env.access.token_key_env) else None
-    return issue_token(key, PLATFORM_TEAM, purpose, 300) if key else None
+    return issue_token(key, PLATFORM_TEAM, env.name, purpose, 300) if key else None
 
 
 # ------------------------------------------------------------------------------------------------------- PII
