@@ -91,15 +91,15 @@ def point_in_time_join(entity_df: Any, contract: FeatureSetContract, data_path: 
         con.close()
     out = entity_df.reset_index(drop=True).copy()
     for feature in contract.features:
-        column = joined.column(feature.name).cast(ARROW_TYPES[feature.dtype])
-        series = column.to_pandas()
-        if feature.dtype in _PANDAS_NULLABLE:
-            series = column.to_pandas(types_mapper=lambda _t, d=_PANDAS_NULLABLE[feature.dtype]: _dtype(d))
+        series = joined.column(feature.name).cast(ARROW_TYPES[feature.dtype]).to_pandas(types_mapper=nullable_types)
         out[feature.name] = series.array  # .array keeps nullable and tz-aware dtypes (.values would drop them)
     return out
 
 
-def _dtype(name: str) -> Any:
+def nullable_types(arrow_type: pa.DataType) -> Any:
+    """pandas dtypes that keep the contract types with nulls: integers and bools stay nullable Int32/Int64/
+    boolean instead of widening to float/object (a pyarrow ``types_mapper``; None keeps pyarrow's default)."""
     import pandas as pd
 
-    return pd.api.types.pandas_dtype(name)
+    name = _PANDAS_NULLABLE.get(str(arrow_type))  # arrow's names are the contract's: int32, int64, bool
+    return pd.api.types.pandas_dtype(name) if name else None

@@ -129,6 +129,7 @@ def export(settings: Settings, feature_set: str, version: int | None = None, bui
     """A build's rows (default: the version's latest) as a DataFrame for ``caller``: refused unless its team may
     read the view, PII features masked unless it may see them. Returns (frame, provenance)."""
     from feature_platform import governance
+    from feature_platform.offline import nullable_types
 
     env = settings.environment()
     contract = settings.contracts().get(feature_set, version)
@@ -137,7 +138,7 @@ def export(settings: Settings, feature_set: str, version: int | None = None, bui
     store = object_store(settings, env)
     build_id = build_id or builds.read_pointer(store, feature_set, contract.version_label)["build_id"]
     metadata = builds.read_metadata(store, contract, build_id)
-    frame = builds.read_build_table(store, metadata).to_pandas(types_mapper=_nullable_types)
+    frame = builds.read_build_table(store, metadata).to_pandas(types_mapper=nullable_types)
     frame, masking = governance.mask_frame(frame, contract, caller,
                                            governance.masking_key(settings, env, contract, caller))
     provenance = {"feature_set": feature_set, "version": contract.version_label, "build_id": build_id,
@@ -145,18 +146,6 @@ def export(settings: Settings, feature_set: str, version: int | None = None, bui
                   "caller": caller.describe(), "pii_masked": masking["masked"], "pii_dropped": masking["dropped"]}
     governance.record_read(settings, env, contract, caller, "export", provenance)
     return frame, provenance
-
-
-def _nullable_types(arrow_type: Any) -> Any:
-    """Integers and bools with nulls stay integers and bools (pandas nullable dtypes), not floats."""
-    import pandas as pd
-    import pyarrow as pa
-
-    if pa.types.is_integer(arrow_type):
-        return pd.api.types.pandas_dtype(str(arrow_type).capitalize())
-    if pa.types.is_boolean(arrow_type):
-        return pd.BooleanDtype()
-    return None
 
 
 def apply(settings: Settings, feature_sets: list[str] | None = None) -> dict[str, Any]:

@@ -47,8 +47,6 @@ def check_server(url: str, contracts: ContractSet, token: str | None = None) -> 
         if not live or not live[-1].online:
             continue
         contract = live[-1]
-        if not contract.online:
-            continue
         features = [f"{contract.feature_view_name}:{f.name}" for f in contract.features]
         body = {"features": features, "entities": {contract.entity.join_key: [PROBE[contract.entity.dtype]]}}
         status, answer = _call(f"{url}/get-online-features", body, token=token)
