@@ -25,21 +25,24 @@ def connect(settings: Settings, env: EnvironmentContract, socket_timeout: float 
         if not host or not port.isdigit():
             raise ConfigError(f"{online.address_env}={address!r}: {entry!r} is not host:port")
         nodes.append((host, int(port)))
-    if online.cluster:
-        from redis.backoff import NoBackoff
-        from redis.cluster import ClusterNode, RedisCluster
-        from redis.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-        # One retry: a stopped master must surface as an error within seconds, not after minutes of backoff.
+    # One immediate retry: a stopped Redis must surface as an error within the socket timeout, not after
+    # redis-py's default backoff (3 retries, up to ~7 s, which also stalled the server's event loop);
+    # callers retry at their own level (the DAG's task retries, the server's next request).
+    retry = Retry(NoBackoff(), 1)
+    if online.cluster:
+        from redis.cluster import ClusterNode, RedisCluster
+
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], password=password,
-                            socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                            retry=Retry(NoBackoff(), 1))
+                            socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, retry=retry)
     if len(nodes) != 1:
         raise ConfigError(f"{online.address_env} names {len(nodes)} nodes; a single Redis takes one host:port "
                           "(set cluster: true in the environment contract for a Redis Cluster)")
     (host, port), = nodes
     return redis.Redis(host=host, port=port, db=online.db, password=password,
-                       socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+                       socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, retry=retry)
 
 
 def is_cluster(client: Any) -> bool:
