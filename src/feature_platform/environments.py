@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -271,6 +272,27 @@ def _check_isolation(envs: dict[str, EnvironmentContract], files: dict[str, str]
 # --------------------------------------------------------------------------------------------------- settings
 
 DEFAULT_MOUNTED_CONTRACTS = Path("/etc/feature-platform/contracts")
+_VARIABLE_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def read_secrets_dir(directory: str | None) -> dict[str, str]:
+    """Secrets mounted as files (a Kubernetes Secret volume): each file named like a variable holds its value.
+    A variable set in the environment wins; a trailing newline is not part of the value."""
+    if not directory:
+        return {}
+    root = Path(directory)
+    if not root.is_dir():
+        raise ConfigError(f"FEATURE_PLATFORM_SECRETS_DIR={directory} is not a directory; mount the secrets volume "
+                          "there or unset the variable")
+    values = {}
+    for path in sorted(root.iterdir()):
+        if _VARIABLE_NAME.match(path.name) and path.is_file():  # skips the volume's ..data links
+            try:
+                values[path.name] = path.read_text().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"secret file {path} cannot be read ({exc}); check the volume's mode and owner"
+                                  ) from exc
+    return values
 
 
 @dataclass(frozen=True)
@@ -290,6 +312,7 @@ class Settings:
         """``repo_root``: where ``contracts/`` and ``.feature-platform/`` are when the variables are unset
         (default: the current directory; falls back to the Kubernetes mount for contracts)."""
         environ = dict(os.environ if environ is None else environ)
+        environ = {**read_secrets_dir(environ.get("FEATURE_PLATFORM_SECRETS_DIR")), **environ}
         root = repo_root or Path.cwd()
         contracts = environ.get("FEATURE_PLATFORM_CONTRACTS")
         if contracts is None:

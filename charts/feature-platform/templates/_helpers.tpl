@@ -70,40 +70,16 @@ feature-platform.io/environment: {{ .Values.environment.name }}
   value: {{ .Values.contractsCommit | quote }}
 - name: FEATURE_PLATFORM_REDIS_ADDRESS
   value: {{ .Values.redis.address | quote }}
-- name: FEATURE_PLATFORM_REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.redis.passwordSecret.name }}
-      key: {{ .Values.redis.passwordSecret.key }}
 - name: AWS_REGION
   value: {{ .Values.s3.region | quote }}
 {{- if .Values.airflow.apiUrl }}
 - name: FEATURE_PLATFORM_AIRFLOW_URL
   value: {{ .Values.airflow.apiUrl | quote }}
 {{- end }}
-{{- if .Values.airflow.credentialsSecret }}
-{{- range $key := list "FEATURE_PLATFORM_AIRFLOW_USERNAME" "FEATURE_PLATFORM_AIRFLOW_PASSWORD" }}
-- name: {{ $key }}
-  valueFrom:
-    secretKeyRef:
-      name: {{ $.Values.airflow.credentialsSecret }}
-      key: {{ $key }}
-      # Only the proof needs it: the server starts (and serves) before the Secret exists.
-      optional: true
-{{- end }}
-{{- end }}
-{{- if .Values.governance.secretName }}
-{{- range $key := list "FEATURE_PLATFORM_AUTH_KEY" "FEATURE_PLATFORM_PII_KEY" }}
-- name: {{ $key }}
-  valueFrom:
-    secretKeyRef:
-      name: {{ $.Values.governance.secretName }}
-      key: {{ $key }}
-      # An environment contract that names the variable fails closed without it (the server refuses to start
-      # where access.default is deny; exports refuse to write PII); an open dev may omit the token key.
-      optional: true
-{{- end }}
-{{- end }}
+# Secrets are files (fp.secretsVolume), never environment variables: Settings reads each file of this
+# directory as the variable it is named after.
+- name: FEATURE_PLATFORM_SECRETS_DIR
+  value: {{ include "fp.secretsDir" . }}
 {{- if .Values.s3.endpointUrl }}
 - name: FEAST_S3_ENDPOINT_URL
   value: {{ .Values.s3.endpointUrl | quote }}
@@ -117,4 +93,41 @@ feature-platform.io/environment: {{ .Values.environment.name }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end -}}
+
+{{- define "fp.secretsDir" -}}
+/var/run/secrets/feature-platform
+{{- end -}}
+
+{{/*
+The platform's secrets as one projected volume, each key a file named after the variable it stands for.
+Optional ones may be absent: an environment contract that needs them fails closed at start, by name.
+*/}}
+{{- define "fp.secretsVolume" -}}
+- name: secrets
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ .Values.redis.passwordSecret.name }}
+          items:
+            - key: {{ .Values.redis.passwordSecret.key }}
+              path: FEATURE_PLATFORM_REDIS_PASSWORD
+      {{- if .Values.airflow.credentialsSecret }}
+      # Only the proof needs them: the server starts (and serves) before this Secret exists.
+      - secret:
+          name: {{ .Values.airflow.credentialsSecret }}
+          optional: true
+          items:
+            - {key: FEATURE_PLATFORM_AIRFLOW_USERNAME, path: FEATURE_PLATFORM_AIRFLOW_USERNAME}
+            - {key: FEATURE_PLATFORM_AIRFLOW_PASSWORD, path: FEATURE_PLATFORM_AIRFLOW_PASSWORD}
+      {{- end }}
+      {{- if .Values.governance.secretName }}
+      - secret:
+          name: {{ .Values.governance.secretName }}
+          optional: true
+          items:
+            - {key: FEATURE_PLATFORM_AUTH_KEY, path: FEATURE_PLATFORM_AUTH_KEY}
+            - {key: FEATURE_PLATFORM_PII_KEY, path: FEATURE_PLATFORM_PII_KEY}
+      {{- end }}
 {{- end -}}
