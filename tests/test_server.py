@@ -56,6 +56,13 @@ class Server:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
 
+    def post_with_headers(self, body: dict) -> tuple[int, dict, dict[str, str]]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/get-online-features",
+                                         data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read()), {k.lower(): v for k, v in response.headers.items()}
+
     def get(self, path: str) -> tuple[int, bytes]:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as response:
@@ -193,8 +200,23 @@ def test_clear_errors_metrics_and_ttl(loaded, contracts_copy) -> None:
         assert code == 200 and body["results"][1]["statuses"] == ["OUTSIDE_MAX_AGE"]
         assert body["results"][1]["values"] == [None] and body["results"][1]["event_timestamps"][0] is not None
 
+        # Client mistakes are never a 500 and each is counted: out-of-range keys, bad UTF-8, deep nesting, size.
+        code, body = server.post({"features": ["customer_spend_v2:txn_count_1d"],
+                                  "entities": {"customer_id": [99999999999999999999]}})
+        assert code == 422 and "int64 range" in body["detail"] and "customer_id" in body["detail"]
+        code, body = server.post(b'{"features": ["customer_spend_v2:\xff"], "entities": {"customer_id": [1]}}')
+        assert code == 400 and "UTF-8" in body["detail"]
+        code, body = server.post(b'{"entities": {"customer_id": ' + b"[" * 5000 + b"]" * 5000 + b"}}")
+        assert code == 400 and "nested" in body["detail"]
+        code, body = server.post(b'{"features": ["customer_spend_v2:txn_count_1d"], "entities": {"customer_id": ['
+                                 + b"1," * (9 * 1024 * 1024) + b"1]}}")
+        assert code == 413 and "MiB" in body["detail"]
+
         code, metrics = server.get("/metrics")
         text = metrics.decode()
+        for status in ("400", "404", "413", "422"):
+            assert f'feature_platform_server_errors_total{{status="{status}"}}' in text, status
+        assert 'feature_platform_server_errors_total{status="500"}' not in text
         for name in ("feast_feature_server_request_latency_seconds", "feast_online_features_request_total",
                      "feast_online_features_entity_count", "feast_feature_freshness_seconds",
                      'feast_online_features_status_total{feature_view="merchant_stale_v1",status="OUTSIDE_MAX_AGE"}'):
@@ -250,6 +272,52 @@ def test_sqlite_environment_falls_back_to_feasts_path(local_settings) -> None:
         assert code == 200
         [row] = feast_bridge.read_online(local_settings, "customer_profile", [1001])
         assert body["results"][1]["values"] == [row["tier"]]
+        # Unknown names are 404s naming them on this path too (Feast's own path raised a 500 for a service).
+        code, body = server.post({"feature_service": "no_such_service", "entities": {"customer_id": [1001]}})
+        assert code == 404 and "no_such_service" in body["detail"]
+        code, body = server.post({"features": ["no_such_view:x"], "entities": {"customer_id": [1001]}})
+        assert code == 404 and "no_such_view" in body["detail"]
+        code, body = server.post({"features": ["customer_profile_v1:tier"], "entities": {"customer_id": ["x"]}})
+        assert code == 422
+    finally:
+        server.stop()
+
+
+def test_malformed_requests_never_get_a_500_and_the_server_keeps_serving(loaded) -> None:
+    """Generated bodies (valid JSON of the wrong shapes, junk bytes, wrong key types, huge numbers, deep and odd
+    nesting) get 4xx answers naming the problem, none a 500; a good request still answers after them."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    server = Server(loaded)
+    good = {"features": ["customer_spend_v2:txn_count_1d"], "entities": {"customer_id": [1001]}}
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**80), max_value=2**80),
+                        st.floats(allow_nan=False), st.text(max_size=20))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(max_size=8), inner, max_size=4), max_leaves=12)
+    refs = st.sampled_from(["customer_spend_v2:txn_count_1d", "merchant_risk_v1:score", "nope:x", "bad", ":", ""])
+    bodies = st.one_of(
+        st.binary(max_size=200),
+        values.map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries({"features": st.lists(refs, max_size=3) | values,
+                               "entities": st.dictionaries(st.sampled_from(["customer_id", "merchant_code", "x"]),
+                                                           st.lists(scalars, max_size=3) | values, max_size=2)},
+                              optional={"feature_service": st.sampled_from(["customer_spend_v1", "nope"]) | values,
+                                        "full_feature_names": values}).map(lambda b: json.dumps(b).encode()))
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(bodies)
+    def never_500(body: bytes) -> None:
+        code, answer = server.post(body)
+        assert code < 500, (body, code, answer)
+        if code != 200:
+            assert answer.get("detail"), (body, answer)
+
+    try:
+        never_500()
+        code, answer = server.post(good)
+        assert code == 200 and answer["results"][1]["statuses"] == ["PRESENT"]
+        assert 'feature_platform_server_errors_total{status="500"}' not in server.get("/metrics")[1].decode()
     finally:
         server.stop()
 

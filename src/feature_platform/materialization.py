@@ -9,6 +9,8 @@ entities of every build that may have reached the store are considered when dele
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -66,6 +68,10 @@ class _Progress:
             self.bar = tqdm(total=total, desc=name, unit=" entities", file=sys.stderr, mininterval=1.0,
                             leave=False, dynamic_ncols=True)
 
+    @property
+    def enabled(self) -> bool:
+        return self.bar is not None
+
     def __call__(self, count: int) -> None:
         if self.bar is not None:
             self.bar.update(count)
@@ -96,20 +102,26 @@ def load_view(settings: Settings, env: EnvironmentContract, object_store: Object
     if shard and not isinstance(env.online_store, RedisConfig):
         raise ConfigError(f"--shard needs a Redis online store; {env.name} uses {env.online_store.type}: "
                           "materialize without --shard")
-    online: OnlineTarget = (RedisTarget(connect(settings, env), plan, shard)
-                            if isinstance(env.online_store, RedisConfig) else SqliteTarget(settings, env, store, plan))
+    online = online_target(settings, env, store, plan, shard)
     own_key = shard_marker_key(contract, shard) if shard else marker_key(contract)
     own = _read_json(object_store, own_key) if shard else marker
     loaded = own.get("build_id") == build_id and not own.get("pending_build_ids")
     written = deleted = 0
-    if incremental and loaded and online.holds(object_store.fs, metadata):
+    # Trust the object-store record only when the online store says the same: its own record names this build
+    # as completely loaded (a restored snapshot, a replaced file or an emptied store does not) and sampled
+    # entities hold this build's event times.
+    if incremental and loaded and online.recorded() == complete_record(build_id) and online.holds(
+            object_store.fs, metadata):
         mode = "incremental"  # this immutable build is completely loaded and still there: nothing to write
     else:
         mode = "full"
         previous = {b for m in (marker, own) for b in [m.get("build_id"), *m.get("pending_build_ids", [])] if b}
+        stored = online.recorded() or {}
+        previous |= {stored["build_id"]} if stored.get("build_id") and stored["build_id"] != build_id else set()
         pending = sorted({*own.get("pending_build_ids", []), build_id})
         view_lease.check()
         object_store.write_json_atomic(own_key, {**own, "pending_build_ids": pending})
+        online.record({"build_id": build_id, "state": LOADING})
         total = int(metadata.get("entity_count") or 0) // (shard.count if shard else 1)
         bar = _Progress(progress, total, contract.feature_view_name + (f" shard {shard.label}" if shard else ""))
         try:
@@ -133,6 +145,7 @@ def load_view(settings: Settings, env: EnvironmentContract, object_store: Object
             if all(m.get("build_id") == build_id and not m.get("pending_build_ids") for m in shards):
                 record_interval(start, end)
                 finishing.check()
+                online.record(complete_record(build_id))
                 object_store.write_json_atomic(marker_key(contract), {
                     **record, "shard": None, "shards": shard.count, "written": sum(m["written"] for m in shards),
                     "deleted": sum(m["deleted"] for m in shards),
@@ -141,8 +154,27 @@ def load_view(settings: Settings, env: EnvironmentContract, object_store: Object
     if isinstance(env.online_store, RedisConfig):
         record_interval(start, end)
     view_lease.check()
+    online.record(complete_record(build_id))
     object_store.write_json_atomic(marker_key(contract), record)
     return record
+
+
+def _parse_record(raw: bytes | str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None  # damaged: treated as no record, so the next materialize reloads
+    return record if isinstance(record, dict) else None
+
+
+def online_target(settings: Settings, env: EnvironmentContract, store: Any, plan: ViewPlan,
+                  shard: Shard | None = None) -> OnlineTarget:
+    """The environment's online store for one view: the one place that chooses by backend."""
+    if isinstance(env.online_store, RedisConfig):
+        return RedisTarget(connect(settings, env), plan, shard)
+    return SqliteTarget(settings, env, store, plan)
 
 
 def _read_json(object_store: ObjectStore, key: str) -> dict[str, Any]:
@@ -174,10 +206,34 @@ def _sample_newest(fs: Any, metadata: dict[str, Any], join_key: str, timestamp: 
     return picked.column(join_key).to_pylist(), micros.to_pylist()
 
 
+LOADING, COMPLETE = "loading", "complete"
+
+
+def complete_record(build_id: str) -> dict[str, str]:
+    return {"build_id": build_id, "state": COMPLETE}
+
+
+def redis_record_key(project: str) -> str:
+    """The load records inside Redis itself, so a snapshot restore or a flush takes each record with the data it
+    describes: one hash per project (a field per view, a JSON value), beside Feast's entity hashes and matching
+    none of Feast's key patterns; a hash, so tools that walk every key as a hash keep working."""
+    return f"feature_platform:online_load:{project}"
+
+
+SQLITE_RECORD_TABLE = "feature_platform_online_load"
+
+
 class OnlineTarget:
-    """Where a view's rows go: write the newest rows, delete departed entities, check presence."""
+    """Where a view's rows go: write the newest rows, delete departed entities, check presence, and keep a
+    record of which build the store holds (``{build_id, state: loading|complete}``) inside the store."""
 
     plan: ViewPlan
+
+    def recorded(self) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def record(self, record: dict[str, Any]) -> None:
+        raise NotImplementedError
 
     def write(self, fs: Any, metadata: dict[str, Any], start: datetime, end: datetime,
               progress: Callable[[int], None]) -> int:
@@ -193,6 +249,12 @@ class OnlineTarget:
 class RedisTarget(OnlineTarget):
     def __init__(self, client: Any, plan: ViewPlan, shard: Shard | None = None) -> None:
         self.client, self.plan, self.shard = client, plan, shard
+
+    def recorded(self) -> dict[str, Any] | None:
+        return _parse_record(self.client.hget(redis_record_key(self.plan.project), self.plan.view))
+
+    def record(self, record: dict[str, Any]) -> None:
+        self.client.hset(redis_record_key(self.plan.project), self.plan.view, json.dumps(record, sort_keys=True))
 
     def write(self, fs: Any, metadata: dict[str, Any], start: datetime, end: datetime,
               progress: Callable[[int], None]) -> int:
@@ -230,13 +292,40 @@ class SqliteTarget(OnlineTarget):
     def write(self, fs: Any, metadata: dict[str, Any], start: datetime, end: datetime,
               progress: Callable[[int], None]) -> int:
         try:
-            with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress; stdout is for results
+            # The table may be gone (a deleted or replaced store file): create it as `feast apply` would, so the
+            # next materialize refills the store with no manual step.
+            view = self.store.get_feature_view(self.plan.view)
+            self.store.provider.online_store.update(config=self.store.config, tables_to_delete=[],
+                                                    tables_to_keep=[view], entities_to_delete=[],
+                                                    entities_to_keep=[], partial=True)
+            # Feast prints progress: to stderr (stdout is for results), or nowhere when the caller is quiet.
+            quiet = not getattr(progress, "enabled", True)
+            with contextlib.redirect_stdout(io.StringIO() if quiet else sys.stderr), \
+                    contextlib.redirect_stderr(io.StringIO() if quiet else sys.stderr):
                 self.store.materialize(start_date=start, end_date=end, feature_views=[self.plan.view])
         except Exception as exc:
             raise FeastError(f"materialize of {self.plan.view} failed: {_one_line(exc)}") from exc
         count = int(metadata.get("entity_count") or 0)
         progress(count)
         return count
+
+    def recorded(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            with contextlib.closing(sqlite3.connect(self.path)) as con:
+                row = con.execute(f"SELECT record FROM {SQLITE_RECORD_TABLE} WHERE view = ?",
+                                  (self.plan.view,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return _parse_record(row[0] if row else None)
+
+    def record(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(self.path)) as con, con:
+            con.execute(f"CREATE TABLE IF NOT EXISTS {SQLITE_RECORD_TABLE} (view TEXT PRIMARY KEY, record TEXT)")
+            con.execute(f"INSERT OR REPLACE INTO {SQLITE_RECORD_TABLE} VALUES (?, ?)",
+                        (self.plan.view, json.dumps(record, sort_keys=True)))
 
     def _keys(self, values: pa.Array | list[Any]) -> list[bytes]:
         return entity_keys(self.plan.join_key, self.plan.entity_dtype, values, project="")
@@ -254,15 +343,29 @@ class SqliteTarget(OnlineTarget):
         return deleted
 
     def holds(self, fs: Any, metadata: dict[str, Any]) -> bool:
-        keys = self._keys(_sample_newest(fs, metadata, self.plan.join_key, self.plan.timestamp_field,
-                                         PRESENCE_SAMPLE)[0])
+        """As on Redis: sampled entities are present with this build's newest event time, so a deleted, emptied
+        or older (restored) store file is reloaded."""
+        values, micros = _sample_newest(fs, metadata, self.plan.join_key, self.plan.timestamp_field,
+                                        PRESENCE_SAMPLE)
+        keys = self._keys(values)
+        if not self.path.exists():
+            return not keys
         try:
             with contextlib.closing(sqlite3.connect(self.path)) as con:
-                found = con.execute(f'SELECT count(DISTINCT entity_key) FROM "{self.table}" WHERE entity_key IN '
-                                    f'({",".join("?" * len(keys))})', keys).fetchone()[0]
+                rows = dict(con.execute(f'SELECT entity_key, max(event_ts) FROM "{self.table}" WHERE entity_key IN '
+                                        f'({",".join("?" * len(keys))}) GROUP BY entity_key', keys).fetchall())
         except sqlite3.Error:
             return False
-        return found == len(keys)
+        for key, want in zip(keys, micros, strict=True):
+            stored = rows.get(key)
+            if stored is None:
+                return False
+            # Feast 0.67 stores epoch seconds (older releases naive UTC text); compare whole seconds.
+            seconds = int(stored) if isinstance(stored, int | float) else int(
+                datetime.fromisoformat(str(stored)).replace(tzinfo=UTC).timestamp())
+            if seconds != want // 1_000_000:
+                return False
+        return True
 
     def count(self) -> int:
         with contextlib.closing(sqlite3.connect(self.path)) as con:

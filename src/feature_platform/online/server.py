@@ -19,6 +19,7 @@ synchronous pipeline per request on the event loop (sub-millisecond; a thread ho
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -70,6 +71,10 @@ class Catalog:
     resources: dict[str, Any] = field(default_factory=dict)
     pii: dict[str, tuple[frozenset[str], frozenset[str]]] = field(default_factory=dict)
     decisions: dict[tuple[str, str | None], tuple[bool, str]] = field(default_factory=dict)
+    builds: dict[str, str] = field(default_factory=dict)  # view -> the build the registry serves
+    # Views whose online store does not record the served build as completely loaded (a load under way or
+    # interrupted, a restored snapshot): reads of them are flagged, never passed off as settled.
+    unfinished: frozenset[str] = frozenset()
 
 
 def _feast_dtype(field_: Any) -> str | None:
@@ -112,8 +117,10 @@ def build_catalog(store: Any) -> Catalog:
             teams = permission.tags.get(PII_READERS_TAG, "")
             pii[permission.name.removesuffix("_readers")] = (frozenset(features.split(",")),
                                                             frozenset(filter(None, teams.split(","))))
+    builds = {v.name: v.tags.get("feature_platform.build_id", "")  # online views: only they are materialized
+              for v in registry.list_feature_views(project, allow_cache=True) if v.online}
     return Catalog(views=views, unplannable=unplannable, services=services, loaded_at=time.time(),
-                   permissions=permissions, resources=resources, pii=pii)
+                   permissions=permissions, resources=resources, pii=pii, builds=builds)
 
 
 class OnlineAccess:
@@ -205,6 +212,12 @@ class Metrics:
         self.freshness = Gauge("feast_feature_freshness_seconds",
                                "Seconds since the newest event time served per feature view",
                                ["feature_view"], registry=self.registry)
+        self.unfinished = Gauge("feature_platform_online_load_unfinished",
+                                "1 while the online store does not hold the served build completely",
+                                ["feature_view"], registry=self.registry)
+        self.unfinished_reads = Counter("feature_platform_unfinished_load_reads_total",
+                                        "Requests that read a view whose online load is unfinished",
+                                        ["feature_view"], registry=self.registry)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -233,6 +246,10 @@ def parse_request(body: bytes) -> OnlineRequest:
         raise RequestError(422, f"invalid request body: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise RequestError(422, f"the body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise RequestError(400, f"the body is not UTF-8: byte {exc.start} is invalid; send JSON in UTF-8") from None
+    except RecursionError:
+        raise RequestError(400, "the body's JSON is nested too deeply; entities are lists of keys") from None
     if not request.features and not request.feature_service:
         raise RequestError(422, "features: give `features` (\"view:feature\", ...) or `feature_service`")
     lengths = {len(v) for v in request.entities.values()}
@@ -312,7 +329,10 @@ class FeatureServer:
 
     # -- catalog refresh, never on the request path
     def load_catalog(self) -> None:
-        self.catalog = self.catalog_loader()
+        catalog = self.catalog_loader()
+        for view in catalog.builds:
+            self.metrics.unfinished.labels(view).set(1 if view in catalog.unfinished else 0)
+        self.catalog = catalog
 
     def start_refresh(self) -> None:
         def loop() -> None:
@@ -329,13 +349,24 @@ class FeatureServer:
 
     # -- reads
     def get_online_features(self, request: OnlineRequest, authorization: str | None = None) -> dict[str, Any]:
+        return self.read(request, authorization)[0]
+
+    def read(self, request: OnlineRequest, authorization: str | None = None) -> tuple[dict[str, Any], list[str]]:
+        """The answer, and the views read whose online load is unfinished (the app names them in a header)."""
         catalog = self.catalog
         if catalog is None:
             raise RequestError(503, "the registry is not loaded yet")
         if self.access is not None:
             self.access.check(catalog, request, self.access.caller(authorization))
-        groups = resolve(catalog, request) if self.client is not None else None
-        if groups is None:
+        groups = resolve(catalog, request)  # unknown names are a 404 on every store, before any read
+        unfinished = [view for view, _ in groups or () if view in catalog.unfinished]
+        for view in unfinished:
+            self.metrics.unfinished_reads.labels(view).inc()
+        return self._answer(catalog, request, groups), unfinished
+
+    def _answer(self, catalog: Catalog, request: OnlineRequest, groups: list[tuple[str, list[str]]] | None
+                ) -> dict[str, Any]:
+        if groups is None or self.client is None:
             if self.feast_fallback is None:
                 raise RequestError(501, "this request needs Feast's path, which is not configured")
             return self.feast_fallback(request)
@@ -412,18 +443,32 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a request larger than this is a 413, read no further
+
+
 async def _read_body(receive: Receive) -> bytes:
     chunks = []
+    size = 0
     while True:
         message = await receive()
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise RequestError(413, f"the body is over {MAX_BODY_BYTES // (1024 * 1024)} MiB; send fewer entities "
+                                    "per request")
+        chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
 
 
-async def _respond(send: Send, status: int, body: bytes, content_type: bytes = b"application/json") -> None:
+UNFINISHED_HEADER = b"x-feature-platform-load-unfinished"
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: bytes = b"application/json",
+                   extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
+                            *(extra_headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -447,10 +492,12 @@ class App:
             if path == "/get-online-features" and method == "POST":
                 request = parse_request(await _read_body(receive))
                 try:
-                    answer = server.get_online_features(request, _header(scope, b"authorization"))
+                    answer, unfinished = server.read(request, _header(scope, b"authorization"))
                 except reader_errors() as exc:
                     raise RequestError(503, f"online store unavailable: {type(exc).__name__}: {exc}") from exc
-                await _respond(send, 200, _encoder.encode(answer))
+                # Feast's body stays Feast's; a view whose online load is unfinished is named in a header.
+                extra = [(UNFINISHED_HEADER, ",".join(unfinished).encode())] if unfinished else []
+                await _respond(send, 200, _encoder.encode(answer), extra_headers=extra)
             elif path == "/health" and method == "GET":
                 try:
                     ok = server.health()
@@ -464,6 +511,10 @@ class App:
         except RequestError as exc:
             server.metrics.errors.labels(str(exc.status)).inc()
             await _respond(send, exc.status, _encoder.encode({"detail": exc.detail}))
+        except Exception as exc:  # a bug, not the caller's mistake: answer, count and log it, keep serving
+            log.exception("unexpected error on %s %s", method, path)
+            server.metrics.errors.labels("500").inc()
+            await _respond(send, 500, _encoder.encode({"detail": f"internal error: {type(exc).__name__}"}))
         finally:
             server.observe_latency(path, time.perf_counter() - started)
 
@@ -509,8 +560,18 @@ def create_app() -> App:
     client = connect(settings, env, socket_timeout=timeout) if isinstance(env.online_store, RedisConfig) else None
 
     def load() -> Catalog:
+        from feature_platform.materialization import RedisTarget, SqliteTarget, complete_record
+
         with feast_bridge.feast_process_environment(settings):
-            return build_catalog(store)
+            catalog = build_catalog(store)
+        unfinished = set()
+        for view, plan in catalog.views.items():
+            if view not in catalog.builds:
+                continue
+            target = RedisTarget(client, plan) if client is not None else SqliteTarget(settings, env, store, plan)
+            if target.recorded() != complete_record(catalog.builds.get(view, "")):
+                unfinished.add(view)
+        return dataclasses.replace(catalog, unfinished=frozenset(unfinished))
 
     def fallback(request: OnlineRequest) -> dict[str, Any]:
         from feast.feature_server_utils import convert_response_to_dict
