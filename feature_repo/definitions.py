@@ -9,10 +9,19 @@ Nothing here is hand-written schema: edit contracts/, not this file.
 from pathlib import Path
 
 from feature_platform.environments import Settings
-from feature_platform.feast_bridge import definitions
+from feature_platform.feast_bridge import (
+    definitions,
+    feast_process_environment,
+    keep_registry_state,
+    open_store,
+    registered_views,
+)
 
 _settings = Settings.from_env(repo_root=Path(__file__).resolve().parent.parent)
-_objects = definitions(_settings, _settings.environment())
+_env = _settings.environment()
+_objects = definitions(_settings, _env)
+with feast_process_environment(_settings):  # registry state (materialized intervals) is not ours to change
+    keep_registry_state(_objects.feature_views, registered_views(open_store(_settings, _env)))
 
 # Feast collects objects from module globals.
 globals().update({f"_feast_{type(obj).__name__}_{obj.name}": obj for obj in _objects.all()})

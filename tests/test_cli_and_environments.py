@@ -193,3 +193,56 @@ def test_notifiers_and_step_policies_parse() -> None:
     assert schedule.policy("materialize")[:2] == (2, 30)
     with pytest.raises(ValueError, match="bild"):
         ScheduleConfig(steps={"bild": {"retries": 1}})
+
+
+def test_secrets_mounted_as_files_become_settings(tmp_path: Path) -> None:
+    """FEATURE_PLATFORM_SECRETS_DIR (the chart's projected Secret volume): each file named like a variable is its
+    value without the trailing newline; the volume's hidden links are skipped; a set variable wins."""
+    from feature_platform.errors import ConfigError
+
+    secrets = tmp_path / "secrets"
+    (secrets / "..2026_12_01").mkdir(parents=True)
+    (secrets / "..2026_12_01" / "FEATURE_PLATFORM_REDIS_PASSWORD").write_text("s3cret\n")
+    (secrets / "..data").symlink_to("..2026_12_01")
+    (secrets / "FEATURE_PLATFORM_REDIS_PASSWORD").symlink_to("..data/FEATURE_PLATFORM_REDIS_PASSWORD")
+    (secrets / "FEATURE_PLATFORM_AUTH_KEY").write_text("k" * 40)
+    settings = Settings.from_env(environ={"FEATURE_PLATFORM_SECRETS_DIR": str(secrets),
+                                          "FEATURE_PLATFORM_AUTH_KEY": "from-the-environment"})
+    assert settings.values["FEATURE_PLATFORM_REDIS_PASSWORD"] == "s3cret"
+    assert settings.values["FEATURE_PLATFORM_AUTH_KEY"] == "from-the-environment"
+    assert not any(name.startswith("..") for name in settings.values)
+    with pytest.raises(ConfigError, match=r"FEATURE_PLATFORM_SECRETS_DIR=.* is not a directory"):
+        Settings.from_env(environ={"FEATURE_PLATFORM_SECRETS_DIR": str(tmp_path / "absent")})
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["token", "--team", "a", "--ttl", "forever"], "argument --ttl: 'forever' is not a duration"),
+    (["token", "--team", "a", "--ttl", "0d"], "argument --ttl: '0d' is not a duration"),
+    (["gc", "--min-age", "1 fortnight"], "argument --min-age: '1 fortnight' is not a duration"),
+    (["build", "customer_profile", "--version", "x"], "argument --version: 'x' is not a contract version"),
+    (["online", "customer_spend", "1", "--version", "v0"], "'v0' is not a contract version"),
+])
+def test_bad_arguments_are_usage_errors_that_say_what_is_expected(capsys, args: list[str], fragment: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "<lambda>" not in err
+
+
+def test_infrastructure_messages_name_the_real_cause() -> None:
+    """Redis out of memory is not blamed on the address; a refused password names the variable; a full disk
+    names the file."""
+    import errno
+
+    import redis
+
+    from feature_platform.errors import describe_failure
+
+    oom = describe_failure(redis.exceptions.ResponseError("OOM command not allowed when used memory > 'maxmemory'."))
+    assert "out of memory" in oom and "address" not in oom
+    auth = describe_failure(redis.exceptions.AuthenticationError("WRONGPASS invalid username-password pair"))
+    assert "FEATURE_PLATFORM_REDIS_PASSWORD" in auth
+    full = describe_failure(OSError(errno.ENOSPC, "No space left on device", "/data/monitor.html"))
+    assert "disk full writing /data/monitor.html" in full
+    assert "FEATURE_PLATFORM_S3_ENDPOINT_URL" not in (REPO / "src/feature_platform/locks.py").read_text()

@@ -324,7 +324,8 @@ def test_one_feature_service_per_version(local_settings, contracts_copy) -> None
 
 @pytest.mark.e2e
 def test_plan_reports_no_changes_right_after_apply(dev_settings, capsys) -> None:
-    """`featurectl plan` (Feast's plan of the contracts) and plain `feast plan` converge after an apply."""
+    """`featurectl plan` (Feast's plan of the contracts) and plain `feast plan` converge after an apply, and
+    still after a materialize (which records intervals in the registry); applies keep those intervals."""
     import os
     import subprocess
     import sys
@@ -339,8 +340,22 @@ def test_plan_reports_no_changes_right_after_apply(dev_settings, capsys) -> None
     pipeline.apply(dev_settings)
     after = feast_bridge.plan(dev_settings)
     assert after["registry_changes"] == [] and after["infra_changes"] == [], after
+    pipeline.materialize(dev_settings)
+    after = feast_bridge.plan(dev_settings)
+    assert after["registry_changes"] == [] and after["infra_changes"] == [], after
     code, out, _ = cli(dev_settings, "plan", capsys=capsys)
     assert code == 0 and "dev: no changes" in out
+
+    def intervals() -> dict[str, int]:
+        store = feast_bridge.open_store(dev_settings, dev_settings.environment())
+        return {v.name: len(v.materialization_intervals) for v in store.list_feature_views(allow_cache=False)}
+
+    recorded = intervals()
+    assert recorded and all(recorded.values())
+    profile = dev_settings.contracts_dir / "feature_sets/customer_profile/v1.yaml"
+    profile.write_text(profile.read_text().replace("  domain: crm", "  domain: crm\n  reviewed: 'yes'", 1))
+    assert pipeline.apply(dev_settings)["changed"] == ["customer_profile_v1"]  # a metadata change re-applies all
+    assert intervals() == recorded  # ...without dropping what materialize recorded
 
     config = feast_bridge.write_feature_store_yaml(dev_settings, dev_settings.environment())
     env = {**os.environ, **dev_settings.values, "FEATURE_PLATFORM_CONTRACTS": str(dev_settings.contracts_dir),
@@ -348,6 +363,7 @@ def test_plan_reports_no_changes_right_after_apply(dev_settings, capsys) -> None
     feast = [str(Path(sys.executable).parent / "feast"), "-c", str(REPO / "feature_repo"), "-f", str(config)]
     applied = subprocess.run([*feast, "apply"], env=env, capture_output=True, text=True, timeout=300)
     assert applied.returncode == 0, applied.stderr[-2000:]
+    assert intervals() == recorded  # plain `feast apply` keeps them too
     planned = subprocess.run([*feast, "plan"], env=env, capture_output=True, text=True, timeout=300)
     assert planned.returncode == 0, planned.stderr[-2000:]
     assert "No changes to registry" in planned.stdout, planned.stdout[-3000:]

@@ -482,3 +482,117 @@ def test_threads_of_one_process_never_hold_a_lease_together(s3_clean) -> None:
         thread.join()
     assert overlaps == []
 
+
+
+# ----------------------------------------------------------------------------------------- files and inputs
+
+@pytest.fixture
+def local_loop(local_settings):
+    seed_raw(local_settings)
+    pipeline.run_loop(local_settings)
+    return local_settings
+
+
+def _cli(settings, capsys, *args: str) -> tuple[int, str, str]:
+    from feature_platform.cli import main
+
+    code = main([*args, "--contracts", str(settings.contracts_dir), "--home", str(settings.home),
+                 "--env", settings.env_name])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_malformed_entity_files_are_usage_errors_naming_the_problem(local_loop, tmp_path, capsys) -> None:
+    """Epoch-second integers (once read as 1970: a silent all-null training set), empty, headerless, corrupt,
+    unknown-suffix, missing and wrongly-keyed entity files: each exit 2 with one line naming the file or column;
+    no output file is written."""
+    cases = {
+        "epoch.csv": ("customer_id,event_timestamp\n1001,1796137200\n", "event_timestamp: the column holds int64"),
+        "empty.csv": ("", "the file is empty"),
+        "text.csv": ("customer_id,event_timestamp\n1001,yesterday\n", "event_timestamp: 1 value(s) are not "),
+        "nokey.csv": ("customer,event_timestamp\n1001,2026-11-30T00:00:00Z\n", "needs the columns customer_id"),
+        "corrupt.parquet": ("PAR1 not really parquet", "not a readable PARQUET file"),
+        "entities.json": ('{"customer_id": [1001]}', "entity files are .csv or .parquet"),
+        "badkey.csv": ("customer_id,event_timestamp\nabc,2026-11-30T00:00:00Z\n", "customer_id: the entity frame's"),
+    }
+    for name, (content, fragment) in cases.items():
+        path = tmp_path / name
+        path.write_text(content)
+        out = tmp_path / f"{name}.out.parquet"
+        code, _, err = _cli(local_loop, capsys, "historical", "customer_spend", "--entities", str(path),
+                            "--out", str(out))
+        assert code == 2, (name, err)
+        assert fragment in err and len(err.strip().splitlines()) == 1, (name, err)
+        assert not out.exists()
+    code, _, err = _cli(local_loop, capsys, "historical", "customer_spend", "--entities", str(tmp_path / "no.csv"))
+    assert code == 2 and "no such entity file" in err
+
+
+def test_a_full_disk_leaves_the_previous_reports_whole(local_loop, tmp_path) -> None:
+    """monitor.{json,md,html} are written together or not at all: a write that fails (file size limit, as a
+    full disk) keeps the previous good report, byte for byte, and says which file it could not write."""
+    report = tmp_path / "report"
+    first = _featurectl(local_loop, "monitor", "--report-dir", str(report))
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in report.iterdir()}
+    assert {"monitor.json", "monitor.md", "monitor.html", "monitor.prom"} <= set(before)
+    smallest = min(len(before[name]) for name in ("monitor.json", "monitor.md", "monitor.html"))
+    full = subprocess.run([FEATURECTL, "monitor", "--report-dir", str(report)], env=_env(local_loop),
+                          capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size(smallest // 2))
+    assert full.returncode != 0 and "Traceback" not in full.stderr
+    assert str(report) in full.stderr.strip().splitlines()[-1], full.stderr  # names the file, not a temporary
+    assert {p.name: p.read_bytes() for p in report.iterdir() if not p.name.startswith(".")} == before
+    assert not [p for p in report.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_damaged_metadata_and_pointers_are_named_and_healed_by_a_rebuild(local_loop, capsys) -> None:
+    """metadata.json replaced by {} or by junk, and a corrupt latest.json: reads fail with one line that names the
+    file and the fix; re-running `build` repairs each (same build id), and the loop verifies again."""
+    store = data_store(local_loop)
+    pointer = builds.read_pointer(store, "customer_profile", "v1")
+    build_id = pointer["build_id"]
+    metadata_key = f"customer_profile/v1/{build_id}/metadata.json"
+    good = store.read_json(metadata_key)
+    for damage in (b"{}", b"\x00junk{", b'{"build_id": "other"}'):
+        store.write_bytes_atomic(metadata_key, damage)
+        code, _, err = _cli(local_loop, capsys, "verify")
+        assert code != 0 and "metadata.json is damaged" in err and "featurectl build customer_profile" in err, err
+        assert "KeyError" not in err and "report it" not in err
+        code, _, err = _cli(local_loop, capsys, "build", "customer_profile", "--version", "1")
+        assert code == 0, err
+        healed = store.read_json(metadata_key)
+        assert healed["build_id"] == build_id and healed["data"] == good["data"]
+        assert healed["row_count"] == good["row_count"]
+    from feature_platform.errors import StoreError
+
+    for version in (None, "v1"):
+        key = "customer_profile/" + (f"{version}/" if version else "") + "latest.json"
+        store.write_bytes_atomic(key, b"garbage{")
+        with pytest.raises(StoreError, match=r"latest.json is damaged .*re-run `featurectl build customer_profile"):
+            builds.read_pointer(store, "customer_profile", version)
+        if version is None:  # `versions` marks the feature set's latest
+            code, _, err = _cli(local_loop, capsys, "versions", "customer_profile")
+            assert code != 0 and "latest.json is damaged" in err, err
+        code, _, err = _cli(local_loop, capsys, "build", "customer_profile")
+        assert code == 0, err
+        assert builds.read_pointer(store, "customer_profile", version)["build_id"] == build_id
+    pipeline.verify(local_loop)
+
+
+def test_rollback_says_what_moved(local_settings, capsys) -> None:
+    """Rolling back v1 while v2 exists moves v1's pointer only; the feature set's latest stays on v2 and the
+    output says so (it once claimed `latest -> v1`)."""
+    seed_raw(local_settings)
+    pipeline.build_all(local_settings)
+    store = data_store(local_settings)
+    v1 = builds.read_pointer(store, "customer_spend", "v1")["build_id"]
+    v2 = builds.read_pointer(store, "customer_spend", "v2")["build_id"]
+    code, out, err = _cli(local_settings, capsys, "rollback", "customer_spend", "--to", v1)
+    assert code == 0, err
+    assert f"customer_spend v1: latest -> build {v1} (was {v1})" in out
+    assert f"customer_spend: latest unchanged, still v2 build {v2}" in out
+    assert "latest -> v1" not in out
+    assert builds.read_pointer(store, "customer_spend")["build_id"] == v2
+    code, out, _ = _cli(local_settings, capsys, "rollback", "customer_spend", "--to", v1, "--json")
+    moved = json.loads(out)
+    assert moved["feature_set_latest"] == {"version": "v2", "build_id": v2} and not moved["feature_set_latest_moved"]

@@ -20,7 +20,7 @@ from feature_platform import audit, governance, odcs, pipeline
 from feature_platform.environments import Settings
 from feature_platform.errors import AccessDenied, ConfigError
 from tests.conftest import CONTRACTS
-from tests.helpers import AS_OF, replace_raw, write_contract
+from tests.helpers import AS_OF, replace_raw, seed_raw, write_contract
 from tests.test_monitoring import sensor_contract, sensor_events
 
 AUTH_KEY, PII_KEY = "test-auth-key-0123456789abcdef-0123456789", "test-pii-key-fedcba9876543210-0123456789"
@@ -369,6 +369,33 @@ def test_contracts_export_as_valid_odcs(tmp_path: Path) -> None:
     assert all(d["servers"] == [{**d["servers"][0], "server": "prod"}] for d in documents)  # --env: prod only
     assert odcs.validate({**patient, "schema": [{**patient["schema"][0], "properties": [
         {**props["heart_rate"], "logicalType": "float64"}]}]})  # the validator does reject a wrong document
+
+
+def test_odcs_servers_name_parquet_that_tools_can_test(local_settings) -> None:
+    """A server entry names Parquet, never the JSON pointer: the promoted build's file where it is known (a
+    data-contract tool reads it and finds the documented columns), else a glob over the version's builds."""
+    import pyarrow.parquet as pq
+
+    seed_raw(local_settings)
+    pipeline.build_and_promote(local_settings, "customer_profile")
+    result = subprocess.run([sys.executable, "-m", "feature_platform.cli", "contracts", "export", "--out", "-",
+                             "--contracts", str(local_settings.contracts_dir), "--home", str(local_settings.home)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    documents = {d["name"]: d for d in yaml.safe_load_all(result.stdout)}
+    for document in documents.values():
+        for server in document["servers"]:
+            assert not (server.get("path") or server.get("location")).endswith(".json"), server
+    servers = {s["server"]: s for s in documents["customer_profile_v1"]["servers"]}
+    promoted = pipeline.object_store(local_settings, local_settings.environment())
+    from feature_platform import build
+
+    assert servers["local"]["path"] == build.read_pointer(promoted, "customer_profile", "v1")["data"]
+    columns = pq.read_schema(servers["local"]["path"]).names
+    assert columns == [p["name"] for p in documents["customer_profile_v1"]["schema"][0]["properties"]]
+    assert servers["dev"]["location"].endswith("/customer_profile/v1/*/features.parquet")
+    unbuilt = {s["server"]: s for s in documents["driver_hourly_stats_v1"]["servers"]}
+    assert unbuilt["local"]["path"].endswith("/driver_hourly_stats/v1/*/features.parquet")
 
 
 def test_the_proof_fails_when_pii_would_leave_unmasked(governed: dict[str, Settings], monkeypatch) -> None:

@@ -570,8 +570,14 @@ def stage_build(contract: FeatureSetContract, store: ObjectStore, raw: ObjectSto
     staged = {"feature_set": contract.name, "version": contract.version_label, "build_id": build_id,
               "source": snapshot}
     if store.exists(f"{prefix}/{METADATA_FILE}"):
-        progress(f"{contract.name} v{contract.version}: build {build_id} is already complete; reusing it")
-        return {**staged, "complete": True}
+        damage = metadata_damage(store, contract, build_id)
+        if damage is None:
+            progress(f"{contract.name} v{contract.version}: build {build_id} is already complete; reusing it")
+            return {**staged, "complete": True}
+        # A damaged record is rebuilt from the same source snapshot: same id, same bytes, a sound metadata.json.
+        progress(f"{contract.name} v{contract.version}: build {build_id} has a damaged {METADATA_FILE} ({damage}); "
+                 "rebuilding it")
+        store.delete(f"{prefix}/{METADATA_FILE}")
     with tempfile.TemporaryDirectory(prefix="feature-build-") as tmp:
         local = Path(tmp) / DATA_FILE
         execution = _transform_to_file(raw, snapshot, contract, local, progress)
@@ -625,7 +631,7 @@ def finalize_build(contract: FeatureSetContract, store: ObjectStore, raw: Object
     """Write metadata.json (last), which makes the build complete. Keeps an existing one untouched."""
     build_id = staged["build_id"]
     prefix = build_key(contract, build_id)
-    if store.exists(f"{prefix}/{METADATA_FILE}"):
+    if store.exists(f"{prefix}/{METADATA_FILE}") and metadata_damage(store, contract, build_id) is None:
         return read_metadata(store, contract, build_id)
     metadata = {
         "format": METADATA_FORMAT,
@@ -684,13 +690,47 @@ def write_metadata(store: ObjectStore, prefix: str, metadata: dict[str, Any]) ->
     store.write_json_atomic(f"{prefix}/{METADATA_FILE}", metadata)
 
 
+# What every reader of a build relies on; a metadata.json without them is damaged, not a build.
+REQUIRED_METADATA = ("feature_set", "version", "build_id", "schema_hash", "data", "row_count", "entity_count",
+                     "event_time_min", "event_time_max", "columns")
+
+
+def metadata_damage(store: ObjectStore, contract: FeatureSetContract, build_id: str) -> str | None:
+    """Why the build's metadata.json cannot be trusted (unreadable, not an object, fields missing, another
+    build's), or None when it is sound."""
+    key = f"{build_key(contract, build_id)}/{METADATA_FILE}"
+    try:
+        metadata = json.loads(store.read_bytes(key))
+    except FileNotFoundError:
+        return "missing"
+    except (ValueError, UnicodeDecodeError) as exc:
+        return f"not JSON: {exc}"
+    if not isinstance(metadata, dict):
+        return "not a JSON object"
+    missing = [name for name in REQUIRED_METADATA if name not in metadata]
+    if missing:
+        return "no " + ", ".join(missing)
+    if metadata["build_id"] != build_id or metadata["schema_hash"] != contract.schema_hash:
+        return f"it describes build {metadata['build_id']} of schema {metadata['schema_hash']}"
+    return None
+
+
 def read_metadata(store: ObjectStore, contract: FeatureSetContract, build_id: str) -> dict[str, Any]:
     key = f"{build_key(contract, build_id)}/{METADATA_FILE}"
     try:
-        return store.read_json(key)
+        metadata = store.read_json(key)
     except FileNotFoundError as exc:
         raise StoreError(f"{contract.name} {contract.version_label}: build {build_id} has no {METADATA_FILE} at "
                          f"{store.url(key)}; it is unfinished or does not exist (see `featurectl versions`)") from exc
+    except StoreError:
+        metadata = None
+    damage = None if isinstance(metadata, dict) and all(k in metadata for k in REQUIRED_METADATA) else \
+        metadata_damage(store, contract, build_id)
+    if damage is not None:
+        raise StoreError(f"{contract.name} {contract.version_label}: {store.url(key)} is damaged ({damage}); "
+                         f"re-run `featurectl build {contract.name} --version {contract.version}` to rebuild it")
+    assert isinstance(metadata, dict)
+    return metadata
 
 
 # --------------------------------------------------------------------------------------- pointers + history
@@ -726,8 +766,8 @@ def promote(store: ObjectStore, contract: FeatureSetContract, metadata: dict[str
         newest = newest_version_pointer(store, contract.name)
         try:
             current = store.read_json(f"{contract.name}/{POINTER_FILE}")
-        except FileNotFoundError:
-            current = None
+        except (FileNotFoundError, StoreError):
+            current = None  # missing or damaged: rewritten from the version pointers
         if newest is not None and newest != current:
             held.check()
             store.write_json_atomic(f"{contract.name}/{POINTER_FILE}", newest)
@@ -744,9 +784,13 @@ def newest_version_pointer(store: ObjectStore, feature_set: str) -> dict[str, An
         if _version_number(label) < 0:
             continue
         try:
-            return store.read_json(f"{feature_set}/{label}/{POINTER_FILE}")
+            pointer = store.read_json(f"{feature_set}/{label}/{POINTER_FILE}")
         except FileNotFoundError:
             continue
+        if not isinstance(pointer, dict) or "build_id" not in pointer:
+            raise StoreError(f"{store.url(f'{feature_set}/{label}/{POINTER_FILE}')} is damaged; re-run "
+                             f"`featurectl build {feature_set} --version {label.lstrip('v')}` to rewrite it")
+        return pointer
     return None
 
 
@@ -754,10 +798,17 @@ def read_pointer(store: ObjectStore, feature_set: str, version_label: str | None
     """The ``latest`` pointer of a feature set, or of one of its versions."""
     key = f"{feature_set}/{version_label}/{POINTER_FILE}" if version_label else f"{feature_set}/{POINTER_FILE}"
     try:
-        return store.read_json(key)
+        pointer = store.read_json(key)
     except FileNotFoundError as exc:
         raise PointerMissingError([feature_set + (f" {version_label}" if version_label else "")], store.url(key)
                                   ) from exc
+    except StoreError:
+        pointer = None
+    if not isinstance(pointer, dict) or not all(k in pointer for k in ("version", "build_id", "data")):
+        again = f" --version {version_label.lstrip('v')}" if version_label else ""
+        raise StoreError(f"{store.url(key)} is damaged (not a pointer); re-run `featurectl build {feature_set}{again}`"
+                         " to rewrite it, or `featurectl rollback` to a build from `featurectl versions`")
+    return pointer
 
 
 def list_builds(store: ObjectStore, feature_set: str) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from feature_platform import __version__
 from feature_platform.errors import ConfigError, PlatformError, describe_failure
+from feature_platform.store import write_file_atomic, write_files_atomic
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -149,7 +150,8 @@ def cmd_contracts_export(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     problems, written, documents = [], [], []
     for contract in contracts.all():
-        document = odcs.to_odcs(contract, environments)
+        document = odcs.to_odcs(contract, environments, _promoted_builds(settings, environments, contract,
+                                                                         explicit=bool(args.env)))
         errors = odcs.validate(document)
         problems += [f"{contract.feature_view_name}: {e}" for e in errors]
         if errors:
@@ -157,7 +159,7 @@ def cmd_contracts_export(args: argparse.Namespace) -> int:
         documents.append(document)
         if not to_stdout:
             path = out / f"{contract.feature_view_name}.odcs.yaml"
-            path.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+            write_file_atomic(path, yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
             written.append(str(path))
     if to_stdout:  # one YAML stream, a document per contract version
         print(yaml.safe_dump_all(documents, sort_keys=False, allow_unicode=True), end="")
@@ -165,6 +167,24 @@ def cmd_contracts_export(args: argparse.Namespace) -> int:
     for line in written:
         print(f"wrote {line}")
     return _report(problems, f"{len(written)} ODCS {odcs.API_VERSION} document(s) valid", 2)
+
+
+def _promoted_builds(settings: Any, environments: list[Any], contract: Any, explicit: bool) -> dict[str, str]:
+    """Per environment, the Parquet of the version's promoted build, read from its latest pointer: local stores
+    always, S3 only for the environment named with --env (whose credentials the caller has set)."""
+    from feature_platform import build
+    from feature_platform.store import ObjectStore
+
+    found = {}
+    for env in environments:
+        if env.is_s3 and not explicit:
+            continue
+        try:
+            store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
+            found[env.name] = str(build.read_pointer(store, contract.name, contract.version_label)["data"])
+        except Exception:  # best effort: not built there yet, or unreachable; the entry names every build
+            continue
+    return found
 
 
 def cmd_contracts_schema(args: argparse.Namespace) -> int:
@@ -222,8 +242,18 @@ def cmd_versions(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from feature_platform import pipeline
 
-    pointer = pipeline.rollback(_settings(args), args.feature_set, args.to)
-    print(f"{args.feature_set}: latest -> {pointer['version']} build {pointer['build_id']}")
+    moved = pipeline.rollback(_settings(args), args.feature_set, args.to)
+    if args.json:
+        _print_json(moved)
+        return 0
+    print(f"{args.feature_set} {moved['version']}: latest -> build {moved['build_id']} "
+          f"(was {moved['previous_build_id'] or 'none'})")
+    current = moved["feature_set_latest"]
+    if moved["feature_set_latest_moved"]:
+        print(f"{args.feature_set}: latest -> {current['version']} build {current['build_id']}")
+    elif current:
+        print(f"{args.feature_set}: latest unchanged, still {current['version']} build {current['build_id']} "
+              f"(it follows the newest version; serving of {moved['version']} changes after `featurectl apply`)")
     return 0
 
 
@@ -299,21 +329,25 @@ def cmd_online(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_frame(frame: Any, out: Path, provenance: dict[str, Any]) -> None:
+    """A training set or export (CSV or Parquet by suffix) and its provenance, each written whole or not at all."""
+    import io
+
+    buffer = io.BytesIO()
+    frame.to_csv(buffer, index=False) if out.suffix == ".csv" else frame.to_parquet(buffer, index=False)
+    write_files_atomic({out: buffer.getvalue(), Path(str(out) + ".provenance.json"): json.dumps(provenance, indent=2)})
+
+
 def cmd_historical(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from feature_platform.feast_bridge import historical
+    from feature_platform.offline import read_entity_file
 
-    path = Path(args.entities)
-    entity_df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    if "event_timestamp" in entity_df:
-        entity_df["event_timestamp"] = pd.to_datetime(entity_df["event_timestamp"], utc=True)
+    entity_df = read_entity_file(Path(args.entities))
     settings = _settings(args)
     frame, provenance = historical(settings, entity_df, args.feature_set, version=args.version,
                                    build_id=args.build, caller=_caller(settings, args))
     if args.out:
-        frame.to_parquet(args.out, index=False)
-        Path(str(args.out) + ".provenance.json").write_text(json.dumps(provenance, indent=2))
+        _write_frame(frame, Path(args.out), provenance)
         print(f"wrote {len(frame)} rows to {args.out} (provenance: {args.out}.provenance.json)")
     else:
         print(frame.to_string(index=False))
@@ -334,8 +368,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     frame, provenance = pipeline.export(settings, args.feature_set, version=args.version, build_id=args.build,
                                         caller=_caller(settings, args))
     out = Path(args.out)
-    frame.to_csv(out, index=False) if out.suffix == ".csv" else frame.to_parquet(out, index=False)
-    Path(str(out) + ".provenance.json").write_text(json.dumps(provenance, indent=2))
+    _write_frame(frame, out, provenance)
     hidden = provenance["pii_masked"] + provenance["pii_dropped"]
     print(f"wrote {len(frame)} rows of {provenance['feature_set']} {provenance['version']} build "
           f"{provenance['build_id']} to {out}" + (f" (PII masked or dropped: {', '.join(hidden)})" if hidden else ""))
@@ -368,7 +401,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from feature_platform.contracts import parse_duration
     from feature_platform.errors import ConfigError
     from feature_platform.governance import issue_token, token_key
 
@@ -377,14 +409,14 @@ def cmd_token(args: argparse.Namespace) -> int:
     key = token_key(settings, env)
     if key is None:
         raise ConfigError(f"{env.name} has no access.token_key_env: it signs no tokens (access there is by --team)")
-    print(issue_token(key, args.team, env.name, args.subject, parse_duration(args.ttl)))
+    print(issue_token(key, args.team, env.name, args.subject, args.ttl))
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from feature_platform import pipeline
 
-    results = pipeline.verify(_settings(args), sample=args.sample)
+    results = pipeline.verify(_settings(args), sample=args.sample, feature_views=args.feature_view)
     if args.json:
         _print_json(results)
     else:
@@ -510,9 +542,8 @@ def cmd_proof(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from feature_platform import pipeline
-    from feature_platform.contracts import parse_duration
 
-    decisions = pipeline.collect_garbage(_settings(args), args.feature_set, args.keep, parse_duration(args.min_age),
+    decisions = pipeline.collect_garbage(_settings(args), args.feature_set, args.keep, args.min_age,
                                          dry_run=not args.delete)
     if args.json:
         _print_json(decisions)
@@ -556,6 +587,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- parser
+
+
+def _version_arg(value: str) -> int:
+    """--version 2 or v2: a usage error (exit 2) that says what is expected, not `invalid <lambda> value`."""
+    number = value.removeprefix("v")
+    if not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a contract version: give a number like 2 or v2")
+    return int(number)
+
+
+def _duration_arg(value: str) -> int:
+    """A duration such as 12h, 30d or 2w, as seconds; anything else is a usage error (exit 2)."""
+    from feature_platform.contracts import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_common(parser: argparse.ArgumentParser, env: bool = True) -> None:
@@ -606,6 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "YAML stream")
     p.add_argument("--env", help="only this environment's server entry (default: every environment)")
     p.add_argument("--contracts", help="contracts directory (default: $FEATURE_PLATFORM_CONTRACTS or ./contracts)")
+    p.add_argument("--home", help="work directory of local stores, whose promoted builds the servers name "
+                                  "(default: $FEATURE_PLATFORM_HOME or ./.feature-platform)")
     p.set_defaults(handler=cmd_contracts_export)
     p = sub.add_parser("schema", help="print the JSON Schema of the contract format")
     p.set_defaults(handler=cmd_contracts_schema, json=True)
@@ -619,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("build", help="build a feature set into versioned Parquet and promote latest")
     p.add_argument("feature_set")
-    p.add_argument("--version", type=lambda v: int(v.lstrip("v")), help="contract version (default: newest)")
+    p.add_argument("--version", type=_version_arg, help="contract version (default: newest)")
     p.add_argument("--run-id", help="the logical run that asked for it (recorded in metadata.json)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_common(p)
@@ -661,14 +712,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("online", help="print online values of a feature set for entity keys")
     p.add_argument("feature_set")
     p.add_argument("keys", nargs="+")
-    p.add_argument("--version", type=lambda v: int(v.lstrip("v")), help="contract version (default: newest)")
+    p.add_argument("--version", type=_version_arg, help="contract version (default: newest)")
     _add_common(p)
     p.set_defaults(handler=cmd_online)
 
     p = commands.add_parser("historical", help="point-in-time join for an entity file (csv or parquet)")
     p.add_argument("feature_set")
     p.add_argument("--entities", required=True, help="file with the join key and event_timestamp columns")
-    p.add_argument("--version", type=lambda v: int(v.lstrip("v")), help="contract version (default: newest)")
+    p.add_argument("--version", type=_version_arg, help="contract version (default: newest)")
     p.add_argument("--build", help="pin a build id to reproduce a training set exactly")
     p.add_argument("--out", help="write Parquet here (plus <out>.provenance.json)")
     _add_identity(p)
@@ -677,7 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("export", help="write a build's rows to Parquet or CSV (PII masked unless allowed)")
     p.add_argument("feature_set")
-    p.add_argument("--version", type=lambda v: int(v.lstrip("v")), help="contract version (default: newest)")
+    p.add_argument("--version", type=_version_arg, help="contract version (default: newest)")
     p.add_argument("--build", help="build id (default: the version's latest)")
     p.add_argument("--out", required=True, help="file.parquet or file.csv (plus <out>.provenance.json)")
     _add_identity(p)
@@ -693,12 +744,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("token", help="issue a team token (needs the environment's token key)")
     p.add_argument("--team", required=True)
     p.add_argument("--subject", help="who holds it (default: the team)")
-    p.add_argument("--ttl", default="30d", help="lifetime (default 30d)")
+    p.add_argument("--ttl", default=30 * 86400, type=_duration_arg, help="lifetime, e.g. 12h or 30d (default 30d)")
     _add_common(p)
     p.set_defaults(handler=cmd_token)
 
     p = commands.add_parser("verify", help="check online values equal the offline latest and are fresh")
     p.add_argument("--sample", type=int, default=20, help="entities sampled per feature view")
+    p.add_argument("--feature-view", action="append", help="only this feature view (repeatable)")
     _add_common(p)
     p.set_defaults(handler=cmd_verify)
 
@@ -731,7 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("step", choices=["validate_contract", "build", "quality_gate", "write_version", "promote_latest",
                                      "feast_apply", "materialize", "verify_online", "monitor"])
     p.add_argument("feature_set")
-    p.add_argument("--version", type=lambda v: int(v.lstrip("v")))
+    p.add_argument("--version", type=_version_arg)
     p.add_argument("--staged", help="JSON result of the build step")
     p.add_argument("--stats", help="JSON result of the quality_gate step")
     p.add_argument("--written", help="JSON result of the write_version step")
@@ -751,7 +803,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("gc", help="retention: delete old builds (dry run unless --delete)")
     p.add_argument("feature_set", nargs="*", help="feature sets (default: all)")
     p.add_argument("--keep", type=int, default=5, help="newest complete builds kept per version (default 5)")
-    p.add_argument("--min-age", default="1d", help="unfinished builds younger than this are kept (default 1d)")
+    p.add_argument("--min-age", default=86400, type=_duration_arg,
+                   help="unfinished builds younger than this are kept (default 1d)")
     p.add_argument("--delete", action="store_true", help="really delete (default: only list)")
     _add_common(p)
     p.set_defaults(handler=cmd_gc)

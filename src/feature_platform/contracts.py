@@ -659,7 +659,9 @@ def write_lock(root: Path, contracts: ContractSet) -> dict[str, dict[str, str]]:
     header = ("# Released contract versions and their schema_hash. Written by `featurectl contracts lock`;\n"
               "# a released version is immutable: change the schema in a new version file instead.\n")
     body = yaml.safe_dump({"feature_sets": lock}, sort_keys=True)
-    (root / LOCK_FILE).write_text(header + body, encoding="utf-8")
+    from feature_platform.store import write_file_atomic
+
+    write_file_atomic(root / LOCK_FILE, header + body)
     return lock
 
 

@@ -359,7 +359,9 @@ def build_dags(config: DagConfig | None = None) -> dict[str, Any]:
 def write_xcom(value: Any, path: Path = Path("/airflow/xcom/return.json")) -> None:
     """KubernetesPodOperator's XCom sidecar reads the step's result from this file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, default=str))
+    from feature_platform.store import write_file_atomic
+
+    write_file_atomic(path, json.dumps(value, default=str))
 
 
 # ------------------------------------------------------------------------------------------ parse-time guard

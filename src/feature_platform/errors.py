@@ -121,8 +121,16 @@ def describe_failure(exc: BaseException) -> str:
     if module in ("botocore", "boto3", "s3fs", "aiobotocore") or "S3" in name:
         return f"object store failed ({name}: {first}); check the S3 endpoint, bucket and credentials, then re-run"
     if module == "redis" or "Redis" in name:
-        return (f"online store failed ({name}: {first}); check Redis is up and the address/password variables, "
-                "then re-run (loads are idempotent)")
+        if first.startswith("OOM") or "maxmemory" in first:
+            return (f"Redis is out of memory ({first}); raise its maxmemory or memory limit (README: sizing), or "
+                    "retire views you no longer serve, then re-run (loads are idempotent)")
+        if name == "AuthenticationError" or first.startswith(("WRONGPASS", "NOAUTH")):
+            return (f"Redis refused the password ({name}: {first}); check FEATURE_PLATFORM_REDIS_PASSWORD (or the "
+                    "variable the environment contract names) against the Secret, then re-run")
+        if name in ("ConnectionError", "TimeoutError", "ClusterDownError"):
+            return (f"online store unreachable ({name}: {first}); check Redis is up and the address variable, "
+                    "then re-run (loads are idempotent)")
+        return f"online store failed ({name}: {first}); fix the cause named here, then re-run (loads are idempotent)"
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return f"connection failed ({name}: {first}); check the service is up and reachable, then re-run"
     if isinstance(exc, OSError):

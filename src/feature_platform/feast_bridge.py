@@ -43,9 +43,9 @@ from feature_platform.errors import (
     RegistryMismatchError,
 )
 from feature_platform.locks import Lease, lease
-from feature_platform.materialization import read_marker
+from feature_platform.materialization import complete_record, read_marker
 from feature_platform.online.layout import plan_contract
-from feature_platform.store import ObjectStore
+from feature_platform.store import ObjectStore, write_file_atomic
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -105,7 +105,7 @@ def write_feature_store_yaml(settings: Settings, env: EnvironmentContract) -> Pa
               f"{env.name}.yaml; do not edit.\n")
     text = header + yaml.safe_dump(feature_store_config(settings, env), sort_keys=False)
     if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+        write_file_atomic(path, text)
     online = env.online_store
     if isinstance(online, SqliteConfig):
         (settings.env_home(env) / online.path).parent.mkdir(parents=True, exist_ok=True)
@@ -301,6 +301,21 @@ def registry_lock(settings: Settings, env: EnvironmentContract) -> Iterator[Leas
         yield held
 
 
+def keep_registry_state(views: list[Any], registered: dict[str, Any]) -> None:
+    """Carry what the registry records about a view, not what the contracts define, into the derived views: the
+    materialized intervals and the source's creation times. Feast compares both, so without this `plan` (ours and
+    plain `feast plan`) reports every materialized view as changed, and an apply would drop the intervals."""
+    for view in views:
+        before = registered.get(view.name)
+        if before is None:
+            continue
+        view.materialization_intervals = list(before.materialization_intervals)
+        source, old = view.batch_source, before.batch_source
+        if source is not None and source == old:  # same name, path and options: only the times differ
+            source.created_timestamp = old.created_timestamp
+            source.last_updated_timestamp = old.last_updated_timestamp
+
+
 def registered_views(store: FeatureStore) -> dict[str, Any]:
     try:
         return {fv.name: fv for fv in store.list_feature_views(allow_cache=False)}
@@ -332,6 +347,7 @@ def apply(settings: Settings, env: EnvironmentContract | None = None,
     store = open_store(settings, env)
     with registry_lock(settings, env) as held, feast_process_environment(settings):
         existing = registered_views(store)
+        keep_registry_state(wanted.feature_views, existing)
         changed = [fv.name for fv in wanted.feature_views
                    if fv.tags[DEFINITION_TAG] != getattr(existing.get(fv.name), "tags", {}).get(DEFINITION_TAG)]
         services = {fs.name: fs for fs in store.registry.list_feature_services(store.project, allow_cache=False)}
@@ -436,6 +452,7 @@ def plan(settings: Settings, env: EnvironmentContract | None = None) -> dict[str
     wanted = definitions(settings, env)
     store = open_store(settings, env)
     with feast_process_environment(settings):
+        keep_registry_state(wanted.feature_views, registered_views(store))
         # As `feast plan` parses feature_repo/: the project and Feast's dummy entity are part of the repo.
         contents = RepoContents(
             projects=[Project(name=store.project, description="")],
@@ -600,6 +617,8 @@ def _feast_view_read(store: FeatureStore, plan: Any, values: list[Any], enforce_
 def view_read(settings: Settings, env: EnvironmentContract, store: FeatureStore, contract: FeatureSetContract,
               values: list[Any], enforce_ttl: bool = True) -> Any:
     """One contract version's online values for join-key ``values``: the planner on Redis, Feast elsewhere."""
+    import sqlite3
+
     from feature_platform.online.layout import plan_contract
     from feature_platform.online.reader import read_view
     from feature_platform.online.redis_client import connect
@@ -613,8 +632,22 @@ def view_read(settings: Settings, env: EnvironmentContract, store: FeatureStore,
         raise OnlineStoreUnavailable(f"online store unreachable: {_one_line(exc)}") from exc
     except PlatformError:
         raise
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise FeastError(f"online read of {contract.feature_view_name} failed: {_one_line(exc)}") from exc
+        # The store file was deleted or replaced: nothing is served (verify reports it; materialize refills it).
+        return _not_found(plan, values)
     except Exception as exc:
         raise FeastError(f"online read of {contract.feature_view_name} failed: {_one_line(exc)}") from exc
+
+
+def _not_found(plan: Any, values: list[Any]) -> Any:
+    from feature_platform.online import reader
+
+    return reader.ViewRead(plan=plan, features=list(plan.features),
+                           values=[[None] * len(values) for _ in plan.features],
+                           statuses=[[reader.NOT_FOUND] * len(values) for _ in plan.features],
+                           event_micros=[None] * len(values))
 
 
 def _rows(contract: FeatureSetContract, values: list[Any], read: Any) -> list[dict[str, Any]]:
@@ -644,8 +677,15 @@ def read_online(settings: Settings, feature_set: str, keys: list[Any], version: 
     values = [_parse_key(contract, k) for k in keys]
     store = open_store(settings, env)
     with feast_process_environment(settings):
-        check_registry_matches(store, [contract])
-        return _rows(contract, values, view_read(settings, env, store, contract, values, enforce_ttl))
+        registered = check_registry_matches(store, [contract])
+        rows = _rows(contract, values, view_read(settings, env, store, contract, values, enforce_ttl))
+    served = registered[contract.feature_view_name].tags[TAG_PREFIX + "build_id"]
+    if online_record(settings, env, store, contract) != complete_record(served):
+        # A load is unfinished (or the store holds another build): found rows may mix builds; say so per row.
+        for row in rows:
+            if row["status"] == "PRESENT":
+                row["status"] = "PRESENT_LOAD_UNFINISHED"
+    return rows
 
 
 def _close(a: Any, b: Any, dtype: str) -> bool:
@@ -670,6 +710,17 @@ def _as_utc(value: Any) -> datetime | None:
     if not isinstance(value, datetime):
         value = value.to_pydatetime() if hasattr(value, "to_pydatetime") else datetime.fromisoformat(str(value))
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def online_record(settings: Settings, env: EnvironmentContract, store: FeatureStore | None,
+                  contract: FeatureSetContract) -> dict[str, Any] | None:
+    """The online store's own record of the build it holds for this view ({build_id, state}), or None."""
+    from feature_platform.materialization import online_target
+
+    try:
+        return online_target(settings, env, store, plan_contract(env.feast_project, contract)).recorded()
+    except _online_errors() as exc:
+        raise OnlineStoreUnavailable(f"online store unreachable: {_one_line(exc)}") from exc
 
 
 def online_entity_count(settings: Settings, env: EnvironmentContract, contract: FeatureSetContract) -> int:
@@ -758,6 +809,7 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
             fresh = age is not None and age <= contract.ttl_seconds
             marker = read_marker(object_store, contract)
             materialized = marker.get("build_id") if not marker.get("pending_build_ids") else None
+            stored = online_record(settings, env, store, contract)
             online_count = online_entity_count(settings, env, contract)
             build_count = int(metadata["entity_count"])
             results.append({
@@ -766,12 +818,16 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
                 # A load started and not finished (killed, Redis down, shards missing): the store may hold a
                 # mix of builds until a run completes it.
                 "pending_build_ids": marker.get("pending_build_ids", []),
+                # What the online store itself says it holds: missing after a flush or a new store file, an
+                # older build after a snapshot restore, `loading` while a load is unfinished.
+                "online_record": stored,
                 "missing": missing, "mismatches": mismatches[:5], "mismatch_count": len(mismatches),
                 "online_entities": online_count, "build_entities": build_count,
                 "absent_key_served": absent_row["status"] != "NOT_FOUND",
                 "newest_online": newest_online.isoformat() if newest_online else None,
                 "age_seconds": age, "ttl_seconds": contract.ttl_seconds, "fresh": fresh,
                 "ok": (not mismatches and missing == 0 and fresh and materialized == build_id
+                       and stored == complete_record(build_id)
                        and online_count == build_count and absent_row["status"] == "NOT_FOUND"),
             })
     return results

@@ -224,8 +224,8 @@ def s3_lock(uri: str, endpoint_url: str | None, timeout: float, period: int | No
                                   f"lapses within {period}s; a live one is still working: wait for it")
             time.sleep(POLL_SECONDS)  # polling a lease, not synchronizing a test
     except (BotoCoreError, ConnectionError) as exc:
-        raise StoreError(f"cannot reach the object store for the lock {uri}: {exc}; check "
-                         "FEATURE_PLATFORM_S3_ENDPOINT_URL/network and re-run") from exc
+        raise StoreError(f"cannot reach the object store for the lock {uri}: {exc}; check FEAST_S3_ENDPOINT_URL "
+                         "(or AWS_ENDPOINT_URL), the credentials and the network, then re-run") from exc
     handle = Lease(uri, etag, period)
     beat = threading.Thread(target=_heartbeat, args=(client, bucket, key, body, etag, period, handle),
                             name=f"lease-heartbeat {uri}", daemon=True)

@@ -33,7 +33,7 @@ from feature_platform import build as builds
 from feature_platform.contracts import FeatureSetContract, parse_duration
 from feature_platform.environments import EnvironmentContract, Settings
 from feature_platform.errors import MonitorBreach, PointerMissingError
-from feature_platform.store import ObjectStore
+from feature_platform.store import ObjectStore, write_files_atomic
 
 HISTORY = 10  # builds per version shown in the report's plots
 PSI_FLOOR = 1e-4  # share floor in PSI's logarithm (an empty bin is "very rare", not infinitely surprising)
@@ -480,10 +480,12 @@ def write_report(reports: list[ViewReport], env: str, directory: Path, now: date
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"json": directory / "monitor.json", "markdown": directory / "monitor.md",
              "html": directory / "monitor.html"}
-    paths["json"].write_text(json.dumps({"environment": env, "at": now.isoformat(),
-                                         "views": [r.as_dict() for r in reports]}, indent=2, default=str))
-    paths["markdown"].write_text(render_markdown(reports, env, now))
-    paths["html"].write_text(render_html(reports, env, now))
+    # All or nothing: a full disk leaves the previous good report whole.
+    write_files_atomic({
+        paths["json"]: json.dumps({"environment": env, "at": now.isoformat(), "views": [r.as_dict() for r in reports]},
+                                  indent=2, default=str),
+        paths["markdown"]: render_markdown(reports, env, now),
+        paths["html"]: render_html(reports, env, now)})
     return paths
 
 

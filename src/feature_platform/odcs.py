@@ -60,7 +60,10 @@ def _property(name: str, dtype: str, description: str, required: bool, **extra: 
     return prop
 
 
-def to_odcs(contract: FeatureSetContract, environments: list[EnvironmentContract]) -> dict[str, Any]:
+def to_odcs(contract: FeatureSetContract, environments: list[EnvironmentContract],
+            promoted: dict[str, str] | None = None) -> dict[str, Any]:
+    """``promoted`` maps an environment name to the Parquet file of the version's promoted build there; a
+    server entry names that file, so data-contract tools can test the document as written."""
     pii = set(contract.pii_features)
     key = contract.entity
     properties = [
@@ -108,7 +111,7 @@ def to_odcs(contract: FeatureSetContract, environments: list[EnvironmentContract
                            "description": f"feature values are valid for {contract.ttl} (Feast TTL)"},
                           {"property": "latency", "value": contract.monitoring.max_staleness or contract.ttl,
                            "description": "newest event older than this is a monitoring breach"}],
-        "servers": [_server(env, contract) for env in environments],
+        "servers": [_server(env, contract, (promoted or {}).get(env.name)) for env in environments],
         "customProperties": [{"property": "schemaHash", "value": contract.schema_hash},
                              {"property": "transformSql", "value": contract.source.sql.strip()},
                              {"property": "sourceTable", "value": contract.source.table},
@@ -117,13 +120,17 @@ def to_odcs(contract: FeatureSetContract, environments: list[EnvironmentContract
     return document
 
 
-def _server(env: EnvironmentContract, contract: FeatureSetContract) -> dict[str, Any]:
-    location = f"{env.object_store.uri}/{contract.name}/{contract.version_label}/latest.json"
-    if env.object_store.uri.startswith("s3://"):
+def _server(env: EnvironmentContract, contract: FeatureSetContract, data: str | None) -> dict[str, Any]:
+    """The promoted build's Parquet where it is known; otherwise every build of the version (a glob), since a
+    pointer file (latest.json) is JSON that Parquet readers cannot open."""
+    location = data or f"{env.object_store.uri}/{contract.name}/{contract.version_label}/*/features.parquet"
+    what = "the promoted build" if data else "every build of this version; the promoted one is named by latest.json"
+    description = f"{env.description or env.name} ({what})"
+    if location.startswith("s3://"):
         return {"server": env.name, "type": "s3", "environment": env.name, "format": "parquet",
-                "location": location, "description": env.description or env.name}
+                "location": location, "description": description}
     return {"server": env.name, "type": "local", "environment": env.name, "format": "parquet", "path": location,
-            "description": env.description or env.name}
+            "description": description}
 
 
 def validate(document: dict[str, Any]) -> list[str]:

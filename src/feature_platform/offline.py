@@ -17,6 +17,7 @@ not use it for training sets.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -29,6 +30,35 @@ from feature_platform.errors import ConfigError
 ENTITY_TIMESTAMP = "event_timestamp"  # Feast's column name for the entity frame's point in time
 _ROW = "__feature_platform_row"
 _PANDAS_NULLABLE = {"int32": "Int32", "int64": "Int64", "bool": "boolean"}
+
+
+ENTITY_FILE_TYPES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def read_entity_file(path: Path) -> Any:
+    """An entity file (CSV or Parquet) as a DataFrame, or a usage error naming the file and what is wrong.
+
+    Columns are kept as written: timestamps are parsed (and numbers refused) by the join, labels untouched."""
+    import pandas as pd
+
+    kind = ENTITY_FILE_TYPES.get(path.suffix.lower())
+    if kind is None:
+        raise ConfigError(f"{path}: entity files are .csv or .parquet; convert it or rename it")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such entity file" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        frame = pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"{path}: the file is empty; it needs a header with the join key and "
+                          f"{ENTITY_TIMESTAMP}") from None
+    except (ValueError, UnicodeDecodeError, pa.ArrowException, pd.errors.ParserError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"{path}: not a readable {kind.upper()} file ({first}); write it as {kind} with a "
+                          f"header row") from None
+    duplicated = sorted({str(c) for c in frame.columns if list(frame.columns).count(c) > 1})
+    if duplicated:
+        raise ConfigError(f"{path}: column(s) {', '.join(duplicated)} appear more than once; keep one of each")
+    return frame
 
 
 def _entity_table(entity_df: Any, contract: FeatureSetContract) -> pa.Table:
@@ -44,7 +74,13 @@ def _entity_table(entity_df: Any, contract: FeatureSetContract) -> pa.Table:
     if clash:
         raise ConfigError(f"the entity frame already has column(s) {', '.join(clash)}, which are features of "
                           f"{contract.feature_view_name}; rename them")
-    stamps = pd.to_datetime(entity_df[ENTITY_TIMESTAMP], utc=True, errors="coerce")
+    column = entity_df[ENTITY_TIMESTAMP]
+    if (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)) and column.notna().any():
+        # Numbers would be read as nanoseconds since 1970: a silent, all-null training set. Refuse them.
+        raise ConfigError(f"{ENTITY_TIMESTAMP}: the column holds {column.dtype} values (e.g. "
+                          f"{column.dropna().iloc[0]!r}), not timestamps; give ISO 8601 strings "
+                          "(2026-11-30T12:00:00Z) or a timestamp column (epoch seconds: pd.to_datetime(x, unit='s'))")
+    stamps = pd.to_datetime(column, utc=True, errors="coerce")
     bad = stamps.isna() & entity_df[ENTITY_TIMESTAMP].notna()
     if bad.any():
         raise ConfigError(f"{ENTITY_TIMESTAMP}: {int(bad.sum())} value(s) are not timestamps, e.g. "

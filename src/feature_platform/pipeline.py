@@ -18,7 +18,7 @@ from feature_platform.contracts import FeatureSetContract
 from feature_platform.environments import STEP_NAMES, EnvironmentContract, Settings
 from feature_platform.errors import ContractError, ContractErrors
 from feature_platform.sample_data import SampleSpec, write_sample_data
-from feature_platform.store import ObjectStore, sweep_temporary_files
+from feature_platform.store import ObjectStore, sweep_temporary_files, write_file_atomic
 
 Progress = Callable[[str], None]
 
@@ -112,16 +112,30 @@ def rollback(settings: Settings, feature_set: str, build_id: str) -> dict[str, A
 
     metadata = builds.find_build(store, feature_set, build_id)
     contract = settings.contracts().get(feature_set, int(str(metadata["version"]).lstrip("v")))
-    try:
-        before = builds.read_pointer(store, feature_set, contract.version_label)["build_id"]
-    except builds.PointerMissingError:
-        before = None
+    def current(version: str | None) -> dict[str, Any] | None:
+        try:
+            return builds.read_pointer(store, feature_set, version)
+        except builds.PointerMissingError:
+            return None
+
+    before = current(contract.version_label)
+    set_before = current(None)
     pointer = builds.promote(store, contract, metadata)
+    set_after = current(None)
     audit.record(settings, env, "rollback", [feature_set], [{
         "object": contract.feature_view_name, "kind": "latest pointer", "change": "rolled back",
-        "classification": "data (earlier build)", "detail": [f"build {before} -> {build_id}"],
+        "classification": "data (earlier build)",
+        "detail": [f"build {before['build_id'] if before else None} -> {build_id}"],
         "feature_set": feature_set, "build_id": build_id}])
-    return pointer
+
+    def named(p: dict[str, Any] | None) -> dict[str, Any] | None:
+        return {"version": p["version"], "build_id": p["build_id"]} if p else None
+
+    # Say what actually moved: the version's pointer always does; the feature set's `latest` follows the newest
+    # version that has a build, so rolling back an older version leaves it where it was.
+    return {**pointer, "previous_build_id": before["build_id"] if before else None,
+            "feature_set_latest": named(set_after),
+            "feature_set_latest_moved": named(set_before) != named(set_after)}
 
 
 def export(settings: Settings, feature_set: str, version: int | None = None, build_id: str | None = None,
@@ -188,7 +202,11 @@ def verify(settings: Settings, sample: int = 20, feature_views: list[str] | None
                    "" if r["online_entities"] == r["build_entities"] else
                    f"{r['online_entities']} entities online but the build has {r['build_entities']}; run "
                    "`featurectl materialize` (it deletes entities that left the build)",
-                   "a key that is in no build is served" if r["absent_key_served"] else ""]
+                   "a key that is in no build is served" if r["absent_key_served"] else "",
+                   "" if (r.get("online_record") or {}).get("build_id") == r["build_id"]
+                   and (r.get("online_record") or {}).get("state") == "complete" else
+                   f"the online store's own record is {r.get('online_record')} (emptied, replaced, restored from "
+                   "an older snapshot or a load unfinished); run `featurectl materialize`"]
             reasons.append(f"{r['feature_view']}: " + ", ".join(w for w in why if w))
         raise FeastError("offline/online verification failed: " + "; ".join(reasons))
     return results
@@ -206,7 +224,7 @@ def monitor(settings: Settings, feature_sets: list[str] | None = None, report_di
     directory = report_dir or settings.env_home(env) / "monitor" / (scope or "all")
     paths = monitoring.write_report(reports, env.name, directory)
     metrics = monitoring.prometheus_text(reports, env.name)
-    (directory / "monitor.prom").write_text(metrics)  # the node exporter's textfile collector format
+    write_file_atomic(directory / "monitor.prom", metrics)  # the node exporter's textfile collector format
     published = monitoring.publish_report(object_store(settings, env), paths, scope) if publish else []
     gateway = settings.values.get("FEATURE_PLATFORM_PUSHGATEWAY")
     if gateway:
@@ -228,9 +246,8 @@ def record_run(settings: Settings, feature_set: str, status: str, run_id: str | 
     """The last run of a feature set's loop, for `featurectl proof` where no Airflow API is configured."""
     env = settings.environment()
     path = _run_record_path(settings, env, feature_set)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"feature_set": feature_set, "status": status, "run_id": run_id,
-                                "at": datetime.now(UTC).isoformat(), "detail": detail}))
+    write_file_atomic(path, json.dumps({"feature_set": feature_set, "status": status, "run_id": run_id,
+                                        "at": datetime.now(UTC).isoformat(), "detail": detail}))
 
 
 def read_run_record(settings: Settings, env: EnvironmentContract, feature_set: str) -> dict[str, Any] | None:

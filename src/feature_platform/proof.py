@@ -262,19 +262,18 @@ def write_report(report: Report, path: Path) -> tuple[Path, Path]:
     import html
 
     from feature_platform import monitoring
+    from feature_platform.store import write_files_atomic
 
     base = path.with_suffix("")
     json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report.to_json(), indent=2))
-    md_path.write_text(report.to_markdown())
     rows = "".join(f"<tr><td>{html.escape(c.name)}</td><td class='{c.status.lower()}'>{c.status}</td>"
                    f"<td>{c.seconds:.2f}</td><td>{'<br>'.join(html.escape(e) for e in c.evidence)}</td></tr>"
                    for c in report.checks)
     page = monitoring.render_html(report.monitoring, report.environment, datetime.now(UTC))
     summary = (f"<h1>Proof: {html.escape(report.environment)}: {'PASS' if report.ok else 'FAIL'}</h1>"
                f"<table><tr><th>check</th><th>status</th><th>s</th><th>evidence</th></tr>{rows}</table>")
-    base.with_suffix(".html").write_text(page.replace("<body>", "<body>" + summary, 1))
+    write_files_atomic({json_path: json.dumps(report.to_json(), indent=2), md_path: report.to_markdown(),
+                        base.with_suffix(".html"): page.replace("<body>", "<body>" + summary, 1)})
     return json_path, md_path
 
 

@@ -185,6 +185,33 @@ class ObjectStore:
             self.fs.rm(self.path(key), recursive=True)
 
 
+def write_files_atomic(files: dict[Path, bytes | str]) -> None:
+    """Write local files so that a failure (a full disk, a kill) leaves each one as it was: every file is
+    written to a temporary file beside it first, and only when all are written are they renamed into place,
+    so a set of files (a report's JSON, Markdown and HTML) is never left half new, half old."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, content in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content.encode() if isinstance(content, str) else content)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except OSError as exc:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        target = staged[-1][1] if staged else next(iter(files), None)
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc  # name the file, not the temporary
+    for tmp, path in staged:
+        os.replace(tmp, path)
+
+
+def write_file_atomic(path: Path, content: bytes | str) -> None:
+    write_files_atomic({path: content})
+
+
 TEMPORARY_PATTERNS = (".tmp-*", ".*.tmp")  # ObjectStore writes, and the atomic Feast registry store
 
 

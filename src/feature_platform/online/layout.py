@@ -79,10 +79,16 @@ def entity_keys(join_key: str, dtype: str, values: Sequence[Any] | pa.Array | np
     return out
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def parse_entity_values(dtype: str, values: list[Any]) -> list[Any]:
     """Many keys at once; the common case (ints for int64, strings for string) passes through untouched."""
     wanted = int if dtype == "int64" else str
     if all(type(v) is wanted for v in values):
+        if wanted is int and values and (min(values) < INT64_MIN or max(values) > INT64_MAX):
+            raise ValueError(f"{next(v for v in values if not INT64_MIN <= v <= INT64_MAX)} is outside the int64 "
+                             "range")
         return values
     return [parse_entity_value(dtype, v) for v in values]
 
@@ -94,7 +100,13 @@ def parse_entity_value(dtype: str, value: Any) -> Any:
             raise ValueError(f"{value!r} is not an integer")
         if isinstance(value, float) and not value.is_integer():
             raise ValueError(f"{value!r} is not an integer")
-        return int(value)
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an integer") from None
+        if not INT64_MIN <= number <= INT64_MAX:
+            raise ValueError(f"{value!r} is outside the int64 range")
+        return number
     if not isinstance(value, str | int):
         raise ValueError(f"{value!r} is not a string")
     return str(value)
