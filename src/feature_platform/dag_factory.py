@@ -206,7 +206,8 @@ def _operator(config: DagConfig, env: EnvironmentContract, step: str, feature_se
                 op_kwargs=[{**kwargs, "shard": label} for label in shard_labels])
         return PythonOperator(task_id=task_id, python_callable=run_step, op_kwargs=kwargs, **common)
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-    from kubernetes.client import models as k8s
+
+    k8s = _K8sModels()
 
     group = f"v{version}" if version else None
     arguments = ["step", step, feature_set, "--xcom"]
@@ -257,6 +258,21 @@ def _operator(config: DagConfig, env: EnvironmentContract, step: str, feature_se
         return KubernetesPodOperator.partial(**pod).expand(
             arguments=[[*arguments, "--shard", label] for label in shard_labels])
     return KubernetesPodOperator(arguments=arguments, **pod)
+
+
+class _K8sModels:
+    """kubernetes.client.models, each built with one shared Configuration: without it every model copies the
+    default Configuration (and resets its loggers), which was most of a kubernetes-mode DAG parse."""
+
+    _configuration: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        from kubernetes.client import Configuration, models
+
+        if _K8sModels._configuration is None:
+            _K8sModels._configuration = Configuration()
+        model = getattr(models, name)
+        return lambda **kwargs: model(**kwargs, local_vars_configuration=_K8sModels._configuration)
 
 
 def build_dag(config: DagConfig, env: EnvironmentContract, feature_set: str,
