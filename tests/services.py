@@ -161,6 +161,7 @@ def dev_settings(tmp_path: Path, contracts_copy: Path, redis_clean: RedisServer,
 class PostgresServer:
     port: int
     process: subprocess.Popen
+    command: list[str]
 
     def url(self, database: str = "feast") -> str:
         return f"postgresql+psycopg://feast:feast@127.0.0.1:{self.port}/{database}"
@@ -169,6 +170,30 @@ class PostgresServer:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster itself (a crash, not a shutdown: runuser is only its parent); `start` brings it
+        back on the same data, through crash recovery."""
+        import signal
+
+        data = Path(self.command[self.command.index("-D") + 1])
+        os.kill(int((data / "postmaster.pid").read_text().split()[0]), signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def start(self) -> None:
+        """Start on the same data and port; retried until a deadline (a killed server's backends may hold its
+        shared memory for a moment)."""
+        import psycopg
+
+        dsn = f"host=127.0.0.1 port={self.port} user=feast password=feast dbname=postgres"
+
+        def up() -> bool:
+            if self.process.poll() is not None:
+                self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            psycopg.connect(dsn, connect_timeout=2).close()
+            return True
+
+        wait_until(up, "postgres after a restart", timeout=120)
 
 
 def _postgres_bin(name: str) -> str:
@@ -198,10 +223,10 @@ def postgres_server() -> Iterator[PostgresServer]:
     subprocess.run([*as_user, _postgres_bin("initdb"), "-D", str(data), "-U", "feast", "--pwfile", str(pwfile),
                     "-A", "scram-sha-256"], check=True, capture_output=True, timeout=120)
     port = free_port()
-    process = subprocess.Popen([*as_user, _postgres_bin("postgres"), "-D", str(data), "-p", str(port),
-                                "-c", "listen_addresses=127.0.0.1", "-k", str(data), "-c", "fsync=off"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = PostgresServer(port, process)
+    command = [*as_user, _postgres_bin("postgres"), "-D", str(data), "-p", str(port),
+               "-c", "listen_addresses=127.0.0.1", "-k", str(data), "-c", "fsync=off"]
+    server = PostgresServer(port, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                            command)
     dsn = f"host=127.0.0.1 port={port} user=feast password=feast dbname=postgres"
     wait_until(lambda: psycopg.connect(dsn, connect_timeout=2).close() is None, "postgres", timeout=60)
     with psycopg.connect(dsn, autocommit=True) as conn:

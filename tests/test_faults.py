@@ -596,3 +596,179 @@ def test_rollback_says_what_moved(local_settings, capsys) -> None:
     code, out, _ = _cli(local_settings, capsys, "rollback", "customer_spend", "--to", v1, "--json")
     moved = json.loads(out)
     assert moved["feature_set_latest"] == {"version": "v2", "build_id": v2} and not moved["feature_set_latest_moved"]
+
+
+# -------------------------------------------------------------------------------------- registry commits
+
+class _HoldingProxy:
+    """An HTTP proxy in front of moto that holds the PUTs of one key until released, as a stalled network or a
+    paused writer would; everything else passes straight through."""
+
+    def __init__(self, upstream: str, held_suffix: str) -> None:
+        import http.client
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlparse
+
+        self.holding, self.arrived, self.release = threading.Event(), threading.Event(), threading.Event()
+        target = urlparse(upstream)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "PUT" and self.path.split("?")[0].endswith(held_suffix) and proxy.holding.is_set():
+                    proxy.arrived.set()
+                    assert proxy.release.wait(60), "the test never released the held PUT"
+                upstream_conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                upstream_conn.request(self.command, self.path, body=body,
+                                      headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                response = upstream_conn.getresponse()
+                payload = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+
+
+def test_a_stalled_registry_commit_never_overwrites_a_newer_one(dev_settings, s3_clean, monkeypatch) -> None:
+    """Writer A reads the S3 registry, and its upload stalls in flight; writer B commits meanwhile. When A's
+    upload arrives it is refused by S3 itself (If-Match on the ETag A read): B's commit stays, A fails with one
+    true line, and A's re-run (a fresh read) commits on top of B's. A new registry is created only if absent."""
+    from feast.repo_config import RegistryConfig
+
+    from feature_platform.registry_store import ConditionalS3RegistryStore, RegistryConflict
+
+    seed_raw(dev_settings)
+    pipeline.build_all(dev_settings)
+    pipeline.apply(dev_settings)
+    env = dev_settings.environment()
+    uri = dev_settings.resolve_uri(env, env.registry.uri)
+    proxy = _HoldingProxy(s3_clean.endpoint, "registry.db")
+    try:
+        def store(endpoint: str) -> ConditionalS3RegistryStore:
+            monkeypatch.setenv("FEAST_S3_ENDPOINT_URL", endpoint)  # where Feast's S3 store takes its endpoint
+            return ConditionalS3RegistryStore(RegistryConfig(registry_type="file", path=uri), Path("."))
+
+        writer_a, writer_b = store(proxy.url), store(s3_clean.endpoint)
+        proto_a, proto_b = writer_a.get_registry_proto(), writer_b.get_registry_proto()
+        proto_a.feature_views[0].spec.description = "written by A"
+        proto_b.feature_views[1].spec.description = "written by B"
+        proxy.holding.set()
+        outcome: dict[str, BaseException | None] = {}
+
+        def commit_a() -> None:
+            try:
+                writer_a.update_registry_proto(proto_a)
+                outcome["a"] = None
+            except BaseException as exc:
+                outcome["a"] = exc
+
+        thread = threading.Thread(target=commit_a)
+        thread.start()
+        assert proxy.arrived.wait(30), "writer A's upload never reached the proxy"
+        writer_b.update_registry_proto(proto_b)  # B commits while A's upload is in flight
+        proxy.release.set()
+        thread.join(60)
+        assert isinstance(outcome["a"], RegistryConflict), outcome
+        assert "changed after this writer read it" in str(outcome["a"]) and "nothing was written" in str(outcome["a"])
+        final = store(s3_clean.endpoint).get_registry_proto()
+        assert final.version_id == proto_b.version_id
+        assert final.feature_views[1].spec.description == "written by B"
+        assert final.feature_views[0].spec.description != "written by A"
+
+        again = store(s3_clean.endpoint)  # A's re-run reads afresh and commits on top of B's
+        proto = again.get_registry_proto()
+        proto.feature_views[0].spec.description = "written by A"
+        proxy.holding.clear()
+        again.update_registry_proto(proto)
+        final = store(s3_clean.endpoint).get_registry_proto()
+        assert [final.feature_views[i].spec.description for i in (0, 1)] == ["written by A", "written by B"]
+        with pytest.raises(RegistryConflict):  # a writer that read nothing may only create a registry
+            store(s3_clean.endpoint).update_registry_proto(proto_b)
+    finally:
+        proxy.stop()
+    pipeline.apply(dev_settings)  # the platform's own writers go on from the registry as it is
+    assert {v.name for v in feast_bridge.open_store(dev_settings, env).list_feature_views(allow_cache=False)} >= {
+        "customer_profile_v1", "customer_spend_v2"}
+
+
+def test_postgresql_killed_mid_apply_leaves_no_registry_change_unaudited(postgres_server, local_settings,
+                                                                         contracts_copy, monkeypatch) -> None:
+    """Feast's SQL registry commits object by object: PostgreSQL SIGKILLed after two of four views were
+    re-pointed leaves those two changed. The apply fails with one line; the audit trail holds it as written
+    ahead; the re-run after PostgreSQL's recovery applies the rest and records the interrupted apply's two
+    landed changes, so every re-pointed view is in the trail exactly once."""
+    import uuid
+
+    import psycopg
+    import yaml
+    from feast.infra.registry.sql import SqlRegistry
+
+    from feature_platform import audit
+    from feature_platform.errors import FeastError
+    from feature_platform.sample_data import SampleSpec
+    from tests.helpers import AS_OF
+
+    database = f"apply_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server.url().replace("postgresql+psycopg", "postgresql"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+    path = contracts_copy / "environments" / "local.yaml"
+    env_doc = yaml.safe_load(path.read_text())
+    env_doc["registry"] = {"type": "sql", "url_env": "FEATURE_PLATFORM_REGISTRY_URL"}
+    path.write_text(yaml.safe_dump(env_doc))
+    settings = local_settings.replace(values={"FEATURE_PLATFORM_REGISTRY_URL": postgres_server.url(database)})
+    seed_raw(settings)
+    pipeline.build_all(settings)
+    pipeline.apply(settings)
+    seed_raw(settings, SampleSpec(seed=11, scale=0.1, as_of=AS_OF))  # new data: every view gets a new build
+    pipeline.build_all(settings)
+    views = sorted(c.feature_view_name for c in settings.contracts().live())
+
+    original, applied = SqlRegistry.apply_feature_view, []
+
+    def apply_then_crash(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        applied.append(1)
+        if len(applied) == 2:
+            postgres_server.kill()  # the database dies between two of Feast's per-object commits
+        return result
+
+    monkeypatch.setattr(SqlRegistry, "apply_feature_view", apply_then_crash)
+    try:
+        with pytest.raises(FeastError, match="the next `featurectl apply` records what landed"):
+            pipeline.apply(settings)
+    finally:
+        postgres_server.start()
+        monkeypatch.undo()
+    result = pipeline.apply(settings)
+    assert len(result["changed"]) == len(views) - 2
+
+    entries = audit.read(settings, settings.environment())
+    [interrupted] = [e for e in entries if e.get("status") == "interrupted"]
+    assert len(interrupted["landed"]) == 2 and "interrupted" in interrupted["note"]
+    repointed = []
+    for entry in entries[entries.index(interrupted):]:
+        landed = entry.get("landed", [c["object"] for c in entry["changes"]])  # what reached the registry
+        repointed += [c["object"] for c in entry["changes"] if c["kind"] == "FeatureView" and c["object"] in landed]
+    assert sorted(repointed) == views
+    assert audit.pending(settings, settings.environment()) == []
+    store = feast_bridge.open_store(settings, settings.environment())
+    builds_now = {v.name: v.tags["feature_platform.build_id"] for v in store.list_feature_views(allow_cache=False)}
+    assert builds_now == {c.feature_view_name: builds.read_pointer(data_store(settings), c.name, c.version_label)[
+        "build_id"] for c in settings.contracts().live()}

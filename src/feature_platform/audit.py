@@ -11,6 +11,12 @@ are never rewritten:
   it tamper-proof);
 - SQL registry: rows of the table ``feature_platform_audit`` in the registry's database (grant the platform
   INSERT and SELECT only).
+
+An apply is written ahead: its entry (``status: pending``) and a pending marker go in before the registry is
+touched, and a ``confirmed`` entry follows the commit. Feast's SQL registry commits object by object, so a crash
+(PostgreSQL killed, a pod evicted) can leave some objects changed; the next apply reconciles every pending
+marker against the registry and records which of its changes landed, so no registry change is ever missing
+from the trail.
 """
 
 from __future__ import annotations
@@ -92,11 +98,85 @@ def record(settings: Settings, env: EnvironmentContract, action: str, feature_se
     return entry
 
 
+PENDING_DIR = "pending"  # file registries: <audit>/pending/<id>.json; SQL: rows of PENDING_TABLE
+PENDING_TABLE = "feature_platform_audit_pending"
+
+
+def _pending_table(metadata: Any) -> Any:
+    from sqlalchemy import Column, String, Table, Text
+
+    return Table(PENDING_TABLE, metadata, Column("id", String(64), primary_key=True),
+                 Column("environment", String(64)), Column("entry", Text))
+
+
+def begin(settings: Settings, env: EnvironmentContract, action: str, feature_sets: list[str],
+          changes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write an entry ahead of a registry change: in the trail (``status: pending``) and as a pending marker."""
+    entry = record(settings, env, action, feature_sets, changes, status="pending")
+    if isinstance(env.registry, FileRegistryConfig):
+        _file_log(settings, env).write_json_atomic(f"{PENDING_DIR}/{entry['id']}.json", entry)
+    else:
+        from sqlalchemy import MetaData
+
+        engine = _engine(settings, env)
+        try:
+            table = _pending_table(MetaData())
+            table.create(engine, checkfirst=True)
+            with engine.begin() as connection:
+                connection.execute(table.insert().values(id=entry["id"], environment=env.name,
+                                                         entry=json.dumps(entry, default=str)))
+        finally:
+            engine.dispose()
+    return entry
+
+
+def confirm(settings: Settings, env: EnvironmentContract, pending: dict[str, Any], landed: list[dict[str, Any]],
+            note: str = "") -> dict[str, Any]:
+    """Record which changes of a pending entry are in the registry, then clear its marker."""
+    entry = record(settings, env, "confirmed", pending["feature_sets"], landed, confirms=pending["id"],
+                   **({"note": note} if note else {}))
+    if isinstance(env.registry, FileRegistryConfig):
+        _file_log(settings, env).delete(f"{PENDING_DIR}/{pending['id']}.json")
+    else:
+        from sqlalchemy import MetaData
+
+        engine = _engine(settings, env)
+        try:
+            table = _pending_table(MetaData())
+            with engine.begin() as connection:
+                connection.execute(table.delete().where(table.c.id == pending["id"]))
+        finally:
+            engine.dispose()
+    return entry
+
+
+def pending(settings: Settings, env: EnvironmentContract) -> list[dict[str, Any]]:
+    """Entries written ahead whose outcome was never recorded (the writer crashed), oldest first."""
+    if isinstance(env.registry, FileRegistryConfig):
+        log = _file_log(settings, env)
+        entries = [json.loads(log.fs.cat_file(info.path)) for info in log.list_files(PENDING_DIR, ".json")]
+    else:
+        from sqlalchemy import MetaData, inspect, select
+
+        engine = _engine(settings, env)
+        try:
+            if not inspect(engine).has_table(PENDING_TABLE):
+                return []
+            table = _pending_table(MetaData())
+            with engine.connect() as connection:
+                rows = connection.execute(select(table.c.entry).where(table.c.environment == env.name))
+                entries = [json.loads(row[0]) for row in rows]
+        finally:
+            engine.dispose()
+    return sorted(entries, key=lambda e: (e["at"], e["id"]))
+
+
 def read(settings: Settings, env: EnvironmentContract, feature_set: str | None = None) -> list[dict[str, Any]]:
     """The entries, oldest first (of one feature set when given)."""
     if isinstance(env.registry, FileRegistryConfig):
         log = _file_log(settings, env)
-        entries = [json.loads(log.fs.cat_file(info.path)) for info in log.list_files("", ".json")]
+        entries = [json.loads(log.fs.cat_file(info.path)) for info in log.list_files("", ".json")
+                   if f"/{PENDING_DIR}/" not in info.path]
     else:
         from sqlalchemy import MetaData, inspect, select
 
@@ -111,4 +191,23 @@ def read(settings: Settings, env: EnvironmentContract, feature_set: str | None =
         finally:
             engine.dispose()
     entries.sort(key=lambda e: (e["at"], e["id"]))
-    return [e for e in entries if feature_set is None or feature_set in e["feature_sets"]]
+    return [e for e in _folded(entries) if feature_set is None or feature_set in e["feature_sets"]]
+
+
+def _folded(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entries as people read them: a written-ahead apply carries its outcome (``status``: ``applied``;
+    ``interrupted`` with the objects that ``landed``; or still ``pending``) and its confirmation is not repeated.
+    The stored trail itself is never rewritten."""
+    confirmations = {e["confirms"]: e for e in entries if e["action"] == "confirmed"}
+    out = []
+    for entry in entries:
+        if entry["action"] == "confirmed":
+            continue
+        confirmation = confirmations.get(entry["id"])
+        if entry.get("status") == "pending" and confirmation is not None:
+            landed = [c["object"] for c in confirmation["changes"]]
+            complete = landed == [c["object"] for c in entry["changes"]]
+            entry = {**entry, "status": "applied" if complete else "interrupted",
+                     **({} if complete else {"landed": landed, "note": confirmation.get("note", "")})}
+        out.append(entry)
+    return out

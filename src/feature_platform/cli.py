@@ -387,8 +387,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
         _print_json(entries)
         return 0
     for entry in entries:
+        status = entry.get("status", "")
         print(f"{entry['at']}  {entry['action']:9} {entry['actor']}  commit {entry['contracts_commit'][:12]}  "
-              f"{', '.join(entry['feature_sets'])}")
+              f"{', '.join(entry['feature_sets'])}" + (f"  [{status}]" if status not in ("", "applied") else ""))
+        if status == "interrupted":
+            print(f"    landed before the interruption: {', '.join(entry['landed']) or 'nothing'}")
         for change in entry["changes"]:
             if args.feature_set and change.get("feature_set") not in (args.feature_set, None):
                 continue

@@ -68,8 +68,10 @@ def feature_store_config(settings: Settings, env: EnvironmentContract) -> dict[s
     else:
         path = settings.resolve_uri(env, registry.uri)
         registry_cfg = {"registry_type": "file", "path": path, "cache_ttl_seconds": registry.cache_ttl_seconds}
-        if not path.startswith("s3://"):  # S3 PUTs are atomic already; Feast writes local files in place
-            registry_cfg["registry_store_type"] = "feature_platform.registry_store.AtomicFileRegistryStore"
+        # Local: written atomically (Feast writes in place). S3: each commit conditional on the version read.
+        registry_cfg["registry_store_type"] = ("feature_platform.registry_store.ConditionalS3RegistryStore"
+                                               if path.startswith("s3://") else
+                                               "feature_platform.registry_store.AtomicFileRegistryStore")
     online = env.online_store
     if isinstance(online, RedisConfig):
         # A cluster's seed list is the variable's comma-separated host:port entries; it has only database 0.
@@ -347,6 +349,7 @@ def apply(settings: Settings, env: EnvironmentContract | None = None,
     store = open_store(settings, env)
     with registry_lock(settings, env) as held, feast_process_environment(settings):
         existing = registered_views(store)
+        _reconcile_interrupted_applies(settings, env, store, existing)
         keep_registry_state(wanted.feature_views, existing)
         changed = [fv.name for fv in wanted.feature_views
                    if fv.tags[DEFINITION_TAG] != getattr(existing.get(fv.name), "tags", {}).get(DEFINITION_TAG)]
@@ -370,19 +373,50 @@ def apply(settings: Settings, env: EnvironmentContract | None = None,
             removals.append(granted[open_read])
         if changed or missing_services or new_permissions or removals:
             held.check()
+            changes = _audit_changes(contracts, wanted, existing, changed, missing_services, new_permissions,
+                                     removals)
+            # Written ahead: Feast's SQL registry commits object by object, so a crash may leave part of this
+            # apply in the registry; the pending entry lets the next apply record what landed.
+            intent = audit.begin(settings, env, "apply", [x["feature_set"] for x in changes if x["feature_set"]],
+                                 changes)
             try:
                 store.apply(wanted.all(), objects_to_delete=removals, partial=not removals)
             except Exception as exc:
-                raise FeastError(f"feast apply failed for {env.name}: {_one_line(exc)}") from exc
-            changes = _audit_changes(contracts, wanted, existing, changed, missing_services, new_permissions,
-                                     removals)
-            audit.record(settings, env, "apply", [x["feature_set"] for x in changes if x["feature_set"]], changes)
+                raise FeastError(f"feast apply failed for {env.name}: {_one_line(exc)}; the audit trail holds it "
+                                 "as pending and the next `featurectl apply` records what landed") from exc
+            audit.confirm(settings, env, intent, changes)
         held.check()
         _record_infra(store)
     names = {fv.name for fv in wanted.feature_views}
     known = {c.feature_view_name for c in settings.contracts().all()}
     return ApplyResult(changed=changed, unchanged=sorted(names - set(changed)),
                        unmanaged=sorted(set(existing) - known - {r.name for r in removals}))
+
+
+def _reconcile_interrupted_applies(settings: Settings, env: EnvironmentContract, store: FeatureStore,
+                                   existing: dict[str, Any]) -> None:
+    """Applies written ahead in the audit trail whose outcome was never recorded (the writer or the registry's
+    database died mid-apply): record which of their changes the registry holds now, so none goes unaudited."""
+    from feature_platform import audit
+
+    interrupted = [entry for entry in audit.pending(settings, env) if entry["action"] == "apply"]
+    if not interrupted:
+        return
+    services = {fs.name for fs in store.registry.list_feature_services(store.project, allow_cache=False)}
+    granted = {p.name for p in store.registry.list_permissions(store.project, allow_cache=False)}
+
+    def landed(change: dict[str, Any]) -> bool:
+        name, kind = change["object"], change["kind"]
+        if change["change"] == "removed":
+            return name not in existing and name not in services and name not in granted
+        if kind == "FeatureView":
+            view = existing.get(name)
+            return view is not None and view.tags.get(TAG_PREFIX + "build_id") == change.get("build_id")
+        return name in (services if kind == "FeatureService" else granted)
+
+    for entry in interrupted:
+        audit.confirm(settings, env, entry, [c for c in entry["changes"] if landed(c)],
+                      note="the apply was interrupted; these changes were found in the registry by a later apply")
 
 
 def _audit_changes(contracts: ContractSet, wanted: Definitions, existing: dict[str, Any], changed: list[str],
@@ -546,6 +580,8 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
                 with registry_lock(settings, env) as registry_held:
                     registry_held.check()
                     try:
+                        # Read the registry afresh under the lease: the commit is conditional on this version.
+                        store.registry.refresh(store.project)
                         store.registry.apply_materialization(view, store.project, start, end, commit=True)
                     except Exception as exc:
                         raise FeastError(f"recording the materialized interval of {view.name} failed: "

@@ -1,10 +1,16 @@
-"""Feast's local file registry, written atomically.
+"""Feast's file registries, written so that no commit is half written or lost.
 
-Feast rewrites ``registry.db`` in place (open "wb", write, fsync): a full disk or a SIGKILL during the write
-leaves it truncated or empty, and every later command fails until it is deleted by hand. This store writes a
-temporary file next to it, fsyncs it, renames it over the registry (atomic on POSIX) and fsyncs the directory,
-so a reader sees the old registry or the new one, never half of one. Feature_store.yaml names it as
-``registry_store_type`` for local registries, so plain `feast` uses it too.
+Local: Feast rewrites ``registry.db`` in place (open "wb", write, fsync): a full disk or a SIGKILL during the
+write leaves it truncated or empty, and every later command fails until it is deleted by hand. This store
+writes a temporary file next to it, fsyncs it, renames it over the registry (atomic on POSIX) and fsyncs the
+directory, so a reader sees the old registry or the new one, never half of one.
+
+S3: Feast PUTs ``registry.db`` unconditionally, so a writer that stalled (or whose upload was retried or
+delayed) after another writer committed overwrites that commit. This store remembers the ETag of the registry
+it read and PUTs with ``If-Match`` (``If-None-Match: *`` when there was none): a commit computed from an older
+registry is refused by S3 itself and fails with one line; nothing is overwritten.
+
+feature_store.yaml names them as ``registry_store_type``, so plain `feast` uses them too.
 """
 
 from __future__ import annotations
@@ -14,15 +20,21 @@ import uuid
 from pathlib import Path
 
 from feast.infra.registry.file import FileRegistryStore
+from feast.infra.registry.s3 import S3RegistryStore
 from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
 from feast.utils import _utc_now
 from google.protobuf.message import DecodeError
 
 CLASS_PATH = "feature_platform.registry_store.AtomicFileRegistryStore"
+S3_CLASS_PATH = "feature_platform.registry_store.ConditionalS3RegistryStore"
 
 
 class CorruptRegistryError(RuntimeError):
     """The registry file cannot be parsed."""
+
+
+class RegistryConflict(RuntimeError):
+    """The registry changed between this writer's read and its commit; the commit was refused."""
 
 
 class AtomicFileRegistryStore(FileRegistryStore):
@@ -59,3 +71,53 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+class ConditionalS3RegistryStore(S3RegistryStore):
+    """Feast's S3 registry store, with every commit conditional on the registry version it was computed from."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._etag = ""  # of the registry last read or written by this store; "" = none existed
+
+    def get_registry_proto(self) -> RegistryProto:
+        from botocore.exceptions import ClientError
+
+        client = self.s3_client.meta.client
+        try:
+            response = client.get_object(Bucket=self._bucket, Key=self._key)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code == "NoSuchBucket":
+                from feast.errors import S3RegistryBucketNotExist
+
+                raise S3RegistryBucketNotExist(self._bucket) from exc
+            if code in ("NoSuchKey", "404"):
+                self._etag = ""
+                raise FileNotFoundError(f"Error while trying to locate Registry at path {self._uri.geturl()}"
+                                        ) from exc
+            raise
+        registry_proto = RegistryProto()
+        registry_proto.ParseFromString(response["Body"].read())
+        self._etag = response["ETag"]
+        return registry_proto
+
+    def _write_registry(self, registry_proto: RegistryProto) -> None:
+        from botocore.exceptions import ClientError
+
+        registry_proto.version_id = str(uuid.uuid4())
+        registry_proto.last_updated.FromDatetime(_utc_now())
+        condition = {"IfMatch": self._etag} if self._etag else {"IfNoneMatch": "*"}
+        try:
+            response = self.s3_client.meta.client.put_object(
+                Bucket=self._bucket, Key=self._key, Body=registry_proto.SerializeToString(),
+                **condition, **self._boto_extra_args)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                raise RegistryConflict(
+                    f"the Feast registry {self._uri.geturl()} changed after this writer read it (another writer "
+                    "committed first): this commit was refused and nothing was written; re-run the command "
+                    "(apply and materialize are idempotent)") from exc
+            raise
+        self._etag = response["ETag"]
