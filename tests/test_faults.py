@@ -208,6 +208,26 @@ def test_a_corrupt_registry_is_named_with_the_fix(local_settings) -> None:
     assert "move it aside and run `featurectl apply`" in result.stderr
 
 
+def test_a_corrupt_s3_registry_is_named_with_the_fix(dev_settings) -> None:
+    """The same fault on the S3 file registry: one line naming the object and the fix; moved aside, the next
+    apply rebuilds it from the contracts."""
+    seed_raw(dev_settings)
+    pipeline.build_all(dev_settings)
+    pipeline.apply(dev_settings)
+    env = dev_settings.environment()
+    registry = dev_settings.resolve_uri(env, env.registry.uri)
+    store = data_store(dev_settings)
+    store.fs.pipe_file(registry.removeprefix("s3://"), b"\x0a\xff\xff garbage")
+    result = _featurectl(dev_settings, "apply")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"Feast registry {registry} is unreadable" in result.stderr and "move it aside" in result.stderr
+    store.fs.mv(registry.removeprefix("s3://"), registry.removeprefix("s3://") + ".corrupt")
+    result = _featurectl(dev_settings, "apply")
+    assert result.returncode == 0, result.stderr
+    assert {"customer_profile_v1", "customer_spend_v2"} <= {
+        v.name for v in feast_bridge.open_store(dev_settings, env).list_feature_views(allow_cache=False)}
+
+
 # ------------------------------------------------------------------------------------- the online store
 
 def test_incremental_materialize_refills_an_emptied_or_rolled_back_redis(dev_settings, redis_clean) -> None:

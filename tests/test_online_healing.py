@@ -159,6 +159,28 @@ def test_reads_of_an_unfinished_load_say_so(backend: Backend) -> None:
     assert target.recorded() == complete_record(build_id)
     assert feast_bridge.read_online(settings, "merchant_risk", [MERCHANTS[0]])[0]["status"] == "PRESENT"
 
+    # No record at all (a store filled by plain `feast materialize`): reads are not flagged, but nothing trusts
+    # the store either: verify names it and the next incremental run loads in full.
+    _forget_record(target)
+    assert feast_bridge.read_online(settings, "merchant_risk", [MERCHANTS[0]])[0]["status"] == "PRESENT"
+    with pytest.raises(FeastError, match="online store's own record is None"):
+        pipeline.verify(settings, feature_views=[VIEW])
+    assert _materialize(settings) == "full"
+    pipeline.verify(settings, feature_views=[VIEW])
+
+
+def _forget_record(target) -> None:
+    import contextlib
+    import sqlite3
+
+    from feature_platform.materialization import SQLITE_RECORD_TABLE, RedisTarget, redis_record_key
+
+    if isinstance(target, RedisTarget):
+        target.client.hdel(redis_record_key(target.plan.project), target.plan.view)
+        return
+    with contextlib.closing(sqlite3.connect(target.path)) as con, con:
+        con.execute(f"DELETE FROM {SQLITE_RECORD_TABLE} WHERE view = ?", (target.plan.view,))
+
 
 def test_a_deleted_sqlite_file_heals_through_the_cli(local_settings) -> None:
     """The `local` embedded default: delete the online store file, and `materialize --incremental` (then a full

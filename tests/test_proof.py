@@ -48,7 +48,7 @@ def test_proof_passes_on_s3_and_redis_and_writes_reports(dev_settings, tmp_path)
     assert set(statuses(report).values()) == {PASS}
     json_path, md_path = write_report(report, tmp_path / "proof")
     data = json.loads(json_path.read_text())
-    assert data["ok"] is True and len(data["checks"]) == 7
+    assert data["ok"] is True and len(data["checks"]) == 8
     assert all(c["seconds"] >= 0 for c in data["checks"])
     assert "| feast registry holds every contract | PASS |" in md_path.read_text()
     page = (tmp_path / "proof.html").read_text()  # the checks plus one freshness and null-rate chart per view

@@ -48,11 +48,11 @@ def actor(settings: Settings) -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _file_log(settings: Settings, env: EnvironmentContract) -> ObjectStore:
+def _file_log(settings: Settings, env: EnvironmentContract, directory: str = AUDIT_DIR) -> ObjectStore:
     assert isinstance(env.registry, FileRegistryConfig)
     registry = settings.resolve_uri(env, env.registry.uri)
     parent = registry.rsplit("/", 1)[0] if registry.startswith("s3://") else str(PurePosixPath(registry).parent)
-    return ObjectStore(f"{parent}/{AUDIT_DIR}", settings.s3_endpoint_url)
+    return ObjectStore(f"{parent}/{directory}", settings.s3_endpoint_url)
 
 
 def _engine(settings: Settings, env: EnvironmentContract) -> Any:
@@ -98,7 +98,9 @@ def record(settings: Settings, env: EnvironmentContract, action: str, feature_se
     return entry
 
 
-PENDING_DIR = "pending"  # file registries: <audit>/pending/<id>.json; SQL: rows of PENDING_TABLE
+# File registries: <registry dir>/audit-pending/<id>.json, beside the trail (whose prefix may be under S3 Object
+# Lock: markers are deleted once confirmed); SQL: rows of PENDING_TABLE.
+PENDING_DIR = "audit-pending"
 PENDING_TABLE = "feature_platform_audit_pending"
 
 
@@ -114,7 +116,7 @@ def begin(settings: Settings, env: EnvironmentContract, action: str, feature_set
     """Write an entry ahead of a registry change: in the trail (``status: pending``) and as a pending marker."""
     entry = record(settings, env, action, feature_sets, changes, status="pending")
     if isinstance(env.registry, FileRegistryConfig):
-        _file_log(settings, env).write_json_atomic(f"{PENDING_DIR}/{entry['id']}.json", entry)
+        _file_log(settings, env, PENDING_DIR).write_json_atomic(f"{entry['id']}.json", entry)
     else:
         from sqlalchemy import MetaData
 
@@ -136,7 +138,7 @@ def confirm(settings: Settings, env: EnvironmentContract, pending: dict[str, Any
     entry = record(settings, env, "confirmed", pending["feature_sets"], landed, confirms=pending["id"],
                    **({"note": note} if note else {}))
     if isinstance(env.registry, FileRegistryConfig):
-        _file_log(settings, env).delete(f"{PENDING_DIR}/{pending['id']}.json")
+        _file_log(settings, env, PENDING_DIR).delete(f"{pending['id']}.json")
     else:
         from sqlalchemy import MetaData
 
@@ -153,8 +155,8 @@ def confirm(settings: Settings, env: EnvironmentContract, pending: dict[str, Any
 def pending(settings: Settings, env: EnvironmentContract) -> list[dict[str, Any]]:
     """Entries written ahead whose outcome was never recorded (the writer crashed), oldest first."""
     if isinstance(env.registry, FileRegistryConfig):
-        log = _file_log(settings, env)
-        entries = [json.loads(log.fs.cat_file(info.path)) for info in log.list_files(PENDING_DIR, ".json")]
+        log = _file_log(settings, env, PENDING_DIR)
+        entries = [json.loads(log.fs.cat_file(info.path)) for info in log.list_files("", ".json")]
     else:
         from sqlalchemy import MetaData, inspect, select
 
@@ -175,8 +177,7 @@ def read(settings: Settings, env: EnvironmentContract, feature_set: str | None =
     """The entries, oldest first (of one feature set when given)."""
     if isinstance(env.registry, FileRegistryConfig):
         log = _file_log(settings, env)
-        entries = [json.loads(log.fs.cat_file(info.path)) for info in log.list_files("", ".json")
-                   if f"/{PENDING_DIR}/" not in info.path]
+        entries = [json.loads(log.fs.cat_file(info.path)) for info in log.list_files("", ".json")]
     else:
         from sqlalchemy import MetaData, inspect, select
 

@@ -67,6 +67,8 @@ def cmd_contracts_validate(args: argparse.Namespace) -> int:
                 environments = load_environments(target)
                 loaded = [(c, contracts.files[(c.name, c.version)]) for c in contracts.all()]
                 checked += [f"environment {name}" for name in sorted(environments)]
+                checked += [f"feature service {m.name} {m.version_label} {contracts.service_schema_hash(m)}"
+                            for m in contracts.all_services()]
             else:
                 loaded = [(load_feature_set(target), str(target))]
             for contract, file in loaded:
@@ -102,9 +104,21 @@ def cmd_contracts_hash(args: argparse.Namespace) -> int:
 
 
 def cmd_contracts_diff(args: argparse.Namespace) -> int:
-    from feature_platform.contracts import diff_contracts, load_feature_set
+    from feature_platform.contracts import (
+        diff_contracts,
+        diff_services,
+        load_feature_service,
+        load_feature_set,
+        read_yaml,
+    )
 
-    changes = diff_contracts(load_feature_set(args.old), load_feature_set(args.new))
+    kinds = {read_yaml(Path(p)).get("kind") for p in (args.old, args.new)}
+    if kinds == {"FeatureService"}:
+        changes = diff_services(load_feature_service(args.old), load_feature_service(args.new))
+    elif "FeatureService" in kinds:
+        raise ConfigError("contracts diff compares two feature sets or two feature services, not one of each")
+    else:
+        changes = diff_contracts(load_feature_set(args.old), load_feature_set(args.new))
     breaking = any(c.breaking for c in changes)
     if args.json:
         _print_json({"breaking": breaking, "changes": [{"breaking": c.breaking, "what": c.what} for c in changes]})
@@ -318,9 +332,16 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def cmd_online(args: argparse.Namespace) -> int:
-    from feature_platform.feast_bridge import read_online
+    from feature_platform.feast_bridge import read_online, read_online_service
 
-    rows = read_online(_settings(args), args.feature_set, args.keys, version=args.version)
+    if args.feature_service:
+        rows = read_online_service(_settings(args), args.feature_service, _entity_arguments(
+            [a for a in (args.feature_set, *args.keys) if a]), version=args.version,
+            full_feature_names=args.full_feature_names)
+    elif not args.feature_set or not args.keys:
+        raise ConfigError("online takes FEATURE_SET KEY [KEY ...], or --feature-service NAME JOIN_KEY=VALUE ...")
+    else:
+        rows = read_online(_settings(args), args.feature_set, args.keys, version=args.version)
     if args.json:
         _print_json(rows)
     else:
@@ -339,13 +360,29 @@ def _write_frame(frame: Any, out: Path, provenance: dict[str, Any]) -> None:
 
 
 def cmd_historical(args: argparse.Namespace) -> int:
-    from feature_platform.feast_bridge import historical
+    from feature_platform.feast_bridge import historical, historical_service
     from feature_platform.offline import read_entity_file
 
+    if bool(args.feature_set) == bool(args.feature_service):
+        raise ConfigError("historical takes a FEATURE_SET or --feature-service NAME (one of them)")
     entity_df = read_entity_file(Path(args.entities))
     settings = _settings(args)
-    frame, provenance = historical(settings, entity_df, args.feature_set, version=args.version,
-                                   build_id=args.build, caller=_caller(settings, args))
+    builds = args.build or []
+    if args.feature_service:
+        pins = {}
+        for pin in builds:
+            name, sep, build_id = pin.partition("=")
+            if not sep or not name or not build_id:
+                raise ConfigError(f"--build {pin!r}: with --feature-service give FEATURE_SET=BUILD_ID per set")
+            pins[name] = build_id
+        frame, provenance = historical_service(settings, entity_df, args.feature_service, version=args.version,
+                                               builds_by_set=pins, caller=_caller(settings, args),
+                                               full_feature_names=args.full_feature_names)
+    else:
+        if len(builds) > 1 or any("=" in b for b in builds):
+            raise ConfigError("--build: one build id for a feature set (FEATURE_SET=BUILD_ID is for services)")
+        frame, provenance = historical(settings, entity_df, args.feature_set, version=args.version,
+                                       build_id=builds[0] if builds else None, caller=_caller(settings, args))
     if args.out:
         _write_frame(frame, Path(args.out), provenance)
         print(f"wrote {len(frame)} rows to {args.out} (provenance: {args.out}.provenance.json)")
@@ -353,6 +390,19 @@ def cmd_historical(args: argparse.Namespace) -> int:
         print(frame.to_string(index=False))
     print(json.dumps(provenance), file=sys.stderr)
     return 0
+
+
+def _entity_arguments(pairs: list[str]) -> dict[str, list[str]]:
+    """``customer_id=1 customer_id=2 merchant_id=m-7`` -> {join key: [values]}, one value per row."""
+    entities: dict[str, list[str]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{pair!r}: give keys as JOIN_KEY=VALUE (e.g. customer_id=1001)")
+        entities.setdefault(key, []).append(value)
+    if not entities:
+        raise ConfigError("give at least one JOIN_KEY=VALUE")
+    return entities
 
 
 def _caller(settings: Any, args: argparse.Namespace) -> Any:
@@ -712,18 +762,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(handler=cmd_materialize)
 
-    p = commands.add_parser("online", help="print online values of a feature set for entity keys")
-    p.add_argument("feature_set")
-    p.add_argument("keys", nargs="+")
-    p.add_argument("--version", type=_version_arg, help="contract version (default: newest)")
+    p = commands.add_parser("online", help="print online values of a feature set, or of a model's feature "
+                                           "service, for entity keys")
+    p.add_argument("feature_set", nargs="?", help="a feature set (omit with --feature-service)")
+    p.add_argument("keys", nargs="*", help="keys; with --feature-service JOIN_KEY=VALUE, one per key and row")
+    p.add_argument("--feature-service", metavar="NAME", help="a model's feature service (contracts/feature_services)")
+    p.add_argument("--full-feature-names", action="store_true", help="name features <feature_set>_v<N>__<feature>")
+    p.add_argument("--version", type=_version_arg, help="contract or service version (default: newest)")
     _add_common(p)
     p.set_defaults(handler=cmd_online)
 
-    p = commands.add_parser("historical", help="point-in-time join for an entity file (csv or parquet)")
-    p.add_argument("feature_set")
-    p.add_argument("--entities", required=True, help="file with the join key and event_timestamp columns")
-    p.add_argument("--version", type=_version_arg, help="contract version (default: newest)")
-    p.add_argument("--build", help="pin a build id to reproduce a training set exactly")
+    p = commands.add_parser("historical", help="point-in-time join for an entity file (csv or parquet): of a "
+                                               "feature set, or of a model's --feature-service")
+    p.add_argument("feature_set", nargs="?")
+    p.add_argument("--feature-service", metavar="NAME", help="a model's feature service (contracts/feature_services)")
+    p.add_argument("--entities", required=True, help="file with the join key(s) and event_timestamp columns")
+    p.add_argument("--version", type=_version_arg, help="contract or service version (default: newest)")
+    p.add_argument("--build", action="append", metavar="BUILD_ID|SET=BUILD_ID",
+                   help="pin a build to reproduce a training set exactly (a service: FEATURE_SET=BUILD_ID, or "
+                        "FEATURE_SET_vN=BUILD_ID, per set)")
+    p.add_argument("--full-feature-names", action="store_true",
+                   help="name a service's features <feature_set>_v<N>__<feature>")
     p.add_argument("--out", help="write Parquet here (plus <out>.provenance.json)")
     _add_identity(p)
     _add_common(p)

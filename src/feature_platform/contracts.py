@@ -314,6 +314,70 @@ def schema_hash(contract: FeatureSetContract) -> str:
 _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+class ServiceFeatures(StrictModel):
+    """Features of one feature-set version in a model's feature service."""
+
+    feature_set: SafeName
+    version: int = Field(ge=1)
+    features: list[SafeName] | None = None  # omitted: every feature of that version
+
+    @field_validator("features")
+    @classmethod
+    def _listed_once(cls, features: list[str] | None) -> list[str] | None:
+        if features is not None:
+            if not features:
+                raise ValueError("an empty list selects nothing; omit `features` for every feature of the version")
+            seen: set[str] = set()
+            for index, name in enumerate(features):
+                if name in seen:
+                    raise ValueError(f"[{index}] {name!r} is listed twice")
+                seen.add(name)
+        return features
+
+
+class FeatureServiceContract(StrictModel):
+    """A model's features across feature sets: one file per service and version,
+    ``contracts/feature_services/<name>/v<N>.yaml``; Feast's FeatureService ``<name>_v<N>``."""
+
+    kind: Literal["FeatureService"]
+    name: SafeName
+    version: int = Field(ge=1)
+    description: str = Field(min_length=1)
+    owner: str = Field(min_length=1)
+    status: Literal["active", "deprecated", "retired"] = "active"
+    tags: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")], str] = Field(default_factory=dict)
+    features: list[ServiceFeatures] = Field(min_length=1)
+
+    @field_validator("features")
+    @classmethod
+    def _sets_listed_once(cls, features: list[ServiceFeatures]) -> list[ServiceFeatures]:
+        seen: dict[tuple[str, int], int] = {}
+        for index, entry in enumerate(features):
+            key = (entry.feature_set, entry.version)
+            if key in seen:
+                raise ValueError(f"[{index}] {entry.feature_set} v{entry.version} is listed twice (also at "
+                                 f"[{seen[key]}]); list its features once")
+            seen[key] = index
+        return features
+
+    @property
+    def version_label(self) -> str:
+        return f"v{self.version}"
+
+    @property
+    def service_name(self) -> str:
+        """The Feast FeatureService: ``<name>_v<N>``, so a model pins the version it was trained on."""
+        return f"{self.name}_{self.version_label}"
+
+    @property
+    def retired(self) -> bool:
+        return self.status == "retired"
+
+    @property
+    def owner_team(self) -> str:
+        return _team_of(self.owner)
+
+
 class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc, valid-type]
     """Safe YAML loader that rejects duplicate mapping keys instead of silently keeping the last one."""
 
@@ -473,6 +537,29 @@ def expected_identity(relative_path: str) -> tuple[str, int] | None:
     return (match["name"], int(match["version"])) if match else None
 
 
+_SERVICE_GIT_PATH = re.compile(r"(?:^|/)feature_services/(?P<name>[^/]+)/v(?P<version>\d+)\.ya?ml$")
+_SERVICE_FLAT_PATH = re.compile(r"(?:^|/)feature_services\.(?P<name>[^/.]+)\.v(?P<version>\d+)\.ya?ml$")
+
+
+def parse_feature_service(data: dict[str, Any], file: str) -> FeatureServiceContract:
+    service = validate_model(FeatureServiceContract, data, file)
+    match = _SERVICE_GIT_PATH.search(file) or _SERVICE_FLAT_PATH.search(file)
+    if match and (match["name"], int(match["version"])) != (service.name, service.version):
+        problem_field = "name" if match["name"] != service.name else "version"
+        raise ContractError(
+            file, problem_field,
+            f"the file path says {match['name']} v{match['version']} but the file says {service.name} "
+            f"v{service.version}; rename the file to feature_services/{service.name}/v{service.version}.yaml "
+            "or fix the field")
+    return service
+
+
+def load_feature_service(path: Path | str, display: str | None = None) -> FeatureServiceContract:
+    path = Path(path)
+    shown = display or str(path)
+    return parse_feature_service(read_yaml(path, shown), shown)
+
+
 def parse_feature_set(data: dict[str, Any], file: str) -> FeatureSetContract:
     contract = validate_model(FeatureSetContract, data, file)
     identity = expected_identity(file)
@@ -524,6 +611,47 @@ class ContractSet:
     root: Path
     feature_sets: dict[tuple[str, int], FeatureSetContract] = field(default_factory=dict)
     files: dict[tuple[str, int], str] = field(default_factory=dict)
+    services: dict[tuple[str, int], FeatureServiceContract] = field(default_factory=dict)
+    service_files: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    # -- feature services (models)
+    def service_names(self) -> list[str]:
+        return sorted({name for name, _ in self.services})
+
+    def service(self, name: str, version: int | None = None) -> FeatureServiceContract:
+        versions = [self.services[k] for k in sorted(k for k in self.services if k[0] == name)]
+        if not versions:
+            known = ", ".join(self.service_names()) or "none"
+            raise ContractError(str(self.root), "", f"no feature service named {name!r}; known: {known}")
+        if version is None:
+            live = [s for s in versions if not s.retired]
+            return (live or versions)[-1]
+        for service in versions:
+            if service.version == version:
+                return service
+        have = ", ".join(s.version_label for s in versions)
+        raise ContractError(str(self.root), "", f"feature service {name} has no version v{version}; have {have}")
+
+    def all_services(self) -> list[FeatureServiceContract]:
+        return [self.services[k] for k in sorted(self.services)]
+
+    def live_services(self) -> list[FeatureServiceContract]:
+        return [s for s in self.all_services() if not s.retired]
+
+    def resolve(self, service: FeatureServiceContract) -> list[tuple[FeatureSetContract, list[str]]]:
+        """Each feature-set version of a service with the features it takes, in the service's order."""
+        out = []
+        for entry in service.features:
+            contract = self.feature_sets[(entry.feature_set, entry.version)]
+            out.append((contract, list(entry.features) if entry.features else [f.name for f in contract.features]))
+        return out
+
+    def service_schema_hash(self, service: FeatureServiceContract) -> str:
+        """Changes when what the model reads changes: the set versions (their schemas) and the features taken."""
+        payload = {"name": service.name, "features": [
+            {"feature_set": c.name, "version": c.version, "schema_hash": c.schema_hash, "features": names}
+            for c, names in self.resolve(service)]}
+        return "sha256:" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def names(self) -> list[str]:
         return sorted({name for name, _ in self.feature_sets})
@@ -572,7 +700,11 @@ def load_contracts(root: Path | str) -> ContractSet:
                                             "FEATURE_PLATFORM_CONTRACTS or pass --contracts")])
     contracts = ContractSet(root=root)
     errors: list[ContractError] = []
+    service_files = []
     for path, relative in iter_contract_files(root):
+        if _is_feature_service_file(relative):
+            service_files.append((path, relative))
+            continue
         if not _is_feature_set_file(relative):
             continue
         shown = display_path(root, relative)
@@ -592,9 +724,68 @@ def load_contracts(root: Path | str) -> ContractSet:
         contracts.feature_sets[key] = contract
         contracts.files[key] = shown
     errors.extend(_check_entities_agree(contracts))
+    for path, relative in service_files:
+        shown = display_path(root, relative)
+        try:
+            service = load_feature_service(path, shown)
+        except ContractErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        except ContractError as exc:
+            errors.append(exc)
+            continue
+        key = (service.name, service.version)
+        if key in contracts.services:
+            errors.append(ContractError(shown, "version", f"feature service {service.name} v{service.version} is "
+                                        f"also declared in {contracts.service_files[key]}; one file per version"))
+            continue
+        problems = _check_service(contracts, service, shown)
+        errors.extend(problems)
+        if not problems:
+            contracts.services[key] = service
+            contracts.service_files[key] = shown
     if errors:
         raise ContractErrors(errors)
     return contracts
+
+
+def _is_feature_service_file(relative: str) -> bool:
+    return relative.startswith("feature_services/") or relative.startswith("feature_services.")
+
+
+def _check_service(contracts: ContractSet, service: FeatureServiceContract, file: str) -> list[ContractError]:
+    """A service names feature-set versions and features that exist (and are live, unless it is retired itself);
+    its Feast name clashes with no feature set's."""
+    errors = []
+    if service.name in contracts.names() or any(service.service_name == c.feature_view_name
+                                                 for c in contracts.all()):
+        errors.append(ContractError(file, "name", f"{service.name!r} is also a feature set (Feast would get two "
+                                    "feature services of one name); name the model's service differently"))
+    for index, entry in enumerate(service.features):
+        where = f"features[{index}]"
+        versions = contracts.versions(entry.feature_set)
+        if not versions:
+            known = ", ".join(contracts.names()) or "none"
+            errors.append(ContractError(file, f"{where}.feature_set", f"no feature set named "
+                                        f"{entry.feature_set!r}; known: {known}"))
+            continue
+        contract = contracts.feature_sets.get((entry.feature_set, entry.version))
+        if contract is None:
+            have = ", ".join(c.version_label for c in versions)
+            errors.append(ContractError(file, f"{where}.version", f"{entry.feature_set} has no version "
+                                        f"v{entry.version}; have {have}"))
+            continue
+        if contract.retired and not service.retired:
+            errors.append(ContractError(file, f"{where}.version", f"{entry.feature_set} v{entry.version} is "
+                                        "retired (no longer built or served); use a live version in a new service "
+                                        "version, or retire this one"))
+        known = {f.name for f in contract.features}
+        for position, name in enumerate(entry.features or []):
+            if name not in known:
+                errors.append(ContractError(file, f"{where}.features[{position}]", f"{entry.feature_set} "
+                                            f"v{entry.version} has no feature {name!r}; it has "
+                                            f"{', '.join(sorted(known))}"))
+    return errors
 
 
 def display_path(root: Path, relative: str) -> str:
@@ -639,14 +830,15 @@ def json_schema() -> dict[str, Any]:
 LOCK_FILE = "contracts.lock"
 
 
-def read_lock(root: Path) -> dict[str, dict[str, str]]:
-    """{feature set: {"v1": schema_hash}} of released versions; empty when there is no lock yet."""
+def read_lock(root: Path, section: str = "feature_sets") -> dict[str, dict[str, str]]:
+    """{feature set: {"v1": schema_hash}} of released versions (``section="feature_services"``: of services);
+    empty when there is no lock yet."""
     path = root / LOCK_FILE
     if not path.exists():
         return {}
     data = read_yaml(path, display_path(root, LOCK_FILE))
     return {str(name): {str(label): str(digest) for label, digest in (versions or {}).items()}
-            for name, versions in (data.get("feature_sets") or {}).items()}
+            for name, versions in (data.get(section) or {}).items()}
 
 
 def write_lock(root: Path, contracts: ContractSet) -> dict[str, dict[str, str]]:
@@ -660,9 +852,16 @@ def write_lock(root: Path, contracts: ContractSet) -> dict[str, dict[str, str]]:
     for name, versions in read_lock(root).items():  # keep entries whose files are gone: check reports them
         for label, digest in versions.items():
             lock.setdefault(name, {}).setdefault(label, digest)
+    services: dict[str, dict[str, str]] = {}
+    for service in contracts.all_services():
+        services.setdefault(service.name, {})[service.version_label] = contracts.service_schema_hash(service)
+    for name, versions in read_lock(root, "feature_services").items():
+        for label, digest in versions.items():
+            services.setdefault(name, {}).setdefault(label, digest)
     header = ("# Released contract versions and their schema_hash. Written by `featurectl contracts lock`;\n"
               "# a released version is immutable: change the schema in a new version file instead.\n")
-    body = yaml.safe_dump({"feature_sets": lock}, sort_keys=True)
+    body = yaml.safe_dump({"feature_sets": lock, **({"feature_services": services} if services else {})},
+                          sort_keys=True)
     from feature_platform.store import write_file_atomic
 
     write_file_atomic(root / LOCK_FILE, header + body)
@@ -695,6 +894,31 @@ def check_lock(root: Path, contracts: ContractSet, require_locked: bool = True) 
             if (name, int(label.lstrip("v"))) not in contracts.feature_sets:
                 problems.append(f"{display_path(root, LOCK_FILE)}: released version {name} {label} has no "
                                 "contract file; released versions cannot be deleted while readers may use them")
+    problems += service_lock_problems(root, contracts, contracts.all_services(), require_locked)
+    for name, versions in read_lock(root, "feature_services").items():
+        for label in versions:
+            if (name, int(label.lstrip("v"))) not in contracts.services:
+                problems.append(f"{display_path(root, LOCK_FILE)}: released feature service {name} {label} has no "
+                                "contract file; released versions cannot be deleted while models may use them")
+    return problems
+
+
+def service_lock_problems(root: Path, contracts: ContractSet, selected: list[FeatureServiceContract],
+                          require_locked: bool) -> list[str]:
+    """A released service version edited in place (what it reads changed) or, where required, not locked yet."""
+    lock = read_lock(root, "feature_services")
+    problems = []
+    for service in selected:
+        file = contracts.service_files[(service.name, service.version)]
+        locked = lock.get(service.name, {}).get(service.version_label)
+        digest = contracts.service_schema_hash(service)
+        if locked is None:
+            if require_locked:
+                problems.append(f"{file}: feature service {service.name} {service.version_label} is not in "
+                                f"{LOCK_FILE}; run `featurectl contracts lock` and commit the lock with it")
+        elif locked != digest:
+            problems.append(f"{file}: released feature service {service.name} {service.version_label} changed in "
+                            f"place ({locked} -> {digest}); revert it and add v{service.version + 1}.yaml instead")
     return problems
 
 
@@ -756,4 +980,40 @@ def diff_contracts(old: FeatureSetContract, new: FeatureSetContract) -> list[Cha
         changes.append(Change(False, "access (teams), monitoring thresholds or status changed"))
     if old.transform_hash != new.transform_hash:
         changes.append(Change(False, "source table or SQL changed (rows may differ; schema is checked at build)"))
+    return changes
+
+
+def diff_services(old: FeatureServiceContract, new: FeatureServiceContract, contracts: ContractSet | None = None
+                  ) -> list[Change]:
+    """Classify the change between two service versions for the model reading it: a feature or feature set
+    dropped, or a set's version moved (other data, maybe other types), breaks it; a feature added does not."""
+    changes: list[Change] = []
+    if old.name != new.name:
+        changes.append(Change(True, f"feature service renamed {old.name} -> {new.name}"))
+
+    def taken(service: FeatureServiceContract) -> dict[str, tuple[int, list[str] | None]]:
+        return {e.feature_set: (e.version, e.features) for e in service.features}
+
+    before, after = taken(old), taken(new)
+    for name in sorted(before.keys() - after.keys()):
+        changes.append(Change(True, f"feature set {name} removed from the service"))
+    for name in sorted(after.keys() - before.keys()):
+        changes.append(Change(False, f"feature set {name} v{after[name][0]} added to the service"))
+    for name in sorted(before.keys() & after.keys()):
+        (old_version, old_features), (new_version, new_features) = before[name], after[name]
+        if old_version != new_version:
+            changes.append(Change(True, f"{name} moved v{old_version} -> v{new_version} (other builds and schema)"))
+        if old_features != new_features:
+            if old_features is None or new_features is None:
+                changes.append(Change(new_features is None, f"{name}: the service now takes "
+                                      f"{'every feature' if new_features is None else ', '.join(new_features)}"))
+            else:
+                dropped = [f for f in old_features if f not in new_features]
+                added = [f for f in new_features if f not in old_features]
+                changes += [Change(True, f"{name}: feature {f} removed") for f in dropped]
+                changes += [Change(False, f"{name}: feature {f} added") for f in added]
+                if not dropped and not added:
+                    changes.append(Change(False, f"{name}: features reordered"))
+    if (old.description, old.owner, old.tags, old.status) != (new.description, new.owner, new.tags, new.status):
+        changes.append(Change(False, "documentation, owner, tags or status changed"))
     return changes

@@ -27,9 +27,10 @@ from feature_platform.contracts import (
     iter_contract_files,
     load_contracts,
     read_yaml,
+    service_lock_problems,
     validate_model,
 )
-from feature_platform.errors import ConfigError, ContractError, ContractErrors
+from feature_platform.errors import CompatibilityError, ConfigError, ContractError, ContractErrors
 
 ENV_VAR_PATTERN = r"^[A-Z][A-Z0-9_]*$"
 EnvVarName = Annotated[str, Field(pattern=ENV_VAR_PATTERN, description="name of an environment variable")]
@@ -351,8 +352,14 @@ class Settings:
         """The contracts, refusing (CompatibilityError) any of ``selected`` (default: all) that differs from
         contracts.lock: what every step that writes data or definitions loads them with."""
         contracts = self.contracts()
-        enforce_lock(self.contracts_dir, contracts, contracts.all() if selected is None else selected,
-                     env.require_locked_contracts)
+        chosen = contracts.all() if selected is None else selected
+        enforce_lock(self.contracts_dir, contracts, chosen, env.require_locked_contracts)
+        # The models' services that read any of them: a released service edited in place is refused too.
+        names = {(c.name, c.version) for c in chosen}
+        models = [m for m in contracts.all_services() if any((e.feature_set, e.version) in names for e in m.features)]
+        problems = service_lock_problems(self.contracts_dir, contracts, models, env.require_locked_contracts)
+        if problems:
+            raise CompatibilityError("\n".join(problems))
         return contracts
 
     def env_home(self, env: EnvironmentContract) -> Path:

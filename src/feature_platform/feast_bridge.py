@@ -43,7 +43,7 @@ from feature_platform.errors import (
     RegistryMismatchError,
 )
 from feature_platform.locks import Lease, lease
-from feature_platform.materialization import complete_record, read_marker
+from feature_platform.materialization import complete_record, load_unfinished, read_marker
 from feature_platform.online.layout import plan_contract
 from feature_platform.store import ObjectStore, write_file_atomic
 
@@ -283,10 +283,43 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
                                 owner=c.owner)
                  for c in contracts.latest_versions()
                  if c.latest_alias and c.feature_view_name in views and (not feature_sets or c.name in feature_sets)]
+    # Models' services across feature sets (contracts/feature_services/): with ``feature_sets``, those that read
+    # any of them; a set outside the selection lends its view as a projection source only (not applied here).
+    models = [m for m in contracts.live_services()
+              if not feature_sets or any(c.name in feature_sets for c, _ in contracts.resolve(m))]
+    context = dict(views)
+    for model in list(models):
+        for contract, _ in contracts.resolve(model):
+            if contract.feature_view_name not in context:
+                try:
+                    pointer = builds.read_pointer(store, contract.name, contract.version_label)
+                except PointerMissingError:  # not built yet: the apply of the set built last registers it
+                    models.remove(model)
+                    break
+                e = contract.entity
+                entity = entities.get(e.name) or Entity(name=e.name, join_keys=[e.join_key], description=e.description,
+                                                        value_type=ValueType.INT64 if e.dtype == "int64"
+                                                        else ValueType.STRING)
+                context[contract.feature_view_name] = feature_view(contract, pointer, entity, settings.s3_endpoint_url)
+    services += [model_service(contracts, model, context) for model in models]
     from feature_platform.governance import permissions
 
     served = [c for c in selected if c.feature_view_name in views]
-    return Definitions(list(entities.values()), list(views.values()), services, permissions(env, contracts, served))
+    return Definitions(list(entities.values()), list(views.values()), services,
+                       permissions(env, contracts, served, models))
+
+
+def model_service(contracts: ContractSet, model: Any, views: dict[str, Any]) -> Any:
+    """Feast's FeatureService ``<name>_v<N>`` for a model's service contract: one projection per feature-set
+    version, holding the features the model takes, in the contract's order."""
+    from feast import FeatureService
+
+    projections = [views[c.feature_view_name][names] for c, names in contracts.resolve(model)]
+    return FeatureService(name=model.service_name, features=projections,
+                          description=f"{model.description} ({model.version_label})", owner=model.owner,
+                          tags={**model.tags, TAG_PREFIX + "version": model.version_label,
+                                TAG_PREFIX + "model": model.name,
+                                TAG_PREFIX + "schema_hash": contracts.service_schema_hash(model)})
 
 
 # ------------------------------------------------------------------------------------------------------ apply
@@ -365,7 +398,11 @@ def apply(settings: Settings, env: EnvironmentContract | None = None,
         removals = [existing[c.feature_view_name] for c in retired if c.feature_view_name in existing]
         removals += [services[name] for c in retired for name in (c.feature_view_name, c.name)
                      if name in services and name not in alias_names
-                     and _service_views(services[name]) == [c.feature_view_name]]
+                     and [v.split("[")[0] for v in _service_views(services[name])] == [c.feature_view_name]]
+        removals += [services[m.service_name] for m in contracts.all_services()
+                     if m.retired and m.service_name in services]
+        removals += [granted[f"{m.service_name}_readers"] for m in contracts.all_services()
+                     if m.retired and f"{m.service_name}_readers" in granted]
         removals += [granted[f"{c.feature_view_name}_readers"] for c in retired
                      if f"{c.feature_view_name}_readers" in granted]
         open_read = f"{env.feast_project}_open_read"  # the environment stopped being open: close it
@@ -509,7 +546,8 @@ def plan(settings: Settings, env: EnvironmentContract | None = None) -> dict[str
 
 
 def _service_views(service: Any) -> list[str]:
-    return sorted(projection.name for projection in service.feature_view_projections)
+    """What a service serves: its views, each with the features it takes (a model may take a subset)."""
+    return sorted(f"{p.name}[{','.join(f.name for f in p.features)}]" for p in service.feature_view_projections)
 
 
 def check_registry_matches(store: FeatureStore, contracts: list[FeatureSetContract]) -> dict[str, Any]:
@@ -716,12 +754,52 @@ def read_online(settings: Settings, feature_set: str, keys: list[Any], version: 
         registered = check_registry_matches(store, [contract])
         rows = _rows(contract, values, view_read(settings, env, store, contract, values, enforce_ttl))
     served = registered[contract.feature_view_name].tags[TAG_PREFIX + "build_id"]
-    if online_record(settings, env, store, contract) != complete_record(served):
+    if load_unfinished(online_record(settings, env, store, contract), served):
         # A load is unfinished (or the store holds another build): found rows may mix builds; say so per row.
         for row in rows:
             if row["status"] == "PRESENT":
                 row["status"] = "PRESENT_LOAD_UNFINISHED"
     return rows
+
+
+def read_online_service(settings: Settings, service: str, entities: dict[str, list[Any]],
+                        version: int | None = None, env: EnvironmentContract | None = None,
+                        full_feature_names: bool = False) -> list[dict[str, Any]]:
+    """A model's online features: per entity row, each join key, each feature (plain or full names) and the
+    status of each feature view (NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT or PRESENT_LOAD_UNFINISHED)."""
+    env = env or settings.environment()
+    contracts = settings.contracts()
+    model = contracts.service(service, version)
+    resolved = contracts.resolve(model)
+    lengths = {len(v) for v in entities.values()}
+    if len(lengths) > 1:
+        raise ConfigError("every join key needs one value per entity row; got " +
+                          ", ".join(f"{k}: {len(v)}" for k, v in entities.items()))
+    rows_count = lengths.pop()
+    for contract, _ in resolved:
+        if contract.entity.join_key not in entities:
+            raise ConfigError(f"{model.service_name} reads {contract.feature_view_name}, keyed by "
+                              f"{contract.entity.join_key}: give {contract.entity.join_key}=VALUE for each row")
+    store = open_store(settings, env)
+    with feast_process_environment(settings):
+        registered = check_registry_matches(store, [c for c, _ in resolved])
+    output = service_columns(resolved, full_feature_names)
+    rows: list[dict[str, Any]] = [{} for _ in range(rows_count)]
+    for (contract, names), columns in zip(resolved, output, strict=True):
+        key = contract.entity.join_key
+        values = [_parse_key(contract, v) for v in entities[key]]
+        with feast_process_environment(settings):
+            read = _rows(contract, values, view_read(settings, env, store, contract, values))
+        served = registered[contract.feature_view_name].tags[TAG_PREFIX + "build_id"]
+        unfinished = load_unfinished(online_record(settings, env, store, contract), served)
+        for row, got in zip(rows, read, strict=True):
+            row[key] = got[key]
+            for name, column in zip(names, columns, strict=True):
+                row[column] = got[name]
+            status = got["status"]
+            row.setdefault("__statuses", {})[contract.feature_view_name] = (
+                "PRESENT_LOAD_UNFINISHED" if unfinished and status == "PRESENT" else status)
+    return [{**{k: v for k, v in row.items() if k != "__statuses"}, "statuses": row["__statuses"]} for row in rows]
 
 
 def _close(a: Any, b: Any, dtype: str) -> bool:
@@ -910,4 +988,101 @@ def historical(settings: Settings, entity_df: Any, feature_set: str, version: in
                   "data": metadata["data"], "ttl_seconds": contract.ttl_seconds,
                   "caller": caller.describe(), "pii_masked": masking["masked"], "pii_dropped": masking["dropped"]}
     governance.record_read(settings, env, contract, caller, "historical", provenance)
+    return frame, provenance
+
+
+def service_columns(resolved: list[tuple[FeatureSetContract, list[str]]], full_feature_names: bool
+                    ) -> list[list[str]]:
+    """Output names of a service's features, per feature-set version: plain, unless asked for full names
+    (``<feature_set>_v<N>__<feature>``, Feast's); two sets sharing a plain name is an error that says so."""
+    if full_feature_names:
+        return [[f"{contract.feature_view_name}__{n}" for n in names] for contract, names in resolved]
+    seen: dict[str, str] = {}
+    for contract, names in resolved:
+        for name in names:
+            if name in seen:
+                raise ConfigError(f"feature {name!r} is in both {seen[name]} and {contract.feature_view_name}; "
+                                  "ask for full feature names (--full-feature-names) to get "
+                                  f"{seen[name]}__{name} and {contract.feature_view_name}__{name}")
+            seen[name] = contract.feature_view_name
+    return [list(names) for _, names in resolved]
+
+
+def historical_service(settings: Settings, entity_df: Any, service: str, version: int | None = None,
+                       builds_by_set: dict[str, str] | None = None, env: EnvironmentContract | None = None,
+                       caller: Any = None, full_feature_names: bool = False) -> tuple[Any, dict[str, Any]]:
+    """A model's training set: ``entity_df`` (every join key the service needs + ``event_timestamp`` + labels)
+    with the service's features, each feature-set version joined point-in-time with its own TTL against the
+    build the registry serves (or ``builds_by_set[feature_set]``), in one query; one row per input row, in order.
+
+    Features keep their plain names unless two sets share one (an error that suggests ``full_feature_names``,
+    which names them ``<feature_set>_v<N>__<feature>``). The caller must be allowed to read every set; PII is
+    masked as for single sets. Returns (dataframe, provenance naming every build)."""
+    from feature_platform import governance
+    from feature_platform.offline import JoinPart, point_in_time_join_many
+
+    env = env or settings.environment()
+    contracts = settings.contracts()
+    model = contracts.service(service, version)
+    if model.retired:
+        raise ConfigError(f"feature service {model.name} {model.version_label} is retired; use a live version")
+    resolved = contracts.resolve(model)
+    caller = caller or governance.caller_from_cli(settings, env)
+    for contract, _ in resolved:
+        governance.check_offline_read(settings, env, contract, caller, action="historical")
+    # Pins by feature view (customer_spend_v2=ID), or by feature set where the service reads one version of it.
+    views_of: dict[str, list[str]] = {}
+    for contract, _ in resolved:
+        views_of.setdefault(contract.name, []).append(contract.feature_view_name)
+        views_of[contract.feature_view_name] = [contract.feature_view_name]
+    pins: dict[str, str] = {}
+    for name, build_id in (builds_by_set or {}).items():
+        if name not in views_of:
+            raise ConfigError(f"--build names {name}, which {model.service_name} does not read; it reads "
+                              f"{', '.join(c.feature_view_name for c, _ in resolved)}")
+        if len(views_of[name]) > 1:
+            raise ConfigError(f"--build {name}=...: {model.service_name} reads {' and '.join(views_of[name])}; "
+                              "pin each by its view name")
+        pins[views_of[name][0]] = build_id
+    unpinned = [c for c, _ in resolved if c.feature_view_name not in pins]
+    if unpinned:
+        store = open_store(settings, env)
+        with feast_process_environment(settings):
+            registered = check_registry_matches(store, unpinned)
+        pins.update({c.feature_view_name: registered[c.feature_view_name].tags[TAG_PREFIX + "build_id"]
+                     for c in unpinned})
+    output = service_columns(resolved, full_feature_names)
+    object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
+    parts, used = [], []
+    for (contract, names), columns in zip(resolved, output, strict=True):
+        metadata = builds.read_metadata(object_store, contract, pins[contract.feature_view_name])
+        if metadata["schema_hash"] != contract.schema_hash:
+            raise RegistryMismatchError(f"build {pins[contract.feature_view_name]} was made from schema "
+                                        f"{metadata['schema_hash']} but {contract.feature_view_name} is "
+                                        f"{contract.schema_hash}")
+        parts.append(JoinPart(contract, str(metadata["data"]).removeprefix("s3://"), names, columns))
+        used.append({"feature_set": contract.name, "version": contract.version_label,
+                     "build_id": pins[contract.feature_view_name], "schema_hash": contract.schema_hash,
+                     "data": metadata["data"],
+                     "ttl_seconds": contract.ttl_seconds, "features": columns})
+    frame = point_in_time_join_many(entity_df, parts, object_store.fs)
+    masked: list[str] = []
+    dropped: list[str] = []
+    per_set = []
+    for part in parts:
+        column_of = dict(zip(part.features, part.names, strict=True))
+        frame, masking = governance.mask_frame(frame, part.contract, caller, governance.masking_key(
+            settings, env, part.contract, caller), column_of=column_of)
+        masked += masking["masked"]
+        dropped += masking["dropped"]
+        plain = {column: feature for feature, column in column_of.items()}
+        per_set.append({"pii_masked": [plain[c] for c in masking["masked"]],
+                        "pii_dropped": [plain[c] for c in masking["dropped"]], "features_read": part.features})
+    provenance = {"feature_service": model.service_name, "version": model.version_label,
+                  "schema_hash": contracts.service_schema_hash(model), "rows": len(frame),
+                  "full_feature_names": full_feature_names, "builds": used, "caller": caller.describe(),
+                  "pii_masked": masked, "pii_dropped": dropped}
+    for (contract, _), read in zip(resolved, per_set, strict=True):
+        governance.record_read(settings, env, contract, caller, "historical", {
+            **provenance, **read, "feature_set": contract.name, "build_id": pins[contract.feature_view_name]})
     return frame, provenance

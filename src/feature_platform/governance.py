@@ -186,10 +186,30 @@ def open_permission(env: EnvironmentContract) -> Any:
                       tags={"feature_platform.access": "open (access.default: allow)"})
 
 
-def permissions(env: EnvironmentContract, contracts: ContractSet, selected: list[FeatureSetContract]) -> list[Any]:
-    """The Permission objects of ``selected`` live contract versions (plus the open one where allowed)."""
+def model_permission(contracts: ContractSet, model: Any) -> Any:
+    """Who may read a model's feature service: only teams that may read every feature set in it."""
+    from feast import FeatureService
+    from feast.permissions.action import AuthzedAction
+    from feast.permissions.permission import Permission
+    from feast.permissions.policy import RoleBasedPolicy
+
+    sets = [c for c, _ in contracts.resolve(model)]
+    readers = set.intersection(*(set(c.reader_teams) for c in sets))
+    return Permission(
+        name=f"{model.service_name}_readers", types=[FeatureService], name_patterns=[f"^{model.service_name}$"],
+        actions=[AuthzedAction.DESCRIBE, AuthzedAction.READ_ONLINE, AuthzedAction.READ_OFFLINE],
+        policy=RoleBasedPolicy(roles=sorted(readers | {PLATFORM_TEAM})),
+        tags={"feature_platform.owner_team": model.owner_team,
+              "feature_platform.feature_sets": ",".join(c.feature_view_name for c in sets)})
+
+
+def permissions(env: EnvironmentContract, contracts: ContractSet, selected: list[FeatureSetContract],
+                models: list[Any] = ()) -> list[Any]:  # type: ignore[assignment]
+    """The Permission objects of ``selected`` live contract versions and of ``models``' services (plus the open
+    one where allowed)."""
     aliases = {c.feature_view_name: [c.name] for c in contracts.latest_versions() if c.latest_alias}
     wanted = [view_permission(c, aliases.get(c.feature_view_name, [])) for c in selected]
+    wanted += [model_permission(contracts, m) for m in models]
     if env.access.default == "allow":
         wanted.append(open_permission(env))
     return wanted
@@ -245,11 +265,13 @@ def mask_value(key: bytes, value: Any) -> str | None:
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
-def mask_frame(frame: Any, contract: FeatureSetContract, caller: Caller, key: bytes | None
-               ) -> tuple[Any, dict[str, list[str]]]:
+def mask_frame(frame: Any, contract: FeatureSetContract, caller: Caller, key: bytes | None,
+               column_of: dict[str, str] | None = None) -> tuple[Any, dict[str, list[str]]]:
     """``frame`` with the contract's PII features masked (or dropped without a key) unless ``caller`` may see
-    them; returns (frame, {"masked": [...], "dropped": [...]}) for the export's provenance."""
-    present = [name for name in contract.pii_features if name in frame.columns]
+    them; returns (frame, {"masked": [...], "dropped": [...]}) for the export's provenance. ``column_of`` maps a
+    feature to its column where the frame names it otherwise (a feature service's full feature names)."""
+    names = column_of or {}
+    present = [names.get(f, f) for f in contract.pii_features if names.get(f, f) in frame.columns]
     if not present or sees_pii(contract, caller):
         return frame, {"masked": [], "dropped": []}
     if key is None:
@@ -288,7 +310,8 @@ def record_read(settings: Settings, env: EnvironmentContract, contract: FeatureS
     else:
         assert provenance is not None
         hidden = provenance["pii_masked"] + provenance["pii_dropped"]
-        shown = [f for f in contract.pii_features if f not in hidden]
+        taken = provenance.get("features_read") or contract.pii_features  # a model's service may take a few
+        shown = [f for f in contract.pii_features if f in taken and f not in hidden]
         change, classification = "read", ("PII unmasked" if shown else "PII masked" if hidden else "no PII")
         detail = [f"build {provenance['build_id']}, {provenance['rows']} rows",
                   *([f"PII unmasked: {', '.join(shown)}"] if shown else []),

@@ -213,6 +213,13 @@ def complete_record(build_id: str) -> dict[str, str]:
     return {"build_id": build_id, "state": COMPLETE}
 
 
+def load_unfinished(record: dict[str, Any] | None, served_build: str) -> bool:
+    """Whether reads of a view must be flagged: the store records a load under way, or another build than the
+    registry serves (a restored snapshot). No record at all (a store written by plain `feast materialize`)
+    is not flagged; verify and `materialize --incremental` still refuse to trust it."""
+    return record is not None and record != complete_record(served_build)
+
+
 def redis_record_key(project: str) -> str:
     """The load records inside Redis itself, so a snapshot restore or a flush takes each record with the data it
     describes: one hash per project (a field per view, a JSON value), beside Feast's entity hashes and matching

@@ -17,6 +17,7 @@ not use it for training sets.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,19 +62,30 @@ def read_entity_file(path: Path) -> Any:
     return frame
 
 
-def _entity_table(entity_df: Any, contract: FeatureSetContract) -> pa.Table:
-    """The join columns of the entity frame, typed like the build, plus the input row number."""
+@dataclass(frozen=True)
+class JoinPart:
+    """One feature-set version in a point-in-time join: its build, the features taken and their output names."""
+
+    contract: FeatureSetContract
+    data_path: str
+    features: list[str]
+    names: list[str]  # output column per feature (plain, or <feature_set>_v<N>__<feature>)
+
+
+def _entity_table(entity_df: Any, parts: list[JoinPart]) -> pa.Table:
+    """The join columns of the entity frame (each join key once), typed like the builds, plus the row number."""
     import pandas as pd
 
-    key = contract.entity.join_key
-    missing = [c for c in (key, ENTITY_TIMESTAMP) if c not in entity_df.columns]
+    keys = {p.contract.entity.join_key: p.contract.entity.dtype for p in parts}
+    missing = [c for c in (*keys, ENTITY_TIMESTAMP) if c not in entity_df.columns]
     if missing:
-        raise ConfigError(f"the entity frame needs the columns {key} and {ENTITY_TIMESTAMP}; missing "
+        raise ConfigError(f"the entity frame needs the columns {', '.join(keys)} and {ENTITY_TIMESTAMP}; missing "
                           f"{', '.join(missing)} (has {', '.join(map(str, entity_df.columns))})")
-    clash = sorted({f.name for f in contract.features} & set(map(str, entity_df.columns)))
+    clash = sorted({n for p in parts for n in p.names} & set(map(str, entity_df.columns)))
     if clash:
+        views = ", ".join(p.contract.feature_view_name for p in parts)
         raise ConfigError(f"the entity frame already has column(s) {', '.join(clash)}, which are features of "
-                          f"{contract.feature_view_name}; rename them")
+                          f"{views}; rename them")
     column = entity_df[ENTITY_TIMESTAMP]
     if (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)) and column.notna().any():
         # Numbers would be read as nanoseconds since 1970: a silent, all-null training set. Refuse them.
@@ -85,50 +97,61 @@ def _entity_table(entity_df: Any, contract: FeatureSetContract) -> pa.Table:
     if bad.any():
         raise ConfigError(f"{ENTITY_TIMESTAMP}: {int(bad.sum())} value(s) are not timestamps, e.g. "
                           f"{entity_df[ENTITY_TIMESTAMP][bad].iloc[0]!r}")
-    try:
-        keys = pa.array(entity_df[key].tolist(), from_pandas=True).cast(ARROW_TYPES[contract.entity.dtype])
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        raise ConfigError(f"{key}: the entity frame's keys are not {contract.entity.dtype}: {exc}") from exc
-    return pa.table({
-        _ROW: pa.array(range(len(entity_df)), pa.int64()),
-        "k": keys,
-        "ts": pa.array(stamps.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]"),
-                       pa.timestamp("us")),
-    })
+    columns = {_ROW: pa.array(range(len(entity_df)), pa.int64())}
+    for index, (key, dtype) in enumerate(keys.items()):
+        try:
+            columns[f"k{index}"] = pa.array(entity_df[key].tolist(), from_pandas=True).cast(ARROW_TYPES[dtype])
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise ConfigError(f"{key}: the entity frame's keys are not {dtype}: {exc}") from exc
+    columns["ts"] = pa.array(stamps.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]"),
+                             pa.timestamp("us"))
+    return pa.table(columns)
 
 
 def point_in_time_join(entity_df: Any, contract: FeatureSetContract, data_path: str, fs: Any) -> Any:
     """``entity_df`` with the contract's features as of each row's ``event_timestamp`` (see module doc)."""
+    names = [f.name for f in contract.features]
+    return point_in_time_join_many(entity_df, [JoinPart(contract, data_path, names, names)], fs)
+
+
+def point_in_time_join_many(entity_df: Any, parts: list[JoinPart], fs: Any) -> Any:
+    """``entity_df`` with each part's features as of each row's ``event_timestamp``, every part joined on its own
+    key with its own TTL, in one DuckDB query (one ASOF join per part); one output row per input row, in order."""
     import duckdb
 
-    key, ts = contract.entity.join_key, contract.timestamp_field
-    entities = _entity_table(entity_df, contract)
+    entities = _entity_table(entity_df, parts)
+    key_column = {key: f"k{i}" for i, key in enumerate(dict.fromkeys(p.contract.entity.join_key for p in parts))}
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET memory_limit = '2GB'")
+        con.execute("SET memory_limit = '4GB'")
         con.register("entities", entities)
-        con.register("build", ds.dataset(data_path, format="parquet", filesystem=fs))
-        columns = ", ".join(f'"{f.name}"' for f in contract.features)
-        valid = f"f.__ts IS NOT NULL AND f.__ts >= e.ts - INTERVAL {contract.ttl_seconds} SECOND"
-        selected = ", ".join(f'CASE WHEN {valid} THEN f."{f.name}" END AS "{f.name}"' for f in contract.features)
-        # Timestamps compared as naive UTC on both sides (the build stores UTC).
-        query = f"""
-            WITH f AS (SELECT "{key}" AS __k, timezone('UTC', "{ts}") AS __ts, {columns}
-                       FROM build)
-            SELECT e.{_ROW}, {selected}
-            FROM entities e ASOF LEFT JOIN f ON e.k = f.__k AND e.ts >= f.__ts
-            ORDER BY e.{_ROW}
-        """
+        ctes, joins, selected = [], [], []
+        for i, part in enumerate(parts):
+            contract = part.contract
+            con.register(f"build{i}", ds.dataset(part.data_path, format="parquet", filesystem=fs))
+            columns = ", ".join(f'"{f}"' for f in part.features)
+            # Timestamps compared as naive UTC on both sides (the build stores UTC).
+            ctes.append(f'f{i} AS (SELECT "{contract.entity.join_key}" AS __k, '
+                        f'timezone(\'UTC\', "{contract.timestamp_field}") AS __ts, {columns} FROM build{i})')
+            joins.append(f"ASOF LEFT JOIN f{i} ON e.{key_column[contract.entity.join_key]} = f{i}.__k "
+                         f"AND e.ts >= f{i}.__ts")
+            valid = f"f{i}.__ts IS NOT NULL AND f{i}.__ts >= e.ts - INTERVAL {contract.ttl_seconds} SECOND"
+            selected += [f'CASE WHEN {valid} THEN f{i}."{feature}" END AS "{name}"'
+                         for feature, name in zip(part.features, part.names, strict=True)]
+        query = (f"WITH {', '.join(ctes)} SELECT e.{_ROW}, {', '.join(selected)} FROM entities e "
+                 f"{' '.join(joins)} ORDER BY e.{_ROW}")
         joined = con.sql(query).arrow()
         if isinstance(joined, pa.RecordBatchReader):
             joined = joined.read_all()
     finally:
         con.close()
     out = entity_df.reset_index(drop=True).copy()
-    for feature in contract.features:
-        series = joined.column(feature.name).cast(ARROW_TYPES[feature.dtype]).to_pandas(types_mapper=nullable_types)
-        out[feature.name] = series.array  # .array keeps nullable and tz-aware dtypes (.values would drop them)
+    for part in parts:
+        dtypes = {f.name: f.dtype for f in part.contract.features}
+        for feature, name in zip(part.features, part.names, strict=True):
+            series = joined.column(name).cast(ARROW_TYPES[dtypes[feature]]).to_pandas(types_mapper=nullable_types)
+            out[name] = series.array  # .array keeps nullable and tz-aware dtypes (.values would drop them)
     return out
 
 

@@ -223,6 +223,46 @@ def check_pii(settings: Settings, env: EnvironmentContract) -> tuple[str, list[s
     return status, evidence or ["no live contract marks PII"]
 
 
+def check_services(settings: Settings, env: EnvironmentContract) -> tuple[str, list[str]]:
+    """Each model's feature service answers online, and a training set built from it (one row per entity, now)
+    holds the same values: the loop closes across feature sets too."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from feature_platform import feast_bridge, governance
+    from feature_platform.pipeline import object_store
+
+    contracts = settings.contracts()
+    store = object_store(settings, env)
+    caller = governance.Caller(governance.PLATFORM_TEAM, "proof", True)
+    evidence, status = [], PASS
+    for model in contracts.live_services():
+        resolved = contracts.resolve(model)
+        keys: dict[str, list[Any]] = {}
+        for contract, _ in resolved:  # one entity of each set's served build
+            if contract.entity.join_key in keys:
+                continue
+            pointer = builds.read_pointer(store, contract.name, contract.version_label)
+            with store.fs.open(str(pointer["data"]).removeprefix("s3://"), "rb") as handle:
+                first = pq.ParquetFile(handle).read_row_group(0, columns=[contract.entity.join_key])
+            keys[contract.entity.join_key] = [first.column(0)[first.num_rows - 1].as_py()]
+        online = feast_bridge.read_online_service(settings, model.name, keys, version=model.version, env=env,
+                                                  full_feature_names=True)[0]
+        entities = pd.DataFrame({**keys, "event_timestamp": [pd.Timestamp.now(tz="UTC")]})
+        frame, _ = feast_bridge.historical_service(settings, entities, model.name, version=model.version, env=env,
+                                                   caller=caller, full_feature_names=True)
+        columns = [c for c in frame.columns if "__" in c]
+        differing = [c for c in columns if not pd.isna(online[c]) and not feast_bridge._close(
+            online[c], frame[c].iloc[0], "float64" if isinstance(online[c], float) else "other")]
+        found = sum(1 for s in online["statuses"].values() if s.startswith("PRESENT"))
+        if differing:
+            status = FAIL
+        evidence.append(f"{model.service_name}: {len(columns)} features from {len(resolved)} feature set(s), "
+                        f"{found} found online for {keys}; training set row "
+                        + (f"DIFFERS on {', '.join(differing)}" if differing else "equal to the online values"))
+    return status, evidence or ["no feature service contracts"]
+
+
 def check_monitoring(settings: Settings, env: EnvironmentContract, report: Report) -> tuple[str, list[str]]:
     """Freshness, volume, null rate and drift vs the previous build (`featurectl monitor`): a breach is a WARN
     here (the loop works; the data moved), and the DAG's monitor task fails on it."""
@@ -244,6 +284,7 @@ def run_proof(settings: Settings, sample: int = 20) -> Report:
         ("feast registry holds every contract", lambda: check_registry(settings, env)),
         ("materialized, fresh, online == offline", lambda: check_online(settings, env, sample)),
         ("no PII feature reaches an export unmasked", lambda: check_pii(settings, env)),
+        ("models' feature services: online and training set agree", lambda: check_services(settings, env)),
         ("freshness, volume, null rate and drift within thresholds", lambda: check_monitoring(settings, env, report)),
     ]
     checks = report.checks

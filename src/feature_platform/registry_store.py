@@ -98,7 +98,14 @@ class ConditionalS3RegistryStore(S3RegistryStore):
                                         ) from exc
             raise
         registry_proto = RegistryProto()
-        registry_proto.ParseFromString(response["Body"].read())
+        body = response["Body"].read()
+        try:
+            registry_proto.ParseFromString(body)
+        except DecodeError as exc:
+            raise CorruptRegistryError(
+                f"Feast registry {self._uri.geturl()} is unreadable ({len(body)} bytes; written by a tool that does "
+                "not write it whole?): move it aside (or restore a previous object version) and run "
+                "`featurectl apply` to rebuild it from the contracts") from exc
         self._etag = response["ETag"]
         return registry_proto
 

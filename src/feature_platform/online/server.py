@@ -560,7 +560,7 @@ def create_app() -> App:
     client = connect(settings, env, socket_timeout=timeout) if isinstance(env.online_store, RedisConfig) else None
 
     def load() -> Catalog:
-        from feature_platform.materialization import RedisTarget, SqliteTarget, complete_record
+        from feature_platform.materialization import RedisTarget, SqliteTarget, load_unfinished
 
         with feast_bridge.feast_process_environment(settings):
             catalog = build_catalog(store)
@@ -569,7 +569,7 @@ def create_app() -> App:
             if view not in catalog.builds:
                 continue
             target = RedisTarget(client, plan) if client is not None else SqliteTarget(settings, env, store, plan)
-            if target.recorded() != complete_record(catalog.builds.get(view, "")):
+            if load_unfinished(target.recorded(), catalog.builds.get(view, "")):
                 unfinished.add(view)
         return dataclasses.replace(catalog, unfinished=frozenset(unfinished))
 
