@@ -532,7 +532,7 @@ def test_malformed_entity_files_are_usage_errors_naming_the_problem(local_loop, 
         "text.csv": ("customer_id,event_timestamp\n1001,yesterday\n", "event_timestamp: 1 value(s) are not "),
         "nokey.csv": ("customer,event_timestamp\n1001,2026-11-30T00:00:00Z\n", "needs the columns customer_id"),
         "corrupt.parquet": ("PAR1 not really parquet", "not a readable PARQUET file"),
-        "entities.json": ('{"customer_id": [1001]}', "entity files are .csv or .parquet"),
+        "entities.json": ('{"customer_id": [1001]}', "entity files are .csv, .csv.gz or .parquet"),
         "badkey.csv": ("customer_id,event_timestamp\nabc,2026-11-30T00:00:00Z\n", "customer_id: the entity frame's"),
     }
     for name, (content, fragment) in cases.items():
@@ -792,3 +792,30 @@ def test_postgresql_killed_mid_apply_leaves_no_registry_change_unaudited(postgre
     builds_now = {v.name: v.tags["feature_platform.build_id"] for v in store.list_feature_views(allow_cache=False)}
     assert builds_now == {c.feature_view_name: builds.read_pointer(data_store(settings), c.name, c.version_label)[
         "build_id"] for c in settings.contracts().live()}
+
+
+def test_redis_out_of_memory_is_named_as_such(dev_settings) -> None:
+    """A Redis at its maxmemory (noeviction) refuses writes: materialize ends with one line that says so and how
+    to fix it, not the address/password advice of an unreachable store; the load stays pending for a re-run."""
+    import redis
+
+    from tests.services import REDIS_PASSWORD, wait_until
+
+    port = free_port()
+    process = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save",
+                                "", "--appendonly", "no", "--requirepass", REDIS_PASSWORD, "--maxmemory", "1mb",
+                                "--maxmemory-policy", "noeviction"], stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: redis.Redis(port=port, password=REDIS_PASSWORD).ping(), "a small redis-server")
+        settings = dev_settings.replace(values={**dev_settings.values,
+                                                "FEATURE_PLATFORM_REDIS_ADDRESS": f"127.0.0.1:{port}"})
+        seed_raw(settings)
+        pipeline.build_all(settings)
+        pipeline.apply(settings)
+        result = _featurectl(settings, "materialize", "--quiet")
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert "Redis is out of memory" in last and "maxmemory" in last and "address" not in last, last
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -58,11 +58,15 @@ def test_v1_to_v2_upgrade_keeps_v1_readers(dev_settings, contracts_copy) -> None
     v2 = contracts_copy / "feature_sets/customer_spend/v2.yaml"
     v2_text = v2.read_text()
     v2.unlink()
+    model = contracts_copy / "feature_services/fraud_model/v1.yaml"  # the example model reads v2: not yet either
+    model_text = model.read_text()
+    model.unlink()
     seed_raw(dev_settings)
     pipeline.run_loop(dev_settings)
     v1_before = feast_bridge.read_online(dev_settings, "customer_spend", ["1001", "1003"], version=1)
 
     v2.write_text(v2_text)
+    model.write_text(model_text)
     pipeline.build_and_promote(dev_settings, "customer_spend", version=2)
     applied = pipeline.apply(dev_settings)
     assert applied["changed"] == ["customer_spend_v2"]

@@ -312,3 +312,26 @@ def test_readme_sdk_snippet_runs_as_written(tmp_path) -> None:
     printed = result.stdout.strip().splitlines()[-1]
     assert "is_fraud" in printed and "txn_count_1d" in printed and "account_age_days" in printed
     assert "email_domain" not in printed  # PII: dropped for an anonymous caller where no masking key is set
+
+
+def test_feasts_sdk_trains_on_the_platforms_join(two_sets) -> None:
+    """`FeatureStore.get_historical_features` (a feature service, or a list of references, with and without full
+    names) goes through the platform's offline store plugin: equal to `historical`, row for row and dtype for
+    dtype (duplicates, unknown entities, TTL expiry, nulls, string and int keys); Feast's file store dropped rows
+    and widened integers."""
+    entities = _entities(300)
+    expected, _ = feast_bridge.historical_service(two_sets, entities, "risk_model")
+    store = feast_bridge.open_store(two_sets, two_sets.environment())
+    with feast_bridge.feast_process_environment(two_sets):
+        through_service = store.get_historical_features(
+            entity_df=entities, features=store.get_feature_service("risk_model_v1")).to_df()
+        refs = ["merchant_risk_v1:score", "merchant_risk_v1:cnt", "merchant_risk_v1:flag", "merchant_risk_v1:seen_at"]
+        through_refs = store.get_historical_features(entity_df=entities[["merchant_code", "event_timestamp"]],
+                                                     features=refs, full_feature_names=True).to_df()
+    pd.testing.assert_frame_equal(through_service, expected)
+    single, _ = feast_bridge.historical(two_sets, entities[["merchant_code", "event_timestamp"]], "merchant_risk")
+    for ref in refs:
+        feature = ref.split(":")[1]
+        pd.testing.assert_series_equal(through_refs[f"merchant_risk_v1__{feature}"], single[feature],
+                                       check_names=False)
+    assert len(through_service) == len(entities) and str(through_service["cnt"].dtype) == "Int64"

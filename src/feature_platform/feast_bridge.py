@@ -91,7 +91,8 @@ def feature_store_config(settings: Settings, env: EnvironmentContract) -> dict[s
         "provider": "local",
         "registry": registry_cfg,
         "online_store": online_cfg,
-        "offline_store": {"type": "file"},
+        # Feast's SDK trains on the platform's exact point-in-time join (feast_plugins.py), not Feast's file store.
+        "offline_store": {"type": "feature_platform.feast_plugins.PlatformOfflineStore"},
         "entity_key_serialization_version": 3,
     }
 
@@ -1060,7 +1061,7 @@ def historical_service(settings: Settings, entity_df: Any, service: str, version
             raise RegistryMismatchError(f"build {pins[contract.feature_view_name]} was made from schema "
                                         f"{metadata['schema_hash']} but {contract.feature_view_name} is "
                                         f"{contract.schema_hash}")
-        parts.append(JoinPart(contract, str(metadata["data"]).removeprefix("s3://"), names, columns))
+        parts.append(JoinPart.of(contract, str(metadata["data"]).removeprefix("s3://"), names, columns))
         used.append({"feature_set": contract.name, "version": contract.version_label,
                      "build_id": pins[contract.feature_view_name], "schema_hash": contract.schema_hash,
                      "data": metadata["data"],
@@ -1069,10 +1070,10 @@ def historical_service(settings: Settings, entity_df: Any, service: str, version
     masked: list[str] = []
     dropped: list[str] = []
     per_set = []
-    for part in parts:
+    for part, (contract, _) in zip(parts, resolved, strict=True):
         column_of = dict(zip(part.features, part.names, strict=True))
-        frame, masking = governance.mask_frame(frame, part.contract, caller, governance.masking_key(
-            settings, env, part.contract, caller), column_of=column_of)
+        frame, masking = governance.mask_frame(frame, contract, caller, governance.masking_key(
+            settings, env, contract, caller), column_of=column_of)
         masked += masking["masked"]
         dropped += masking["dropped"]
         plain = {column: feature for feature, column in column_of.items()}

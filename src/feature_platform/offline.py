@@ -33,7 +33,7 @@ _ROW = "__feature_platform_row"
 _PANDAS_NULLABLE = {"int32": "Int32", "int64": "Int64", "bool": "boolean"}
 
 
-ENTITY_FILE_TYPES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+ENTITY_FILE_TYPES = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
 def read_entity_file(path: Path) -> Any:
@@ -42,9 +42,9 @@ def read_entity_file(path: Path) -> Any:
     Columns are kept as written: timestamps are parsed (and numbers refused) by the join, labels untouched."""
     import pandas as pd
 
-    kind = ENTITY_FILE_TYPES.get(path.suffix.lower())
+    kind = ENTITY_FILE_TYPES.get("".join(path.suffixes[-2:]).lower()) or ENTITY_FILE_TYPES.get(path.suffix.lower())
     if kind is None:
-        raise ConfigError(f"{path}: entity files are .csv or .parquet; convert it or rename it")
+        raise ConfigError(f"{path}: entity files are .csv, .csv.gz or .parquet; convert it or rename it")
     if not path.is_file():
         raise ConfigError(f"{path}: no such entity file" + (" (it is a directory)" if path.is_dir() else ""))
     try:
@@ -64,26 +64,42 @@ def read_entity_file(path: Path) -> Any:
 
 @dataclass(frozen=True)
 class JoinPart:
-    """One feature-set version in a point-in-time join: its build, the features taken and their output names."""
+    """One feature view in a point-in-time join: its build's Parquet, key, time column, TTL, the features taken
+    (with their contract dtypes) and their output names. Made from a contract or from Feast's FeatureView."""
 
-    contract: FeatureSetContract
+    view: str
+    join_key: str
+    key_dtype: str
+    timestamp_field: str
+    ttl_seconds: int
     data_path: str
-    features: list[str]
+    dtypes: dict[str, str]  # feature -> contract dtype, in the order taken
     names: list[str]  # output column per feature (plain, or <feature_set>_v<N>__<feature>)
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.dtypes)
+
+    @classmethod
+    def of(cls, contract: FeatureSetContract, data_path: str, features: list[str], names: list[str]) -> JoinPart:
+        dtypes = {f.name: f.dtype for f in contract.features}
+        return cls(contract.feature_view_name, contract.entity.join_key, contract.entity.dtype,
+                   contract.timestamp_field, contract.ttl_seconds, data_path, {f: dtypes[f] for f in features},
+                   names)
 
 
 def _entity_table(entity_df: Any, parts: list[JoinPart]) -> pa.Table:
     """The join columns of the entity frame (each join key once), typed like the builds, plus the row number."""
     import pandas as pd
 
-    keys = {p.contract.entity.join_key: p.contract.entity.dtype for p in parts}
+    keys = {p.join_key: p.key_dtype for p in parts}
     missing = [c for c in (*keys, ENTITY_TIMESTAMP) if c not in entity_df.columns]
     if missing:
         raise ConfigError(f"the entity frame needs the columns {', '.join(keys)} and {ENTITY_TIMESTAMP}; missing "
                           f"{', '.join(missing)} (has {', '.join(map(str, entity_df.columns))})")
     clash = sorted({n for p in parts for n in p.names} & set(map(str, entity_df.columns)))
     if clash:
-        views = ", ".join(p.contract.feature_view_name for p in parts)
+        views = ", ".join(p.view for p in parts)
         raise ConfigError(f"the entity frame already has column(s) {', '.join(clash)}, which are features of "
                           f"{views}; rename them")
     column = entity_df[ENTITY_TIMESTAMP]
@@ -111,7 +127,7 @@ def _entity_table(entity_df: Any, parts: list[JoinPart]) -> pa.Table:
 def point_in_time_join(entity_df: Any, contract: FeatureSetContract, data_path: str, fs: Any) -> Any:
     """``entity_df`` with the contract's features as of each row's ``event_timestamp`` (see module doc)."""
     names = [f.name for f in contract.features]
-    return point_in_time_join_many(entity_df, [JoinPart(contract, data_path, names, names)], fs)
+    return point_in_time_join_many(entity_df, [JoinPart.of(contract, data_path, names, names)], fs)
 
 
 def point_in_time_join_many(entity_df: Any, parts: list[JoinPart], fs: Any) -> Any:
@@ -120,7 +136,7 @@ def point_in_time_join_many(entity_df: Any, parts: list[JoinPart], fs: Any) -> A
     import duckdb
 
     entities = _entity_table(entity_df, parts)
-    key_column = {key: f"k{i}" for i, key in enumerate(dict.fromkeys(p.contract.entity.join_key for p in parts))}
+    key_column = {key: f"k{i}" for i, key in enumerate(dict.fromkeys(p.join_key for p in parts))}
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
@@ -128,15 +144,15 @@ def point_in_time_join_many(entity_df: Any, parts: list[JoinPart], fs: Any) -> A
         con.register("entities", entities)
         ctes, joins, selected = [], [], []
         for i, part in enumerate(parts):
-            contract = part.contract
             con.register(f"build{i}", ds.dataset(part.data_path, format="parquet", filesystem=fs))
             columns = ", ".join(f'"{f}"' for f in part.features)
             # Timestamps compared as naive UTC on both sides (the build stores UTC).
-            ctes.append(f'f{i} AS (SELECT "{contract.entity.join_key}" AS __k, '
-                        f'timezone(\'UTC\', "{contract.timestamp_field}") AS __ts, {columns} FROM build{i})')
-            joins.append(f"ASOF LEFT JOIN f{i} ON e.{key_column[contract.entity.join_key]} = f{i}.__k "
-                         f"AND e.ts >= f{i}.__ts")
-            valid = f"f{i}.__ts IS NOT NULL AND f{i}.__ts >= e.ts - INTERVAL {contract.ttl_seconds} SECOND"
+            ctes.append(f'f{i} AS (SELECT "{part.join_key}" AS __k, '
+                        f'timezone(\'UTC\', "{part.timestamp_field}") AS __ts, {columns} FROM build{i})')
+            joins.append(f"ASOF LEFT JOIN f{i} ON e.{key_column[part.join_key]} = f{i}.__k AND e.ts >= f{i}.__ts")
+            # A TTL of 0 is Feast's "no limit".
+            valid = f"f{i}.__ts IS NOT NULL" + (f" AND f{i}.__ts >= e.ts - INTERVAL {part.ttl_seconds} SECOND"
+                                                 if part.ttl_seconds else "")
             selected += [f'CASE WHEN {valid} THEN f{i}."{feature}" END AS "{name}"'
                          for feature, name in zip(part.features, part.names, strict=True)]
         query = (f"WITH {', '.join(ctes)} SELECT e.{_ROW}, {', '.join(selected)} FROM entities e "
@@ -148,9 +164,9 @@ def point_in_time_join_many(entity_df: Any, parts: list[JoinPart], fs: Any) -> A
         con.close()
     out = entity_df.reset_index(drop=True).copy()
     for part in parts:
-        dtypes = {f.name: f.dtype for f in part.contract.features}
         for feature, name in zip(part.features, part.names, strict=True):
-            series = joined.column(name).cast(ARROW_TYPES[dtypes[feature]]).to_pandas(types_mapper=nullable_types)
+            series = joined.column(name).cast(ARROW_TYPES[part.dtypes[feature]]).to_pandas(
+                types_mapper=nullable_types)
             out[name] = series.array  # .array keeps nullable and tz-aware dtypes (.values would drop them)
     return out
 
