@@ -116,7 +116,7 @@ def _entity_table(entity_df: Any, parts: list[JoinPart]) -> pa.Table:
     columns = {_ROW: pa.array(range(len(entity_df)), pa.int64())}
     for index, (key, dtype) in enumerate(keys.items()):
         try:
-            columns[f"k{index}"] = pa.array(entity_df[key].tolist(), from_pandas=True).cast(ARROW_TYPES[dtype])
+            columns[f"k{index}"] = pa.Array.from_pandas(entity_df[key]).cast(ARROW_TYPES[dtype])
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             raise ConfigError(f"{key}: the entity frame's keys are not {dtype}: {exc}") from exc
     columns["ts"] = pa.array(stamps.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]"),
