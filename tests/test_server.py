@@ -111,7 +111,7 @@ def _normalized(answer: dict) -> dict:
     return out
 
 
-def test_equal_to_feast_serve_column_by_column(loaded) -> None:
+def test_equal_to_feast_serve_column_by_column(loaded, redis_server) -> None:
     """Missing and duplicate entities, a feature service, full_feature_names, every dtype with nulls, string
     keys, several views in one request: the same answer as `feast serve` on the same Redis."""
     ours, feast = Server(loaded), Server(loaded, engine="feast")
@@ -139,6 +139,15 @@ def test_equal_to_feast_serve_column_by_column(loaded) -> None:
         assert None in values and any(v is not None for v in values)  # nulls were really exercised
         assert merchants["results"][1]["statuses"][-1] == "NOT_FOUND"
         assert merchants["results"][1]["event_timestamps"][-1] is None
+
+        # Views of one entity share its hash: one HMGET per distinct entity key, whatever the number of views.
+        client = redis_server.client()
+        client.config_resetstat()
+        code, _ = ours.post({"features": ["customer_profile_v1:tier", "customer_spend_v1:txn_count_1d",
+                                          "customer_spend_v2:avg_txn_amount_1d", "customer_spend_v2:txn_count_1d"],
+                             "entities": {"customer_id": [1001, 1002, 1003, 1001]}})
+        assert code == 200
+        assert client.info("commandstats")["cmdstat_hmget"]["calls"] == 3
     finally:
         ours.stop()
         feast.stop()

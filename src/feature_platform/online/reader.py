@@ -1,4 +1,5 @@
-"""Planned online reads from Feast's Redis layout: one pipelined HMGET per entity and view, decoded in bulk.
+"""Planned online reads from Feast's Redis layout: one pipelined HMGET per entity key (the views of one entity
+share its hash), decoded in bulk.
 
 Statuses follow Feast's ``FieldStatus``: ``NOT_FOUND`` (no ``_ts:view`` field: the entity was never
 materialized for this view, or it left the served build), ``NULL_VALUE``, ``PRESENT``, and ``OUTSIDE_MAX_AGE``
@@ -73,6 +74,31 @@ def fetch(client: Any, reads: Sequence[Reads]) -> list[Any]:
                 pipe.execute_command("HMGET", key, *r.fields)
         return pipe.execute()
     return execute_packed(client, b"".join(r.packed() for r in reads), total)
+
+
+def fetch_shared(client: Any, reads: Sequence[Reads]) -> list[list[Any]]:
+    """Each ``Reads``' replies, in one round trip, with the reads of the same keys merged: views of one entity
+    share Feast's hash, so a request over many views sends one HMGET per entity key, whatever their number."""
+    groups: dict[tuple[bytes, ...], list[int]] = {}
+    for index, read in enumerate(reads):
+        groups.setdefault(tuple(read.keys), []).append(index)
+    merged = [Reads(reads[members[0]].order, reads[members[0]].keys,
+                    [name for i in members for name in reads[i].fields]) for members in groups.values()]
+    replies = fetch(client, merged)
+    out: list[list[Any]] = [[] for _ in reads]
+    offset = 0
+    for read, members in zip(merged, groups.values(), strict=True):
+        chunk = replies[offset:offset + len(read.keys)]
+        offset += len(read.keys)
+        if len(members) == 1:
+            out[members[0]] = chunk
+            continue
+        start = 0
+        for i in members:
+            width = len(reads[i].fields)
+            out[i] = [reply[start:start + width] for reply in chunk]
+            start += width
+    return out
 
 
 def execute_packed(client: Any, packed: bytes, replies: int) -> list[Any]:

@@ -382,17 +382,13 @@ class FeatureServer:
                 raise RequestError(422, f"entities.{plan.join_key}: {exc}") from exc
             wanted = [plan.feature(f) for f in features]
             queued.append((plan, wanted, reader.plan_reads(plan, wanted, values)))
-        replies = reader.fetch(self.client, [reads for _, _, reads in queued])
+        replies = reader.fetch_shared(self.client, [reads for _, _, reads in queued])
         now = reader.now_micros()
         names = list(request.entities)
         results = [{"values": list(column), "statuses": ["PRESENT"] * rows, "event_timestamps": [EPOCH] * rows}
                    for column in request.entities.values()]
-        offset = 0
-        for plan, wanted, reads in queued:
-            count = len(reads.keys)
-            read = reader.decode_reads(plan, wanted, reads.order, replies[offset:offset + count], now,
-                                       self.enforce_ttl)
-            offset += count
+        for (plan, wanted, reads), view_replies in zip(queued, replies, strict=True):
+            read = reader.decode_reads(plan, wanted, reads.order, view_replies, now, self.enforce_ttl)
             stamps = [format_timestamp(m) for m in read.event_micros]
             newest = max((m for m in read.event_micros if m is not None), default=None)
             if newest is not None:
