@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -31,6 +31,7 @@ DTYPES: tuple[str, ...] = DType.__args__  # type: ignore[attr-defined]
 EntityDType = Literal["int64", "string"]
 SourceDType = Literal["int32", "int64", "float32", "float64", "string", "bool", "timestamp", "timestamptz", "date"]
 
+T = TypeVar("T")
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -701,21 +702,13 @@ def load_contracts(root: Path | str) -> ContractSet:
     contracts = ContractSet(root=root)
     errors: list[ContractError] = []
     service_files = []
+    set_files = []
     for path, relative in iter_contract_files(root):
         if _is_feature_service_file(relative):
             service_files.append((path, relative))
-            continue
-        if not _is_feature_set_file(relative):
-            continue
-        shown = display_path(root, relative)
-        try:
-            contract = load_feature_set(path, shown)
-        except ContractErrors as exc:
-            errors.extend(exc.errors)
-            continue
-        except ContractError as exc:
-            errors.append(exc)
-            continue
+        elif _is_feature_set_file(relative):
+            set_files.append((path, relative))
+    for shown, contract in load_each(root, set_files, load_feature_set, errors):
         key = (contract.name, contract.version)
         if key in contracts.feature_sets:
             errors.append(ContractError(shown, "version", f"{contract.name} v{contract.version} is also "
@@ -724,16 +717,7 @@ def load_contracts(root: Path | str) -> ContractSet:
         contracts.feature_sets[key] = contract
         contracts.files[key] = shown
     errors.extend(_check_entities_agree(contracts))
-    for path, relative in service_files:
-        shown = display_path(root, relative)
-        try:
-            service = load_feature_service(path, shown)
-        except ContractErrors as exc:
-            errors.extend(exc.errors)
-            continue
-        except ContractError as exc:
-            errors.append(exc)
-            continue
+    for shown, service in load_each(root, service_files, load_feature_service, errors):
         key = (service.name, service.version)
         if key in contracts.services:
             errors.append(ContractError(shown, "version", f"feature service {service.name} v{service.version} is "
@@ -747,6 +731,20 @@ def load_contracts(root: Path | str) -> ContractSet:
     if errors:
         raise ContractErrors(errors)
     return contracts
+
+
+def load_each(root: Path, files: list[tuple[Path, str]], load: Callable[[Path, str], T],
+              errors: list[ContractError]) -> Iterator[tuple[str, T]]:
+    """(shown path, loaded object) for each file that loads; the errors of those that do not go to ``errors``,
+    so one run reports every broken file."""
+    for path, relative in files:
+        shown = display_path(root, relative)
+        try:
+            yield shown, load(path, shown)
+        except ContractErrors as exc:
+            errors.extend(exc.errors)
+        except ContractError as exc:
+            errors.append(exc)
 
 
 def _is_feature_service_file(relative: str) -> bool:

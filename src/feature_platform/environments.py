@@ -22,10 +22,10 @@ from feature_platform.contracts import (
     ContractSet,
     FeatureSetContract,
     StrictModel,
-    display_path,
     enforce_lock,
     iter_contract_files,
     load_contracts,
+    load_each,
     read_yaml,
     service_lock_problems,
     validate_model,
@@ -212,20 +212,11 @@ def load_environments(root: Path) -> dict[str, EnvironmentContract]:
     environments: dict[str, EnvironmentContract] = {}
     files: dict[str, str] = {}
     errors: list[ContractError] = []
-    for path, relative in iter_contract_files(root):
-        if not _is_environment_file(relative):
-            continue
-        shown = display_path(root, relative)
-        try:
-            env = validate_model(EnvironmentContract, read_yaml(path, shown), shown)
-        except ContractErrors as exc:
-            errors.extend(exc.errors)
-            continue
-        except ContractError as exc:
-            errors.append(exc)
-            continue
+    env_files = [(path, relative) for path, relative in iter_contract_files(root) if _is_environment_file(relative)]
+    for shown, env in load_each(root, env_files, lambda path, shown: validate_model(
+            EnvironmentContract, read_yaml(path, shown), shown), errors):
         # Git: environments/dev.yaml; ConfigMap key: environments.dev.yaml
-        stem = Path(relative).stem.removeprefix("environments.")
+        stem = Path(shown).stem.removeprefix("environments.")
         if stem != env.name:
             errors.append(ContractError(shown, "name", f"file is named {stem!r} but declares {env.name!r}; "
                                         "make them equal"))
