@@ -154,45 +154,35 @@ def confirm(settings: Settings, env: EnvironmentContract, pending: dict[str, Any
 
 def pending(settings: Settings, env: EnvironmentContract) -> list[dict[str, Any]]:
     """Entries written ahead whose outcome was never recorded (the writer crashed), oldest first."""
-    if isinstance(env.registry, FileRegistryConfig):
-        log = _file_log(settings, env, PENDING_DIR)
-        entries = [json.loads(log.fs.cat_file(info.path)) for info in log.list_files("", ".json")]
-    else:
-        from sqlalchemy import MetaData, inspect, select
-
-        engine = _engine(settings, env)
-        try:
-            if not inspect(engine).has_table(PENDING_TABLE):
-                return []
-            table = _pending_table(MetaData())
-            with engine.connect() as connection:
-                rows = connection.execute(select(table.c.entry).where(table.c.environment == env.name))
-                entries = [json.loads(row[0]) for row in rows]
-        finally:
-            engine.dispose()
-    return sorted(entries, key=lambda e: (e["at"], e["id"]))
+    return sorted(_stored(settings, env, PENDING_DIR, PENDING_TABLE, _pending_table),
+                  key=lambda e: (e["at"], e["id"]))
 
 
 def read(settings: Settings, env: EnvironmentContract, feature_set: str | None = None) -> list[dict[str, Any]]:
     """The entries, oldest first (of one feature set when given)."""
-    if isinstance(env.registry, FileRegistryConfig):
-        log = _file_log(settings, env)
-        entries = [json.loads(log.fs.cat_file(info.path)) for info in log.list_files("", ".json")]
-    else:
-        from sqlalchemy import MetaData, inspect, select
-
-        engine = _engine(settings, env)
-        try:
-            if not inspect(engine).has_table(AUDIT_TABLE):
-                return []
-            table = _table(MetaData())
-            with engine.connect() as connection:
-                rows = connection.execute(select(table.c.entry).where(table.c.environment == env.name))
-                entries = [json.loads(row[0]) for row in rows]
-        finally:
-            engine.dispose()
-    entries.sort(key=lambda e: (e["at"], e["id"]))
+    entries = sorted(_stored(settings, env, AUDIT_DIR, AUDIT_TABLE, _table), key=lambda e: (e["at"], e["id"]))
     return [e for e in _folded(entries) if feature_set is None or feature_set in e["feature_sets"]]
+
+
+def _stored(settings: Settings, env: EnvironmentContract, directory: str, table_name: str,
+            make_table: Any) -> list[dict[str, Any]]:
+    """This environment's JSON entries: the objects of a directory beside a file registry, or the rows of a table
+    in a SQL registry's database (none while it does not exist)."""
+    if isinstance(env.registry, FileRegistryConfig):
+        log = _file_log(settings, env, directory)
+        return [json.loads(log.fs.cat_file(info.path)) for info in log.list_files("", ".json")]
+    from sqlalchemy import MetaData, inspect, select
+
+    engine = _engine(settings, env)
+    try:
+        if not inspect(engine).has_table(table_name):
+            return []
+        table = make_table(MetaData())
+        with engine.connect() as connection:
+            rows = connection.execute(select(table.c.entry).where(table.c.environment == env.name))
+            return [json.loads(row[0]) for row in rows]
+    finally:
+        engine.dispose()
 
 
 def _folded(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -246,7 +246,7 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
 
     ``pins`` maps a feature view name to a build id to read instead (reproducing an old training set).
     """
-    from feast import Entity, FeatureService, ValueType
+    from feast import FeatureService
 
     contracts = contracts or settings.contracts()
     store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
@@ -257,9 +257,7 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
     for contract in selected:
         e = contract.entity
         if e.name not in entities:
-            value_type = ValueType.INT64 if e.dtype == "int64" else ValueType.STRING
-            entities[e.name] = Entity(name=e.name, join_keys=[e.join_key], value_type=value_type,
-                                      description=e.description)
+            entities[e.name] = feast_entity(contract)
         try:
             if pins and contract.feature_view_name in pins:
                 pointer = builds.find_build(store, contract.name, pins[contract.feature_view_name])
@@ -297,10 +295,7 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
                 except PointerMissingError:  # not built yet: the apply of the set built last registers it
                     models.remove(model)
                     break
-                e = contract.entity
-                entity = entities.get(e.name) or Entity(name=e.name, join_keys=[e.join_key], description=e.description,
-                                                        value_type=ValueType.INT64 if e.dtype == "int64"
-                                                        else ValueType.STRING)
+                entity = entities.get(contract.entity.name) or feast_entity(contract)
                 context[contract.feature_view_name] = feature_view(contract, pointer, entity, settings.s3_endpoint_url)
     services += [model_service(contracts, model, context) for model in models]
     from feature_platform.governance import permissions
@@ -308,6 +303,14 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
     served = [c for c in selected if c.feature_view_name in views]
     return Definitions(list(entities.values()), list(views.values()), services,
                        permissions(env, contracts, served, models))
+
+
+def feast_entity(contract: FeatureSetContract) -> Any:
+    from feast import Entity, ValueType
+
+    e = contract.entity
+    return Entity(name=e.name, join_keys=[e.join_key], description=e.description,
+                  value_type=ValueType.INT64 if e.dtype == "int64" else ValueType.STRING)
 
 
 def model_service(contracts: ContractSet, model: Any, views: dict[str, Any]) -> Any:
@@ -754,13 +757,19 @@ def read_online(settings: Settings, feature_set: str, keys: list[Any], version: 
     with feast_process_environment(settings):
         registered = check_registry_matches(store, [contract])
         rows = _rows(contract, values, view_read(settings, env, store, contract, values, enforce_ttl))
+    unfinished = _load_unfinished(settings, env, store, contract, registered)
+    return [{**row, "status": _flagged(row["status"], unfinished)} for row in rows]
+
+
+def _load_unfinished(settings: Settings, env: EnvironmentContract, store: FeatureStore,
+                     contract: FeatureSetContract, registered: dict[str, Any]) -> bool:
     served = registered[contract.feature_view_name].tags[TAG_PREFIX + "build_id"]
-    if load_unfinished(online_record(settings, env, store, contract), served):
-        # A load is unfinished (or the store holds another build): found rows may mix builds; say so per row.
-        for row in rows:
-            if row["status"] == "PRESENT":
-                row["status"] = "PRESENT_LOAD_UNFINISHED"
-    return rows
+    return load_unfinished(online_record(settings, env, store, contract), served)
+
+
+def _flagged(status: str, unfinished: bool) -> str:
+    """A found row of a view whose load is unfinished (or whose store holds another build) may mix builds."""
+    return "PRESENT_LOAD_UNFINISHED" if unfinished and status == "PRESENT" else status
 
 
 def read_online_service(settings: Settings, service: str, entities: dict[str, list[Any]],
@@ -791,15 +800,12 @@ def read_online_service(settings: Settings, service: str, entities: dict[str, li
         values = [_parse_key(contract, v) for v in entities[key]]
         with feast_process_environment(settings):
             read = _rows(contract, values, view_read(settings, env, store, contract, values))
-        served = registered[contract.feature_view_name].tags[TAG_PREFIX + "build_id"]
-        unfinished = load_unfinished(online_record(settings, env, store, contract), served)
+        unfinished = _load_unfinished(settings, env, store, contract, registered)
         for row, got in zip(rows, read, strict=True):
             row[key] = got[key]
             for name, column in zip(names, columns, strict=True):
                 row[column] = got[name]
-            status = got["status"]
-            row.setdefault("__statuses", {})[contract.feature_view_name] = (
-                "PRESENT_LOAD_UNFINISHED" if unfinished and status == "PRESENT" else status)
+            row.setdefault("__statuses", {})[contract.feature_view_name] = _flagged(got["status"], unfinished)
     return [{**{k: v for k, v in row.items() if k != "__statuses"}, "statuses": row["__statuses"]} for row in rows]
 
 

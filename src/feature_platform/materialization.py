@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -110,13 +111,12 @@ def load_view(settings: Settings, env: EnvironmentContract, object_store: Object
     # Trust the object-store record only when the online store says the same: its own record names this build
     # as completely loaded (a restored snapshot, a replaced file or an emptied store does not) and sampled
     # entities hold this build's event times.
-    if incremental and loaded and online.recorded() == complete_record(build_id) and online.holds(
-            object_store.fs, metadata):
+    stored = online.recorded() or {}
+    if incremental and loaded and stored == complete_record(build_id) and online.holds(object_store.fs, metadata):
         mode = "incremental"  # this immutable build is completely loaded and still there: nothing to write
     else:
         mode = "full"
         previous = {b for m in (marker, own) for b in [m.get("build_id"), *m.get("pending_build_ids", [])] if b}
-        stored = online.recorded() or {}
         previous |= {stored["build_id"]} if stored.get("build_id") and stored["build_id"] != build_id else set()
         pending = sorted({*own.get("pending_build_ids", []), build_id})
         view_lease.check()
@@ -167,6 +167,29 @@ def _parse_record(raw: bytes | str | None) -> dict[str, Any] | None:
     except ValueError:
         return None  # damaged: treated as no record, so the next materialize reloads
     return record if isinstance(record, dict) else None
+
+
+def load_records(settings: Settings, env: EnvironmentContract, project: str, client: Any = None
+                 ) -> dict[str, dict[str, Any]]:
+    """Every view's load record in the environment's online store, in one read (Redis: one HGETALL)."""
+    if isinstance(env.online_store, RedisConfig):
+        raw = (client or connect(settings, env)).hgetall(redis_record_key(project))
+        records = {view.decode(): _parse_record(value) for view, value in raw.items()}
+    else:
+        records = _sqlite_records(settings.env_home(env) / env.online_store.path)
+    return {view: record for view, record in records.items() if record is not None}
+
+
+def _sqlite_records(path: Path, view: str | None = None) -> dict[str, dict[str, Any] | None]:
+    if not path.exists():
+        return {}
+    where, args = ("WHERE view = ?", (view,)) if view else ("", ())
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as con:
+            rows = con.execute(f"SELECT view, record FROM {SQLITE_RECORD_TABLE} {where}", args).fetchall()
+    except sqlite3.Error:
+        return {}  # no table yet: nothing recorded
+    return {name: _parse_record(record) for name, record in rows}
 
 
 def online_target(settings: Settings, env: EnvironmentContract, store: Any, plan: ViewPlan,
@@ -317,15 +340,7 @@ class SqliteTarget(OnlineTarget):
         return count
 
     def recorded(self) -> dict[str, Any] | None:
-        if not self.path.exists():
-            return None
-        try:
-            with contextlib.closing(sqlite3.connect(self.path)) as con:
-                row = con.execute(f"SELECT record FROM {SQLITE_RECORD_TABLE} WHERE view = ?",
-                                  (self.plan.view,)).fetchone()
-        except sqlite3.Error:
-            return None
-        return _parse_record(row[0] if row else None)
+        return _sqlite_records(self.path, self.plan.view).get(self.plan.view)
 
     def record(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -252,11 +252,19 @@ def check_services(settings: Settings, env: EnvironmentContract) -> tuple[str, l
         frame, _ = feast_bridge.historical_service(settings, entities, model.name, version=model.version, env=env,
                                                    caller=caller, full_feature_names=True)
         columns = [c for c in frame.columns if "__" in c]
-        differing = [c for c in columns if not pd.isna(online[c]) and not feast_bridge._close(
-            online[c], frame[c].iloc[0], "float64" if isinstance(online[c], float) else "other")]
+
+        def same(a: Any, b: Any) -> bool:  # a null on one side only is a difference too
+            if pd.isna(a) or pd.isna(b):
+                return bool(pd.isna(a) and pd.isna(b))
+            return feast_bridge._close(a, b, "float64" if isinstance(a, float) else "other")
+
+        differing = [c for c in columns if not same(online[c], frame[c].iloc[0])]
+        # The entity comes from each set's served build: NOT_FOUND online means the store lost it.
+        missing = [view for view, s in online["statuses"].items() if s == "NOT_FOUND"]
         found = sum(1 for s in online["statuses"].values() if s.startswith("PRESENT"))
-        if differing:
+        if differing or missing:
             status = FAIL
+            differing += [f"{view} NOT_FOUND online" for view in missing]
         evidence.append(f"{model.service_name}: {len(columns)} features from {len(resolved)} feature set(s), "
                         f"{found} found online for {keys}; training set row "
                         + (f"DIFFERS on {', '.join(differing)}" if differing else "equal to the online values"))

@@ -556,17 +556,13 @@ def create_app() -> App:
     client = connect(settings, env, socket_timeout=timeout) if isinstance(env.online_store, RedisConfig) else None
 
     def load() -> Catalog:
-        from feature_platform.materialization import RedisTarget, SqliteTarget, load_unfinished
+        from feature_platform.materialization import load_records, load_unfinished
 
         with feast_bridge.feast_process_environment(settings):
             catalog = build_catalog(store)
-        unfinished = set()
-        for view, plan in catalog.views.items():
-            if view not in catalog.builds:
-                continue
-            target = RedisTarget(client, plan) if client is not None else SqliteTarget(settings, env, store, plan)
-            if load_unfinished(target.recorded(), catalog.builds.get(view, "")):
-                unfinished.add(view)
+        records = load_records(settings, env, env.feast_project, client)  # one read for every view
+        unfinished = {view for view, build_id in catalog.builds.items() if load_unfinished(records.get(view),
+                                                                                           build_id)}
         return dataclasses.replace(catalog, unfinished=frozenset(unfinished))
 
     def fallback(request: OnlineRequest) -> dict[str, Any]:
