@@ -30,6 +30,18 @@ def _env(settings) -> dict[str, str]:
             "PYTHONPATH": str(REPO / "src")}
 
 
+def error_body(raw: bytes) -> dict:
+    """An error answer as a dict with ``detail``: FastAPI's ``{"detail": ...}`` for malformed requests, or
+    Feast's error format (a JSON string of ``{module, class, message}``, what Feast's ``remote`` client maps
+    back to the exception) for the errors Feast's server raises as exceptions."""
+    answer = json.loads(raw or b"{}")
+    if isinstance(answer, str):
+        feast_error = json.loads(answer)
+        assert set(feast_error) == {"module", "class", "message"}, feast_error
+        return {**feast_error, "detail": feast_error["message"]}
+    return answer
+
+
 class Server:
     def __init__(self, settings, engine: str = "platform", extra: dict[str, str] | None = None,
                  port: int | None = None) -> None:
@@ -54,7 +66,7 @@ class Server:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
+            return exc.code, error_body(exc.read())
 
     def post_with_headers(self, body: dict) -> tuple[int, dict, dict[str, str]]:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}/get-online-features",
@@ -154,8 +166,9 @@ def test_equal_to_feast_serve_column_by_column(loaded, redis_server) -> None:
 
 
 def test_feasts_remote_online_store_reads_the_server(loaded, tmp_path) -> None:
-    """Feast's own `remote` online store client, pointed at the platform server, gets the SDK's values."""
-    from feast import FeatureStore
+    """Feast's own `remote` online store client, pointed at the platform server, gets the SDK's values, and
+    the server's errors as Feast's own exceptions."""
+    from feast import FeatureService, FeatureStore
 
     server = Server(loaded)
     try:
@@ -171,6 +184,13 @@ def test_feasts_remote_online_store_reads_the_server(loaded, tmp_path) -> None:
             refs = ["customer_spend_v2:txn_count_1d", "customer_spend_v2:max_txn_amount_1d"]
             got = remote.get_online_features(features=refs, entity_rows=[{"customer_id": k}
                                                                          for k in (1001, 1002, 1003)]).to_dict()
+            # The server's errors come back as Feast's own exceptions with its message, not a generic error.
+            from feast.errors import FeatureServiceNotFoundException
+
+            with pytest.raises(FeatureServiceNotFoundException, match="no feature service named 'ghost_v1'"):
+                remote.provider.online_store.get_online_features(
+                    remote.config, FeatureService(name="ghost_v1", features=[]), {"customer_id": [1001]},
+                    remote.registry, remote.project)
         rows = feast_bridge.read_online(loaded, "customer_spend", [1001, 1002, 1003], version=2)
         assert got["txn_count_1d"] == [r["txn_count_1d"] for r in rows]
         assert got["max_txn_amount_1d"] == pytest.approx([r["max_txn_amount_1d"] for r in rows])
@@ -190,13 +210,13 @@ def test_clear_errors_metrics_and_ttl(loaded, contracts_copy) -> None:
     server = Server(loaded)
     try:
         code, body = server.post({"features": ["nope_v1:x"], "entities": {"customer_id": [1]}})
-        assert code == 404 and "nope_v1" in body["detail"]
+        assert code == 404 and "nope_v1" in body["detail"] and body["class"] == "FeatureViewNotFoundException"
         code, body = server.post({"features": ["customer_spend_v2:nope"], "entities": {"customer_id": [1]}})
         assert code == 404 and "nope" in body["detail"]
         code, body = server.post({"feature_service": "nope", "entities": {"customer_id": [1]}})
-        assert code == 404 and "nope" in body["detail"]
+        assert code == 404 and "nope" in body["detail"] and body["class"] == "FeatureServiceNotFoundException"
         code, body = server.post(b'{"features": ["customer_spend_v2:txn_count_1d"]}')
-        assert code == 422 and "entities" in body["detail"]
+        assert code == 422 and "entities" in body["detail"] and "class" not in body  # FastAPI's shape
         code, body = server.post(b"not json")
         assert code == 422
         code, body = server.post({"features": ["customer_spend_v2:txn_count_1d"], "entities": {"driver_id": [1]}})
@@ -246,7 +266,7 @@ def test_redis_down_is_503_and_the_server_recovers(loaded) -> None:
         port = redis.port
         redis.stop()
         code, answer = server.post(body)
-        assert code == 503 and "online store unavailable" in answer["detail"]
+        assert code == 503 and "online store unavailable" in answer["detail"] and answer["class"] == "FeastError"
         assert server.get("/health")[0] == 503
         back = start_redis_on(port)
         try:
@@ -451,7 +471,7 @@ def test_teams_read_what_the_contracts_allow_and_feasts_client_sends_the_token(l
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
+            return exc.code, error_body(exc.read())
 
     spend = {"features": ["customer_spend_v2:txn_count_1d"], "entities": {"customer_id": [1001]}}
     tier = {"features": ["customer_profile_v1:tier"], "entities": {"customer_id": [1001]}}
@@ -469,6 +489,7 @@ def test_teams_read_what_the_contracts_allow_and_feasts_client_sends_the_token(l
         assert status == 200 and answer["results"][1]["statuses"] == ["PRESENT"]
         status, answer = post(server, spend, bearer("marketing"))
         assert status == 403 and "team marketing may not read customer_spend_v2" in answer["detail"]
+        assert answer["class"] == "FeastPermissionError"
         assert post(server, tier, bearer("payments-ml"))[0] == 200  # a reader of customer_profile
         status, answer = post(server, email, bearer("payments-ml"))
         assert status == 403 and "PII feature(s) email_domain of customer_profile_v1" in answer["detail"]
@@ -498,7 +519,10 @@ def test_teams_read_what_the_contracts_allow_and_feasts_client_sends_the_token(l
                 assert got["txn_count_1d"] == [feast_bridge.read_online(settings, "customer_spend", [1001],
                                                                         version=2)[0]["txn_count_1d"]]
                 os.environ["TEST_FEAST_TOKEN"] = bearer("marketing")
-                with pytest.raises(Exception, match=r"403|may not read"):
+                from feast.errors import FeastPermissionError
+
+                # Feast's error format: the remote client raises Feast's own exception with the server's message.
+                with pytest.raises(FeastPermissionError, match=r"team marketing may not read customer_spend_v2"):
                     FeatureStore(repo_path=str(repo)).get_online_features(
                         features=spend["features"], entity_rows=[{"customer_id": 1001}]).to_dict()
             finally:

@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -49,9 +49,25 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
+    """An answer other than 200. Errors Feast's own server raises as a ``FeastError`` (unknown objects,
+    permissions, failures) answer as it does, a JSON string of ``{module, class, message}`` that Feast's
+    ``remote`` client turns back into that exception; a malformed request answers as FastAPI (which Feast's
+    server runs on) does, ``{"detail": ...}``."""
+
+    # Feast's exception class (in feast.errors) per status, where Feast has one.
+    FEAST_CLASSES: ClassVar[dict[int, str]] = {401: "FeastPermissionError", 403: "FeastPermissionError",
+                                               500: "FeastError", 501: "FeastError", 503: "FeastError"}
+
+    def __init__(self, status: int, detail: str, feast_class: str | None = None) -> None:
         super().__init__(detail)
         self.status, self.detail = status, detail
+        self.feast_class = feast_class or self.FEAST_CLASSES.get(status)
+
+    def body(self) -> bytes:
+        if self.feast_class is None:
+            return _encoder.encode({"detail": self.detail})
+        detail = _encoder.encode({"module": "feast.errors", "class": self.feast_class, "message": self.detail})
+        return _encoder.encode(detail.decode())
 
 
 # ---------------------------------------------------------------------------------------------- the catalog
@@ -262,7 +278,8 @@ def resolve(catalog: Catalog, request: OnlineRequest) -> list[tuple[str, list[st
     """[(view, [feature, ...])] in request order, or None when Feast's own path must answer."""
     if request.feature_service:
         if request.feature_service not in catalog.services:
-            raise RequestError(404, f"feature_service: no feature service named {request.feature_service!r}")
+            raise RequestError(404, f"feature_service: no feature service named {request.feature_service!r}",
+                               "FeatureServiceNotFoundException")
         groups = catalog.services[request.feature_service]
     else:
         order: dict[str, list[str]] = {}
@@ -277,11 +294,12 @@ def resolve(catalog: Catalog, request: OnlineRequest) -> list[tuple[str, list[st
             return None
         plan = catalog.views.get(view)
         if plan is None:
-            raise RequestError(404, f"features: no feature view named {view!r}")
+            raise RequestError(404, f"features: no feature view named {view!r}", "FeatureViewNotFoundException")
         known = {f.name for f in plan.features}
         for feature in features:
             if feature not in known:
-                raise RequestError(404, f"features: feature view {view!r} has no feature {feature!r}")
+                raise RequestError(404, f"features: feature view {view!r} has no feature {feature!r}",
+                                   "FeastObjectNotFoundException")
     return list(groups)
 
 
@@ -506,11 +524,11 @@ class App:
                 raise RequestError(404, f"no route {method} {path}; see POST /get-online-features, GET /health")
         except RequestError as exc:
             server.metrics.errors.labels(str(exc.status)).inc()
-            await _respond(send, exc.status, _encoder.encode({"detail": exc.detail}))
+            await _respond(send, exc.status, exc.body())
         except Exception as exc:  # a bug, not the caller's mistake: answer, count and log it, keep serving
             log.exception("unexpected error on %s %s", method, path)
             server.metrics.errors.labels("500").inc()
-            await _respond(send, 500, _encoder.encode({"detail": f"internal error: {type(exc).__name__}"}))
+            await _respond(send, 500, RequestError(500, f"internal error: {type(exc).__name__}").body())
         finally:
             server.observe_latency(path, time.perf_counter() - started)
 
