@@ -10,8 +10,6 @@ load must say so instead of passing as settled.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -20,63 +18,13 @@ import pytest
 from feature_platform import feast_bridge, pipeline
 from feature_platform.errors import FeastError
 from feature_platform.materialization import LOADING, complete_record
+from tests.conftest import Backend
 from tests.helpers import every_dtype_contract, merchant_events, replace_raw, write_contract
 
 pytestmark = pytest.mark.e2e
 
 MERCHANTS = [f"m{i:03d}" for i in range(60)]
 VIEW = "merchant_risk_v1"
-
-
-@dataclass
-class Backend:
-    settings: object
-    snapshot: Callable[[], object]  # what a backup takes
-    restore: Callable[[object], None]  # what a restore from that backup does
-    empty: Callable[[], None]  # a new, empty store (restart without persistence, a deleted file)
-
-
-def _redis_backend(settings, clients: list) -> Backend:
-    def snapshot() -> list:
-        return [(c, k, c.dump(k)) for c in clients for k in c.scan_iter(count=1000)]
-
-    def empty() -> None:
-        for c in clients:
-            c.flushall()
-
-    def restore(saved: list) -> None:
-        empty()
-        for client, key, payload in saved:
-            client.restore(key, 0, payload)
-
-    return Backend(settings, snapshot, restore, empty)
-
-
-@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
-def backend(request, local_settings, contracts_copy) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        settings = local_settings
-        path = settings.env_home(settings.environment()) / "online" / "online_store.db"
-
-        def snapshot() -> bytes:
-            return path.read_bytes()
-
-        def restore(saved: bytes) -> None:
-            path.write_bytes(saved)
-
-        yield Backend(settings, snapshot, restore, lambda: path.unlink())
-        return
-    dev = request.getfixturevalue("dev_settings")
-    if request.param == "redis":
-        yield _redis_backend(dev, [request.getfixturevalue("redis_clean").client()])
-        return
-    import redis
-
-    from tests.test_redis_cluster import _as_cluster
-
-    cluster = request.getfixturevalue("redis_cluster")
-    settings = _as_cluster(dev, contracts_copy, cluster)
-    yield _redis_backend(settings, [redis.Redis(port=p, password=cluster.password) for p in cluster.ports])
 
 
 def _setup(settings) -> None:

@@ -9,6 +9,7 @@ and one FeatureService per feature set (``<feature_set>``) serving its newest ve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -81,18 +82,23 @@ def feature_store_config(settings: Settings, env: EnvironmentContract) -> dict[s
         # skip_dedup: Feast's Redis store otherwise keeps a row unless the new one is strictly newer, so a
         # corrected or rolled-back build (same event timestamps) would never reach Redis. Each materialization
         # writes one row per entity from one build, and one DAG run per feature set at a time writes them.
-        online_cfg: dict[str, Any] = {"type": "redis", "connection_string": connection, "skip_dedup": True}
+        online_cfg: dict[str, Any] = {"type": "feature_platform.feast_plugins.PlatformRedisOnlineStore",
+                                      "connection_string": connection, "skip_dedup": True}
         if online.cluster:
             online_cfg["redis_type"] = "redis_cluster"
     else:
-        online_cfg = {"type": "sqlite", "path": str(home / online.path)}
+        online_cfg = {"type": "feature_platform.feast_plugins.PlatformSqliteOnlineStore",
+                      "path": str(home / online.path)}
+    # Feast's SDK and CLI go through the platform's engines (feast_plugins.py): the exact point-in-time join
+    # for training sets, the online read rules (TTL, NOT_FOUND), and the platform's materialization.
     return {
         "project": env.feast_project,
-        "provider": "local",
+        "provider": "feature_platform.feast_plugins.PlatformProvider",
         "registry": registry_cfg,
         "online_store": online_cfg,
-        # Feast's SDK trains on the platform's exact point-in-time join (feast_plugins.py), not Feast's file store.
-        "offline_store": {"type": "feature_platform.feast_plugins.PlatformOfflineStore"},
+        "offline_store": {"type": "feature_platform.feast_plugins.PlatformOfflineStore",
+                          "platform_environment": env.name, "platform_contracts": str(settings.contracts_dir),
+                          "platform_home": str(settings.home)},
         "entity_key_serialization_version": 3,
     }
 
@@ -662,10 +668,12 @@ def _feast_view_read(store: FeatureStore, plan: Any, values: list[Any], enforce_
     NOT_FOUND entities get a null timestamp, and the TTL is enforced."""
     from feast.type_map import feast_value_type_to_python_type
 
+    from feature_platform.feast_plugins import ttl_not_enforced
     from feature_platform.online import reader
 
     refs = [f"{plan.view}:{f.name}" for f in plan.features]
-    response = store.get_online_features(features=refs, entity_rows=[{plan.join_key: v} for v in values])
+    with contextlib.nullcontext() if enforce_ttl else ttl_not_enforced():
+        response = store.get_online_features(features=refs, entity_rows=[{plan.join_key: v} for v in values])
     by_name = dict(zip(response.proto.metadata.feature_names.val, response.proto.results, strict=True))
     results = [by_name[f.name] for f in plan.features]
     status_names = {0: "INVALID", 1: reader.PRESENT, 2: reader.NULL_VALUE, 3: reader.NOT_FOUND,

@@ -1,21 +1,39 @@
-"""The platform's engines as Feast plugins, so Feast's own SDK and CLI read what the platform's paths read.
+"""The platform's engines as Feast plugins, so Feast's own SDK and CLI read and write what the platform's paths do.
 
-Feast loads stores by class path; the generated ``feature_store.yaml`` names these. The offline store answers
-``FeatureStore.get_historical_features`` with the platform's point-in-time join (:mod:`feature_platform.offline`)
-over the builds the registry's views point at: one row per entity row, in input order, nulls where nothing is
-valid within the view's TTL, contract dtypes (nullable integers and booleans) in ``to_df()``. Feast's file offline
-store drops rows and widens integers to floats. Everything else (materialization's pulls, logging) is Feast's
-file store, which this class extends.
+Feast loads stores and providers by class path; the generated ``feature_store.yaml`` names these.
+
+- The **offline store** answers ``FeatureStore.get_historical_features`` with the platform's point-in-time join
+  (:mod:`feature_platform.offline`) over the builds the registry's views point at: one row per entity row, in
+  input order, nulls where nothing is valid within the view's TTL, contract dtypes (nullable integers and
+  booleans) in ``to_df()``. Feast's file offline store drops rows and widens integers to floats. Everything else
+  (materialization's pulls, logging) is Feast's file store, which this class extends.
+- The **online stores** (Redis and Redis Cluster, SQLite) answer ``get_online_features`` with the platform's
+  read rules: a view's TTL is enforced (``OUTSIDE_MAX_AGE``, value null; Feast 0.67 ignores it, Feast issue
+  6821), an entity never loaded is ``NOT_FOUND`` with a ``None`` event timestamp (Feast's Redis store answers
+  ``PRESENT`` with nulls at 1970). On Redis the reads are the platform's: one
+  pipelined HMGET per entity key, whatever the number of views sharing its hash.
+- The **provider** makes ``feast materialize`` and ``feast materialize-incremental`` run the platform's
+  materialization of each view: the served build's newest row per entity, departed entities deleted, the load
+  recorded, exactly what ``featurectl materialize`` writes. Feast's time window is not used to select rows: a
+  window would leave departed entities and rows of older builds online.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
 from feast.infra.offline_stores.dask import DaskOfflineStore, DaskOfflineStoreConfig
 from feast.infra.offline_stores.offline_store import RetrievalJob
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
+from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig
+from feast.infra.passthrough_provider import PassthroughProvider
 
 from feature_platform.offline import JoinPart, point_in_time_join_many
 
@@ -27,9 +45,13 @@ FEAST_DTYPES = {"Int32": "int32", "Int64": "int64", "Float32": "float32", "Float
 
 
 class PlatformOfflineStoreConfig(DaskOfflineStoreConfig):
-    """Feast's offline store config for the platform (the file store's, by another type name)."""
+    """Feast's offline store config for the platform (the file store's, by another type name), with the platform
+    environment the generated file belongs to, so plain ``feast`` commands act on that environment."""
 
     type: Literal["feature_platform.feast_plugins.PlatformOfflineStore"] = OFFLINE_STORE  # type: ignore[assignment]
+    platform_environment: str | None = None
+    platform_contracts: str | None = None
+    platform_home: str | None = None
 
 
 class PlatformRetrievalJob(RetrievalJob):
@@ -131,3 +153,196 @@ class PlatformOfflineStore(DaskOfflineStore):
             return point_in_time_join_many(frame, parts, filesystem)
 
         return PlatformRetrievalJob(compute, full_feature_names)
+
+
+# ---------------------------------------------------------------------------------------------- online stores
+
+ONLINE_STORES = {"redis": "feature_platform.feast_plugins.PlatformRedisOnlineStore",
+                 "sqlite": "feature_platform.feast_plugins.PlatformSqliteOnlineStore"}
+PROVIDER = "feature_platform.feast_plugins.PlatformProvider"
+
+# Feast's FieldStatus numbers (serving.proto).
+_PRESENT, _NOT_FOUND, _OUTSIDE_MAX_AGE = 1, 3, 4
+
+_enforce_ttl: contextvars.ContextVar[bool] = contextvars.ContextVar("feature_platform_enforce_ttl", default=True)
+
+
+@contextlib.contextmanager
+def ttl_not_enforced() -> Iterator[None]:
+    """Reads that must see stored rows whatever their age (``verify`` compares the store with the build)."""
+    token = _enforce_ttl.set(False)
+    try:
+        yield
+    finally:
+        _enforce_ttl.reset(token)
+
+
+def _platform_statuses(response: Any, grouped_refs: list[Any], first: int) -> None:
+    """Apply the platform's rules to the feature vectors Feast appended from index ``first`` (one per requested
+    feature, view after view): rows older than the view's TTL are ``OUTSIDE_MAX_AGE`` with a null value (their
+    event timestamp is kept, as the platform's server does). A stored null in a found row stays ``PRESENT``, as
+    Feast and the platform's server answer it."""
+    now = time.time()
+    enforce = _enforce_ttl.get()
+    index = first
+    for table, requested in grouped_refs:
+        ttl = table.ttl.total_seconds() if table.ttl else 0.0
+        for vector in response.results[index:index + len(requested)]:
+            for i, status in enumerate(vector.statuses):
+                if status != _PRESENT:
+                    continue
+                stamp = vector.event_timestamps[i]
+                if enforce and ttl > 0 and now - (stamp.seconds + stamp.nanos / 1e9) > ttl:
+                    vector.values[i].Clear()
+                    vector.statuses[i] = _OUTSIDE_MAX_AGE
+        index += len(requested)
+
+
+def _platform_response(response: Any) -> Any:
+    from feast.online_response import OnlineResponse
+
+    class PlatformOnlineResponse(OnlineResponse):
+        """``to_dict``/``to_df``/``to_arrow`` with a ``None`` event timestamp where nothing was found (Feast's
+        gives 0, read as 1970-01-01)."""
+
+        def to_dict(self, include_event_timestamps: bool = False) -> dict[str, Any]:
+            out = super().to_dict(include_event_timestamps)
+            if include_event_timestamps:
+                for name, vector in zip(self.proto.metadata.feature_names.val, self.proto.results, strict=True):
+                    stamps = out.get(name + "__ts")
+                    if stamps is not None:
+                        out[name + "__ts"] = [None if status == _NOT_FOUND else stamp
+                                              for stamp, status in zip(stamps, vector.statuses, strict=True)]
+            return out
+
+    return PlatformOnlineResponse(response.proto, feature_types=getattr(response, "_feature_types", None))
+
+
+class _PlatformReads:
+    """Mixed into Feast's online stores: the platform's read rules on Feast's own read path."""
+
+    def get_online_features(self, *args: Any, **kwargs: Any) -> Any:
+        return _platform_response(super().get_online_features(*args, **kwargs))  # type: ignore[misc]
+
+    async def get_online_features_async(self, *args: Any, **kwargs: Any) -> Any:
+        # Feast's async path (``feast serve`` on Redis) reads through the same rules, off the event loop.
+        import asyncio
+
+        return await asyncio.to_thread(self.get_online_features, *args, **kwargs)
+
+    def _read_features_per_fv(self, config: Any, grouped_refs: list[Any], join_key_values: Any,
+                              entity_name_to_join_key_map: Any, response: Any, full_feature_names: bool,
+                              include_feature_view_version_metadata: bool) -> None:
+        first = len(response.results)
+        self._read_views(config, grouped_refs, join_key_values, entity_name_to_join_key_map, response,
+                         full_feature_names, include_feature_view_version_metadata)
+        _platform_statuses(response, grouped_refs, first)
+
+    def _read_views(self, *args: Any) -> None:
+        super()._read_features_per_fv(*args)  # type: ignore[misc]
+
+
+def _redis_row(reply: list[Any], features: list[str]) -> tuple[datetime | None, dict[str, Any] | None]:
+    """One HMGET reply (the features' fields, then ``_ts:view``) as Feast's ``online_read`` row; an entity
+    without the view's timestamp was never loaded (or left the served build): not found."""
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+    from feature_platform.online.layout import decode_timestamp_micros
+
+    micros = decode_timestamp_micros(reply[-1])
+    if micros is None:
+        return None, None
+    values = {}
+    for name, raw in zip(features, reply, strict=False):
+        value = ValueProto()
+        if raw:
+            value.ParseFromString(raw)
+        values[name] = value
+    return datetime.fromtimestamp(micros / 1_000_000, tz=UTC), values
+
+
+class PlatformRedisOnlineStoreConfig(RedisOnlineStoreConfig):
+    type: Literal["feature_platform.feast_plugins.PlatformRedisOnlineStore"] = ONLINE_STORES["redis"]  # type: ignore[assignment]
+
+
+class PlatformRedisOnlineStore(_PlatformReads, RedisOnlineStore):
+    """Feast's Redis store (its layout and writer) read by the platform's reader: the views of a request that
+    share an entity key are read with one HMGET per key (Feast's layout keeps them in one hash)."""
+
+    def _read_views(self, config: Any, grouped_refs: list[Any], join_key_values: Any,
+                    entity_name_to_join_key_map: Any, response: Any, full_feature_names: bool,
+                    include_feature_view_version_metadata: bool) -> None:
+        from feast import utils
+
+        from feature_platform.online import reader
+        from feature_platform.online.layout import mmh3_field, ts_field
+
+        work = []
+        for table, requested in grouped_refs:
+            entity_values, indexes, output_len = utils._get_unique_entities(
+                table, join_key_values, entity_name_to_join_key_map)
+            keys = self._generate_redis_keys_for_entities(config, utils._get_entity_key_protos(entity_values))
+            features = list(requested) or [f.name for f in table.features]
+            fields = [mmh3_field(table.name, f) for f in features] + [ts_field(table.name)]
+            work.append((table, features, indexes, output_len, reader.Reads(list(range(len(keys))), keys, fields)))
+        replies = reader.fetch_shared(self._get_client(config.online_store), [w[-1] for w in work])
+        for (table, features, indexes, output_len, _), rows in zip(work, replies, strict=True):
+            utils._populate_response_from_feature_data(
+                features, [_redis_row(list(reply), features) for reply in rows], indexes, response,
+                full_feature_names, table, output_len, include_feature_view_version_metadata)
+
+
+class PlatformSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
+    type: Literal["feature_platform.feast_plugins.PlatformSqliteOnlineStore"] = ONLINE_STORES["sqlite"]  # type: ignore[assignment]
+
+
+class PlatformSqliteOnlineStore(_PlatformReads, SqliteOnlineStore):
+    """Feast's SQLite store (``local``) with the platform's read rules."""
+
+
+# ---------------------------------------------------------------------------------------------- provider
+
+_feast_writes: contextvars.ContextVar[bool] = contextvars.ContextVar("feature_platform_feast_writes", default=False)
+
+
+@contextlib.contextmanager
+def feast_writer() -> Iterator[None]:
+    """The platform's own call into Feast's writer (SQLite loads): the provider runs Feast's materialization."""
+    token = _feast_writes.set(True)
+    try:
+        yield
+    finally:
+        _feast_writes.reset(token)
+
+
+def platform_settings(config: Any) -> Any:
+    """The platform settings of the environment a generated ``feature_store.yaml`` belongs to (the process
+    environment supplies secrets and addresses, as Feast's own ``${VAR}`` expansion does)."""
+    from feature_platform.environments import Settings
+
+    offline = config.offline_store
+    return Settings.from_env(env_name=getattr(offline, "platform_environment", None),
+                             contracts_dir=getattr(offline, "platform_contracts", None),
+                             home=getattr(offline, "platform_home", None))
+
+
+class PlatformProvider(PassthroughProvider):
+    """Feast's local provider; ``feast materialize`` and ``materialize-incremental`` run the platform's
+    materialization of each platform view (what ``featurectl materialize`` writes, deletions included)."""
+
+    def materialize_single_feature_view(self, config: Any, feature_view: Any, start_date: datetime,
+                                        end_date: datetime, registry: Any, project: str, tqdm_builder: Any,
+                                        disable_event_timestamp: bool = False) -> None:
+        from feature_platform.feast_bridge import TAG_PREFIX
+
+        tags = getattr(feature_view, "tags", None) or {}
+        if _feast_writes.get() or TAG_PREFIX + "build_id" not in tags:
+            super().materialize_single_feature_view(config, feature_view, start_date, end_date, registry, project,
+                                                    tqdm_builder, disable_event_timestamp)
+            return
+        from feature_platform import feast_bridge
+
+        settings = platform_settings(config)
+        feast_bridge.materialize(settings, settings.environment(), feature_views=[feature_view.name])
+        # The platform recorded the load in the registry; Feast records its own interval next, on a fresh copy.
+        registry.refresh(project)

@@ -321,6 +321,8 @@ class SqliteTarget(OnlineTarget):
 
     def write(self, fs: Any, metadata: dict[str, Any], start: datetime, end: datetime,
               progress: Callable[[int], None]) -> int:
+        from feature_platform.feast_plugins import feast_writer
+
         try:
             # The table may be gone (a deleted or replaced store file): create it as `feast apply` would, so the
             # next materialize refills the store with no manual step.
@@ -331,7 +333,7 @@ class SqliteTarget(OnlineTarget):
             # Feast prints progress: to stderr (stdout is for results), or nowhere when the caller is quiet.
             quiet = not getattr(progress, "enabled", True)
             with contextlib.redirect_stdout(io.StringIO() if quiet else sys.stderr), \
-                    contextlib.redirect_stderr(io.StringIO() if quiet else sys.stderr):
+                    contextlib.redirect_stderr(io.StringIO() if quiet else sys.stderr), feast_writer():
                 self.store.materialize(start_date=start, end_date=end, feature_views=[self.plan.view])
         except Exception as exc:
             raise FeastError(f"materialize of {self.plan.view} failed: {_one_line(exc)}") from exc
