@@ -30,6 +30,7 @@ def child(method: str, contracts: str, home: str, redis_address: str) -> None:
     import contextlib
 
     from feature_platform import feast_bridge
+    from feature_platform.feast_plugins import feast_writer
     from feature_platform.materialization import event_range
 
     settings = Settings.from_env({"FEATURE_PLATFORM_REDIS_ADDRESS": redis_address}, contracts_dir=contracts,
@@ -65,7 +66,9 @@ def child(method: str, contracts: str, home: str, redis_address: str) -> None:
         store = feast_bridge.open_store(settings, env)
         begin, end = event_range(metadata)
         start = time.perf_counter()
-        with feast_bridge.feast_process_environment(settings), contextlib.redirect_stdout(sys.stderr):
+        # Feast's own writer: the generated config's provider would otherwise run the platform's engine.
+        with feast_bridge.feast_process_environment(settings), contextlib.redirect_stdout(sys.stderr), \
+                feast_writer():
             store.materialize(start_date=begin, end_date=end, feature_views=["bench_features_v1"])
         seconds = time.perf_counter() - start
     print(json.dumps({"seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb())}))

@@ -23,9 +23,12 @@ def _dump(client) -> dict[bytes, dict[bytes, bytes]]:
 
 
 def _feast_materialize(settings, view_names: list[str]) -> None:
+    """Feast's own writer (the generated config's provider would run the platform's engine instead)."""
+    from feature_platform.feast_plugins import feast_writer
+
     env = settings.environment()
     store = feast_bridge.open_store(settings, env)
-    with feast_bridge.feast_process_environment(settings), contextlib.redirect_stdout(sys.stderr):
+    with feast_bridge.feast_process_environment(settings), contextlib.redirect_stdout(sys.stderr), feast_writer():
         for name in view_names:
             view = store.get_feature_view(name)
             metadata = feast_bridge.builds.read_metadata(
