@@ -204,8 +204,8 @@ def _postgres_bin(name: str) -> str:
     return str(found)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL on a free port, for the SQL registry. initdb refuses root, so run as `postgres` then
     (in a directory of its own: pytest's temporary directories are private to root)."""
     import psycopg
@@ -227,13 +227,21 @@ def postgres_server() -> Iterator[PostgresServer]:
                "-c", "listen_addresses=127.0.0.1", "-k", str(data), "-c", "fsync=off"]
     server = PostgresServer(port, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
                             command)
-    dsn = f"host=127.0.0.1 port={port} user=feast password=feast dbname=postgres"
-    wait_until(lambda: psycopg.connect(dsn, connect_timeout=2).close() is None, "postgres", timeout=60)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE feast")
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        dsn = f"host=127.0.0.1 port={port} user=feast password=feast dbname=postgres"
+        wait_until(lambda: psycopg.connect(dsn, connect_timeout=2).close() is None, "postgres", timeout=60)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE feast")
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
 
 
 @dataclass

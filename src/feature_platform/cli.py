@@ -226,12 +226,19 @@ def cmd_build(args: argparse.Namespace) -> int:
     from feature_platform import pipeline
 
     settings = _settings(args)
-    result = pipeline.build_and_promote(settings, args.feature_set, version=args.version, run_id=args.run_id,
-                                        progress=_progress(args))
-    if args.json:
-        _print_json(result)
+    if bool(args.all) == bool(args.feature_set) or (args.all and args.version):
+        raise ConfigError("build: give one FEATURE_SET (optionally --version N), or --all")
+    if args.all:
+        # One process for the catalogue: start-up, contracts and the environment are paid once, not per set.
+        results = pipeline.build_all(settings, run_id=args.run_id, progress=_progress(args))
     else:
-        print(f"{args.feature_set} {result['version']}: latest -> build {result['build_id']} "
+        results = [pipeline.build_and_promote(settings, args.feature_set, version=args.version,
+                                              run_id=args.run_id, progress=_progress(args))]
+    if args.json:
+        _print_json(results if args.all else results[0])
+        return 0
+    for result in results:
+        print(f"{result['feature_set']} {result['version']}: latest -> build {result['build_id']} "
               f"({result['row_count']:,} rows{', reused' if result['reused'] else ''})")
     return 0
 
@@ -722,7 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_sample_data)
 
     p = commands.add_parser("build", help="build a feature set into versioned Parquet and promote latest")
-    p.add_argument("feature_set")
+    p.add_argument("feature_set", nargs="?", help="the feature set (or --all)")
+    p.add_argument("--all", action="store_true", help="every live version of every feature set, in one process")
     p.add_argument("--version", type=_version_arg, help="contract version (default: newest)")
     p.add_argument("--run-id", help="the logical run that asked for it (recorded in metadata.json)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -598,8 +598,6 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
     skips a view whose served build is already completely loaded (recorded in ``<version>/online.json``) and
     still present; anything else is a full load. The interval is recorded in the registry as Feast does.
     """
-    from feature_platform import materialization
-
     env = env or settings.environment()
     contracts = settings.contracts()
     selected = [c for c in contracts.live()
@@ -609,45 +607,70 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
     object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
     with feast_process_environment(settings):
         registered = check_registry_matches(store, selected)
-    done = []
-    for contract in selected:
-        # One writer per view, and the registry lease too: the materialized interval is recorded in the
-        # registry, which the file registry rewrites whole.
-        view_lease = object_store.url(f"{builds.version_key(contract)}/materialize.lock")
-        # Shards of one view run in parallel, each under its own lease; the view's lease only to finish.
-        own_lease = view_lease.replace("materialize.lock", f"materialize.shard-{shard.label}.lock") if shard \
-            else view_lease
-        with lease(own_lease, settings.s3_endpoint_url, LOCK_TIMEOUT) as view_held, \
-                feast_process_environment(settings):
-            view = registered[contract.feature_view_name]
-            build_id = view.tags[TAG_PREFIX + "build_id"]
-
-            def record_interval(start: datetime, end: datetime, view: Any = view) -> None:
-                """Feast's own materialize records the interval (for `feast materialize-incremental` and the
-                UI); the registry lease is held only for this write, not for the whole load."""
-                with registry_lock(settings, env) as registry_held:
-                    registry_held.check()
-                    try:
-                        # Read the registry afresh under the lease: the commit is conditional on this version.
-                        store.registry.refresh(store.project)
-                        store.registry.apply_materialization(view, store.project, start, end, commit=True)
-                    except Exception as exc:
-                        raise FeastError(f"recording the materialized interval of {view.name} failed: "
-                                         f"{_one_line(exc)}") from exc
-
-            try:
-                record = materialization.load_view(settings, env, object_store, contract, build_id,
-                                                   incremental=incremental, progress=progress, store=store,
-                                                   view_lease=view_held, record_interval=record_interval,
-                                                   shard=shard, view_lease_for_finish=partial(
-                                                       lease, view_lease, settings.s3_endpoint_url, LOCK_TIMEOUT))
-            except _online_errors() as exc:
-                raise OnlineStoreUnavailable(
-                    f"online store of {env.name} unreachable while materializing {contract.feature_view_name}: "
-                    f"{_one_line(exc)}; check Redis is up and the address/password variables are right, then "
-                    "re-run (it is idempotent)") from exc
-            done.append(record)
+    done: list[dict[str, Any]] = []
+    loaded: list[tuple[Any, datetime, datetime]] = []  # Feast's materialized intervals, recorded together
+    try:
+        for contract in selected:
+            done.append(_materialize_view(settings, env, store, object_store, contract,
+                                          registered[contract.feature_view_name], incremental, progress, shard,
+                                          loaded))
+    finally:
+        # One registry write for every loaded view (not one refresh and commit per view, which grows with the
+        # catalogue squared); views loaded before a failure are recorded too.
+        _record_intervals(settings, env, store, loaded)
     return done
+
+
+def _materialize_view(settings: Settings, env: EnvironmentContract, store: FeatureStore, object_store: ObjectStore,
+                      contract: FeatureSetContract, view: Any, incremental: bool, progress: bool, shard: Any,
+                      loaded: list[tuple[Any, datetime, datetime]]) -> dict[str, Any]:
+    from feature_platform import materialization
+
+    # One writer per view: a lease per view in the object store.
+    view_lease = object_store.url(f"{builds.version_key(contract)}/materialize.lock")
+    # Shards of one view run in parallel, each under its own lease; the view's lease only to finish.
+    own_lease = view_lease.replace("materialize.lock", f"materialize.shard-{shard.label}.lock") if shard \
+        else view_lease
+    with lease(own_lease, settings.s3_endpoint_url, LOCK_TIMEOUT) as view_held, \
+            feast_process_environment(settings):
+        build_id = view.tags[TAG_PREFIX + "build_id"]
+
+        def record_interval(start: datetime, end: datetime) -> None:
+            """Feast's own materialize records the interval (for `feast materialize-incremental` and the UI)."""
+            loaded.append((view, start, end))
+
+        try:
+            return materialization.load_view(settings, env, object_store, contract, build_id,
+                                             incremental=incremental, progress=progress, store=store,
+                                             view_lease=view_held, record_interval=record_interval,
+                                             shard=shard, view_lease_for_finish=partial(
+                                                 lease, view_lease, settings.s3_endpoint_url, LOCK_TIMEOUT))
+        except _online_errors() as exc:
+            raise OnlineStoreUnavailable(
+                f"online store of {env.name} unreachable while materializing {contract.feature_view_name}: "
+                f"{_one_line(exc)}; check Redis is up and the address/password variables are right, then "
+                "re-run (it is idempotent)") from exc
+
+
+def _record_intervals(settings: Settings, env: EnvironmentContract, store: FeatureStore,
+                      loaded: list[tuple[Any, datetime, datetime]]) -> None:
+    """Record the loaded views' intervals in Feast's registry under the registry lease, held only for this write:
+    the file registry is read afresh (its commit is conditional on the version read) and written once; the SQL
+    registry writes each view's row."""
+    if not loaded:
+        return
+    with registry_lock(settings, env) as registry_held, feast_process_environment(settings):
+        registry_held.check()
+        try:
+            if not isinstance(env.registry, SqlRegistryConfig):
+                store.registry.refresh(store.project)
+            for view, start, end in loaded:
+                store.registry.apply_materialization(view, store.project, start, end, commit=False)
+            registry_held.check()
+            store.registry.commit()
+        except Exception as exc:
+            names = ", ".join(view.name for view, _, _ in loaded)
+            raise FeastError(f"recording the materialized intervals of {names} failed: {_one_line(exc)}") from exc
 
 
 # ----------------------------------------------------------------------------------------------------- reads
