@@ -91,6 +91,31 @@ def test_unknown_feature_set_is_a_clear_error(capsys, local_settings) -> None:
     assert code == 2 and "no feature set named 'nope'; known: customer_profile, customer_spend" in err
 
 
+def test_build_all_builds_the_catalogue_in_one_process(capsys, local_settings) -> None:
+    """`build --all` builds and promotes every live version (one process for the catalogue); the same as one
+    `build` per set, and a second run reuses every build. A set name beside --all is a usage error."""
+    from feature_platform import pipeline
+    from tests.helpers import seed_raw
+
+    seed_raw(local_settings)
+    where = ["--contracts", str(local_settings.contracts_dir), "--home", str(local_settings.home), "--env", "local"]
+    code, out, err = run(capsys, "build", "--all", "--json", *where)
+    assert code == 0, err
+    built = json.loads(out)
+    live = [(c.name, c.version_label) for c in local_settings.contracts().live()]
+    assert [(b["feature_set"], b["version"]) for b in built] == live and not any(b["reused"] for b in built)
+    for b in built:
+        versions, _ = pipeline.versions(local_settings, b["feature_set"])
+        assert any(v["build_id"] == b["build_id"] and v["complete"] for v in versions)
+    newest = max((b for b in built if b["feature_set"] == "customer_spend"), key=lambda b: int(b["version"][1:]))
+    assert pipeline.versions(local_settings, "customer_spend")[1]["build_id"] == newest["build_id"], built
+    code, out, _ = run(capsys, "build", "--all", "--json", *where)
+    assert code == 0 and all(b["reused"] for b in json.loads(out))
+    code, _, err = run(capsys, "build", "customer_spend", "--all", *where)
+    assert code == 2 and "give one FEATURE_SET" in err
+    assert run(capsys, "build", *where)[0] == 2
+
+
 # ----------------------------------------------------------------------------------------------- environments
 
 
