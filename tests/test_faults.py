@@ -797,15 +797,16 @@ def test_postgresql_killed_mid_apply_leaves_no_registry_change_unaudited(postgre
 
 
 def test_redis_out_of_memory_is_named_as_such(dev_settings) -> None:
-    """A Redis at its maxmemory (noeviction) refuses writes: materialize ends with one line that says so and how
-    to fix it, not the address/password advice of an unreachable store; the load stays pending for a re-run."""
+    """A Redis at its maxmemory (noeviction; 1 kB, below what any Redis uses) refuses writes: materialize ends
+    with one line that says so and how to fix it, not the address/password advice of an unreachable store; the
+    load stays pending for a re-run."""
     import redis
 
     from tests.services import REDIS_PASSWORD, wait_until
 
     port = free_port()
     process = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save",
-                                "", "--appendonly", "no", "--requirepass", REDIS_PASSWORD, "--maxmemory", "1mb",
+                                "", "--appendonly", "no", "--requirepass", REDIS_PASSWORD, "--maxmemory", "1kb",
                                 "--maxmemory-policy", "noeviction"], stdout=subprocess.DEVNULL)
     try:
         wait_until(lambda: redis.Redis(port=port, password=REDIS_PASSWORD).ping(), "a small redis-server")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any
 
 from feature_platform.environments import EnvironmentContract, RedisConfig, Settings
@@ -9,12 +11,32 @@ from feature_platform.errors import ConfigError
 
 SOCKET_TIMEOUT_SECONDS = 5.0
 
+# One client (and connection pool) per store and process: a catalogue's views share it, so materializing or
+# verifying fifty views opens one pool (a cluster client also discovers the slots once), not fifty.
+_clients: dict[tuple[Any, ...], Any] = {}
+_clients_lock = threading.Lock()
+
 
 def connect(settings: Settings, env: EnvironmentContract, socket_timeout: float = SOCKET_TIMEOUT_SECONDS) -> Any:
-    """A redis-py client for the environment's online store (binary replies, no decoding)."""
+    """A redis-py client for the environment's online store (binary replies, no decoding), shared in-process."""
+    online = env.online_store
+    if not isinstance(online, RedisConfig):
+        raise ConfigError(f"environment {env.name} has no Redis online store")
+    address = settings.require(online.address_env, "the Redis address host:port of the online store")
+    password = settings.require(online.password_env, "the Redis password") if online.password_env else None
+    key = (address, online.db, password, online.cluster, socket_timeout, os.getpid())
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = _new_client(settings, env, socket_timeout)
+        return client
+
+
+def _new_client(settings: Settings, env: EnvironmentContract, socket_timeout: float) -> Any:
     import redis
 
     online = env.online_store
+    assert isinstance(online, RedisConfig)
     if not isinstance(online, RedisConfig):
         raise ConfigError(f"environment {env.name} has no Redis online store")
     address = settings.require(online.address_env, "the Redis address host:port of the online store")
