@@ -66,6 +66,26 @@ def test_readme_main_command_ends_with_a_passing_proof(tmp_path) -> None:
     assert (tmp_path / "home" / "local" / "proof.md").exists()
 
 
+def test_demo_parses_the_contracts_and_environments_once(local_settings, capsys) -> None:
+    """One `featurectl demo` (sample data, build, apply, materialize, verify, proof) parses the contracts once and
+    the environments once: every layer gets them from the process's one parse."""
+    from feature_platform import contracts
+    from feature_platform.cli import main
+
+    contracts._parsed.clear()
+    contracts.parse_counts.clear()
+    code = main(["demo", "--scale", "0.05", "--json", "--contracts", str(local_settings.contracts_dir),
+                 "--home", str(local_settings.home), "--env", "local"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    assert dict(contracts.parse_counts) == {"contracts": 1, "environments": 1}
+    # A changed file is parsed again (an edit, a Git pull, a ConfigMap swap), once.
+    path = local_settings.contracts_dir / "feature_sets" / "customer_profile" / "v1.yaml"
+    path.write_text(path.read_text() + "\n# touched\n")
+    local_settings.contracts()
+    local_settings.contracts()
+    assert contracts.parse_counts["contracts"] == 2
+
+
 def test_missing_s3fs_is_named_then_recovers(dev_settings, monkeypatch) -> None:
     """A runtime without s3fs (in no Feast extra) fails with the install hint, not a deep ImportError."""
     seed_raw(dev_settings)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -691,6 +692,35 @@ class ContractSet:
 
 def _is_feature_set_file(relative: str) -> bool:
     return relative.startswith("feature_sets/") or relative.startswith("feature_sets.")
+
+
+# How many times each kind of catalogue was parsed in this process (a test keeps it at one per command).
+parse_counts: Counter[str] = Counter()
+_parsed: dict[tuple[str, str], tuple[tuple[Any, ...], Any]] = {}
+
+
+def files_fingerprint(root: Path) -> tuple[Any, ...]:
+    """What the catalogue under ``root`` is made of: each YAML file's path, inode, size and mtime (a Git checkout
+    or a ConfigMap swap changes at least one of them)."""
+    out = []
+    for path, relative in iter_contract_files(root):
+        stat = path.stat()
+        out.append((relative, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(out)
+
+
+def parsed_once(kind: str, root: Path, load: Callable[[Path], T]) -> T:
+    """``load(root)``, parsed once per process while the files stay the same: the edges (a CLI command, a DAG
+    task, the server, the Feast plugins) ask for the catalogue many times. The result is shared: do not mutate."""
+    key = (kind, str(Path(root).absolute()))
+    fingerprint = files_fingerprint(root) if Path(root).is_dir() else ()
+    hit = _parsed.get(key)
+    if hit is not None and hit[0] == fingerprint:
+        return hit[1]  # type: ignore[no-any-return]
+    value = load(root)
+    parse_counts[kind] += 1
+    _parsed[key] = (fingerprint, value)
+    return value
 
 
 def load_contracts(root: Path | str) -> ContractSet:

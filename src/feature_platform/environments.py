@@ -26,6 +26,7 @@ from feature_platform.contracts import (
     iter_contract_files,
     load_contracts,
     load_each,
+    parsed_once,
     read_yaml,
     service_lock_problems,
     validate_model,
@@ -333,10 +334,16 @@ class Settings:
         return value
 
     def contracts(self) -> ContractSet:
-        return load_contracts(self.contracts_dir)
+        """The contracts, parsed once per process while their files are unchanged (shared: do not mutate)."""
+        return parsed_once("contracts", self.contracts_dir, load_contracts)
 
     def environment(self, name: str | None = None) -> EnvironmentContract:
-        return load_environment(self.contracts_dir, name or self.env_name)
+        environments = parsed_once("environments", self.contracts_dir, load_environments)
+        wanted = name or self.env_name
+        if wanted not in environments:
+            known = ", ".join(sorted(environments)) or "none"
+            raise ConfigError(f"no environment named {wanted!r} in {self.contracts_dir}; known: {known}")
+        return environments[wanted]
 
     def writable_contracts(self, env: EnvironmentContract, selected: list[FeatureSetContract] | None = None
                            ) -> ContractSet:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from feature_platform import build as builds
-from feature_platform.contracts import check_lock, iter_contract_files, load_contracts, read_lock
+from feature_platform.contracts import check_lock, iter_contract_files, read_lock
 from feature_platform.environments import EnvironmentContract, FileRegistryConfig, Settings
 from feature_platform.errors import PlatformError
 
@@ -63,7 +63,7 @@ class Report:
 def check_contracts(settings: Settings, _env: EnvironmentContract) -> tuple[str, list[str]]:
     """Contracts readable where the platform expects them, identical to Git (contracts.lock), not stale."""
     root = settings.contracts_dir
-    contracts = load_contracts(root)
+    contracts = settings.contracts()
     evidence = [f"{len(contracts.all())} contract versions read from {root}"]
     problems = check_lock(root, contracts) if read_lock(root) else ["no contracts.lock next to the contracts"]
     if (root / "..data").exists():  # a Kubernetes ConfigMap volume
