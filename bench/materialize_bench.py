@@ -30,7 +30,7 @@ def child(method: str, contracts: str, home: str, redis_address: str) -> None:
     import contextlib
 
     from feature_platform import feast_bridge
-    from feature_platform.feast_plugins import feast_writer
+    from feature_platform.feast_modes import feast_writer
     from feature_platform.materialization import event_range
 
     settings = Settings.from_env({"FEATURE_PLATFORM_REDIS_ADDRESS": redis_address}, contracts_dir=contracts,

@@ -24,7 +24,7 @@ def _dump(client) -> dict[bytes, dict[bytes, bytes]]:
 
 def _feast_materialize(settings, view_names: list[str]) -> None:
     """Feast's own writer (the generated config's provider would run the platform's engine instead)."""
-    from feature_platform.feast_plugins import feast_writer
+    from feature_platform.feast_modes import feast_writer
 
     env = settings.environment()
     store = feast_bridge.open_store(settings, env)

@@ -73,11 +73,10 @@ def _table(metadata: Any) -> Any:
 def record(settings: Settings, env: EnvironmentContract, action: str, feature_sets: list[str],
            changes: list[dict[str, Any]], **detail: Any) -> dict[str, Any]:
     """Append one entry; returns it."""
-    from feature_platform.pipeline import contracts_commit
 
     now = datetime.now(UTC)
     entry = {"id": uuid.uuid4().hex, "at": now.isoformat(), "environment": env.name, "action": action,
-             "actor": actor(settings), "contracts_commit": contracts_commit(settings) or "unknown",
+             "actor": actor(settings), "contracts_commit": settings.git_commit() or "unknown",
              "feature_sets": sorted(set(feature_sets)), "changes": changes, **detail}
     if isinstance(env.registry, FileRegistryConfig):
         stamp = now.strftime("%Y%m%dT%H%M%S.%fZ")

@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -32,6 +32,9 @@ from feature_platform.contracts import (
     validate_model,
 )
 from feature_platform.errors import CompatibilityError, ConfigError, ContractError, ContractErrors
+
+if TYPE_CHECKING:
+    from feature_platform.store import ObjectStore
 
 ENV_VAR_PATTERN = r"^[A-Z][A-Z0-9_]*$"
 EnvVarName = Annotated[str, Field(pattern=ENV_VAR_PATTERN, description="name of an environment variable")]
@@ -370,3 +373,32 @@ class Settings:
             return uri
         path = Path(uri)
         return str(path if path.is_absolute() else self.env_home(env) / path)
+
+    def object_store(self, env: EnvironmentContract) -> ObjectStore:
+        """Where the environment's builds, pointers and records live."""
+        from feature_platform.store import ObjectStore
+
+        return ObjectStore(self.resolve_uri(env, env.object_store.uri), self.s3_endpoint_url)
+
+    def raw_store(self, env: EnvironmentContract) -> ObjectStore:
+        """Where the environment's raw tables are read from."""
+        from feature_platform.store import ObjectStore
+
+        return ObjectStore(self.resolve_uri(env, env.raw_data.uri), self.s3_endpoint_url)
+
+    def git_commit(self) -> str | None:
+        """The Git commit the contracts came from: set by the deployment, else asked of git, else unknown."""
+        if self.contracts_commit:
+            return self.contracts_commit
+        import subprocess
+
+        try:
+            out = subprocess.run(["git", "-C", str(self.contracts_dir), "rev-parse", "HEAD"],
+                                 capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(self.contracts_dir), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")

@@ -255,7 +255,7 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
     from feast import FeatureService
 
     contracts = contracts or settings.contracts()
-    store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
+    store = settings.object_store(env)
     entities: dict[str, Any] = {}
     views: dict[str, Any] = {}
     missing = []
@@ -604,7 +604,7 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
                 if c.online and (not feature_views or c.feature_view_name in feature_views)]
     settings.writable_contracts(env, selected)
     store = open_store(settings, env)
-    object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
+    object_store = settings.object_store(env)
     with feast_process_environment(settings):
         registered = check_registry_matches(store, selected)
     done: list[dict[str, Any]] = []
@@ -691,7 +691,7 @@ def _feast_view_read(store: FeatureStore, plan: Any, values: list[Any], enforce_
     NOT_FOUND entities get a null timestamp, and the TTL is enforced."""
     from feast.type_map import feast_value_type_to_python_type
 
-    from feature_platform.feast_plugins import ttl_not_enforced
+    from feature_platform.feast_modes import ttl_not_enforced
     from feature_platform.online import reader
 
     refs = [f"{plan.view}:{f.name}" for f in plan.features]
@@ -931,7 +931,7 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
     env = env or settings.environment()
     contracts = settings.contracts()
     store = open_store(settings, env)
-    object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
+    object_store = settings.object_store(env)
     now = now or datetime.now(UTC)
     results = []
     selected = [c for c in contracts.live()
@@ -1008,7 +1008,7 @@ def historical(settings: Settings, entity_df: Any, feature_set: str, version: in
     contract = contracts.get(feature_set, version)
     caller = caller or governance.caller_from_cli(settings, env)
     governance.check_offline_read(settings, env, contract, caller, action="historical")
-    object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
+    object_store = settings.object_store(env)
     if build_id is None:
         store = open_store(settings, env)
         with feast_process_environment(settings):
@@ -1090,7 +1090,7 @@ def historical_service(settings: Settings, entity_df: Any, service: str, version
         pins.update({c.feature_view_name: registered[c.feature_view_name].tags[TAG_PREFIX + "build_id"]
                      for c in unpinned})
     output = service_columns(resolved, full_feature_names)
-    object_store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
+    object_store = settings.object_store(env)
     parts, used = [], []
     for (contract, names), columns in zip(resolved, output, strict=True):
         metadata = builds.read_metadata(object_store, contract, pins[contract.feature_view_name])

@@ -20,10 +20,7 @@ Feast loads stores and providers by class path; the generated ``feature_store.ya
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -35,6 +32,7 @@ from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreCo
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig
 from feast.infra.passthrough_provider import PassthroughProvider
 
+from feature_platform import feast_modes
 from feature_platform.offline import JoinPart, point_in_time_join_many
 
 OFFLINE_STORE = "feature_platform.feast_plugins.PlatformOfflineStore"
@@ -164,26 +162,13 @@ PROVIDER = "feature_platform.feast_plugins.PlatformProvider"
 # Feast's FieldStatus numbers (serving.proto).
 _PRESENT, _NOT_FOUND, _OUTSIDE_MAX_AGE = 1, 3, 4
 
-_enforce_ttl: contextvars.ContextVar[bool] = contextvars.ContextVar("feature_platform_enforce_ttl", default=True)
-
-
-@contextlib.contextmanager
-def ttl_not_enforced() -> Iterator[None]:
-    """Reads that must see stored rows whatever their age (``verify`` compares the store with the build)."""
-    token = _enforce_ttl.set(False)
-    try:
-        yield
-    finally:
-        _enforce_ttl.reset(token)
-
-
 def _platform_statuses(response: Any, grouped_refs: list[Any], first: int) -> None:
     """Apply the platform's rules to the feature vectors Feast appended from index ``first`` (one per requested
     feature, view after view): rows older than the view's TTL are ``OUTSIDE_MAX_AGE`` with a null value (their
     event timestamp is kept, as the platform's server does). A stored null in a found row stays ``PRESENT``, as
     Feast and the platform's server answer it."""
     now = time.time()
-    enforce = _enforce_ttl.get()
+    enforce = feast_modes.ttl_enforced()
     index = first
     for table, requested in grouped_refs:
         ttl = table.ttl.total_seconds() if table.ttl else 0.0
@@ -302,19 +287,6 @@ class PlatformSqliteOnlineStore(_PlatformReads, SqliteOnlineStore):
 
 # ---------------------------------------------------------------------------------------------- provider
 
-_feast_writes: contextvars.ContextVar[bool] = contextvars.ContextVar("feature_platform_feast_writes", default=False)
-
-
-@contextlib.contextmanager
-def feast_writer() -> Iterator[None]:
-    """The platform's own call into Feast's writer (SQLite loads): the provider runs Feast's materialization."""
-    token = _feast_writes.set(True)
-    try:
-        yield
-    finally:
-        _feast_writes.reset(token)
-
-
 def platform_settings(config: Any) -> Any:
     """The platform settings of the environment a generated ``feature_store.yaml`` belongs to (the process
     environment supplies secrets and addresses, as Feast's own ``${VAR}`` expansion does)."""
@@ -336,7 +308,7 @@ class PlatformProvider(PassthroughProvider):
         from feature_platform.feast_bridge import TAG_PREFIX
 
         tags = getattr(feature_view, "tags", None) or {}
-        if _feast_writes.get() or TAG_PREFIX + "build_id" not in tags:
+        if feast_modes.feast_writes() or TAG_PREFIX + "build_id" not in tags:
             super().materialize_single_feature_view(config, feature_view, start_date, end_date, registry, project,
                                                     tqdm_builder, disable_event_timestamp)
             return

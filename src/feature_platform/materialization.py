@@ -321,7 +321,7 @@ class SqliteTarget(OnlineTarget):
 
     def write(self, fs: Any, metadata: dict[str, Any], start: datetime, end: datetime,
               progress: Callable[[int], None]) -> int:
-        from feature_platform.feast_plugins import feast_writer
+        from feature_platform.feast_modes import feast_writer
 
         try:
             # The table may be gone (a deleted or replaced store file): create it as `feast apply` would, so the

@@ -269,13 +269,11 @@ def monitor_view(store: ObjectStore, env: EnvironmentContract, contract: Feature
 def monitor(settings: Settings, feature_sets: list[str] | None = None, now: datetime | None = None
             ) -> list[ViewReport]:
     """One report per live contract version (of ``feature_sets``, default all)."""
-    from feature_platform.pipeline import object_store
-
     env = settings.environment()
     contracts = settings.contracts()
     for name in feature_sets or []:
         contracts.get(name)  # a clear error for an unknown name
-    store = object_store(settings, env)
+    store = settings.object_store(env)
     now = now or datetime.now(UTC)
     reports = []
     for name in feature_sets or contracts.names():

@@ -7,7 +7,6 @@ Steps pass references (feature set, version, build id), never data.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,27 +27,11 @@ def _quiet(_msg: str) -> None:
 
 
 def object_store(settings: Settings, env: EnvironmentContract) -> ObjectStore:
-    return ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
+    return settings.object_store(env)
 
 
 def raw_store(settings: Settings, env: EnvironmentContract) -> ObjectStore:
-    return ObjectStore(settings.resolve_uri(env, env.raw_data.uri), settings.s3_endpoint_url)
-
-
-def contracts_commit(settings: Settings) -> str | None:
-    """The Git commit the contracts came from: set by the deployment, else asked of git, else unknown."""
-    if settings.contracts_commit:
-        return settings.contracts_commit
-    try:
-        out = subprocess.run(["git", "-C", str(settings.contracts_dir), "rev-parse", "HEAD"],
-                             capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(["git", "-C", str(settings.contracts_dir), "status", "--porcelain", "--", "."],
-                           capture_output=True, text=True, timeout=10, check=False).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
+    return settings.raw_store(env)
 
 
 def generate_sample_data(settings: Settings, spec: SampleSpec) -> dict[str, int]:
@@ -64,7 +47,7 @@ def build(settings: Settings, feature_set: str, version: int | None = None, run_
     settings.writable_contracts(env, [contract])
     result = builds.build_version(
         contract, object_store(settings, env), raw_store(settings, env), environment=env.name,
-        contracts_commit=contracts_commit(settings), run_id=run_id, progress=progress,
+        contracts_commit=settings.git_commit(), run_id=run_id, progress=progress,
         future_tolerance=future_tolerance(env))
     return contract, result
 
@@ -318,7 +301,7 @@ def step_write_version(settings: Settings, feature_set: str, version: int, stage
     env = settings.environment()
     contract = settings.contracts().get(feature_set, version)
     metadata = builds.finalize_build(contract, object_store(settings, env), raw_store(settings, env), staged,
-                                     stats, environment=env.name, contracts_commit=contracts_commit(settings),
+                                     stats, environment=env.name, contracts_commit=settings.git_commit(),
                                      run_id=run_id)
     return {"build_id": metadata["build_id"], "row_count": metadata["row_count"],
             "schema_hash": metadata["schema_hash"]}

@@ -73,9 +73,8 @@ def check_contracts(settings: Settings, _env: EnvironmentContract) -> tuple[str,
                                 "and will never update; mount the ConfigMap as a directory")
     if problems:
         return FAIL, evidence + problems
-    from feature_platform.pipeline import contracts_commit
 
-    commit = contracts_commit(settings) or "commit unknown"
+    commit = settings.git_commit() or "commit unknown"
     return PASS, [*evidence, f"every schema_hash matches contracts.lock ({commit})"]
 
 
