@@ -116,6 +116,87 @@ def test_build_all_builds_the_catalogue_in_one_process(capsys, local_settings) -
     assert run(capsys, "build", *where)[0] == 2
 
 
+def test_exit_codes_are_distinct_and_documented() -> None:
+    """README's table of exit codes is the code's (errors.EXIT_CODES), and each error class has its own."""
+    import re
+
+    from feature_platform import errors
+
+    table = dict(re.findall(r"^\| (\d) \| (.+?) \|$", (REPO / "README.md").read_text(), re.M))
+    assert {int(k): v for k, v in table.items()} == errors.EXIT_CODES
+    assert {errors.ContractError.exit_code, errors.CompatibilityError.exit_code, errors.AccessDenied.exit_code,
+            errors.AddressInUse.exit_code, errors.PlatformError.exit_code} == {1, 2, 3, 4, 5}
+
+
+def test_serve_names_a_taken_port_with_its_own_exit_code_and_logs_its_start(local_settings) -> None:
+    """A busy port exits 5 with one line (not 3, the code of incompatible contracts); a start says where it
+    listens and which store it serves."""
+    import os
+    import socket
+
+    from tests.services import free_port
+
+    env = {**os.environ, "FEATURE_PLATFORM_CONTRACTS": str(local_settings.contracts_dir),
+           "FEATURE_PLATFORM_HOME": str(local_settings.home), "FEATURE_PLATFORM_ENV": "local"}
+    featurectl = str(Path(sys.executable).parent / "featurectl")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([featurectl, "serve", "--port", str(port)], env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 5 and f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr[-2000:]
+    port = free_port()
+    process = subprocess.Popen([featurectl, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stderr.readline()
+        assert f"listening on http://127.0.0.1:{port}" in first and "environment local" in first, first
+        assert "online store SQLite" in first
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_init_scaffolds_contracts_that_validate_and_build(capsys, local_settings) -> None:
+    """`init NAME` writes a feature set contract that validates as written and builds from a table of the shape
+    its SQL names; `init --feature-service` one over the newest versions of the sets named. Neither overwrites,
+    and a bad name writes nothing."""
+    from datetime import timedelta
+
+    import pyarrow as pa
+
+    from feature_platform import pipeline
+    from tests.helpers import replace_raw
+
+    where = ["--contracts", str(local_settings.contracts_dir)]
+    code, out, err = run(capsys, "init", "merchant_stats", "--entity", "merchant", "--join-key", "merchant_id",
+                         "--key-dtype", "string", "--json", *where)
+    assert code == 0, err
+    path = Path(json.loads(out)["path"])
+    assert path == local_settings.contracts_dir / "feature_sets" / "merchant_stats" / "v1.yaml"
+    assert run(capsys, "contracts", "validate", *where)[0] == 0
+    replace_raw(local_settings, "events", pa.table({
+        "merchant_id": ["m1", "m2", "m1"], "amount": [1.5, None, 3.0],
+        "event_timestamp": pa.array([AS_OF - timedelta(hours=h) for h in (3, 2, 1)], pa.timestamp("us", "UTC"))}))
+    built = pipeline.build_and_promote(local_settings, "merchant_stats")
+    assert built["row_count"] == 3
+
+    code, out, err = run(capsys, "init", "ranker", "--feature-service", "--feature-set", "customer_spend",
+                         "--feature-set", "merchant_stats", *where)
+    assert code == 0, err
+    service = local_settings.contracts().service("ranker")
+    assert [(e.feature_set, e.version) for e in service.features] == [("customer_spend", 2), ("merchant_stats", 1)]
+
+    before = path.read_text()
+    assert run(capsys, "init", "merchant_stats", *where)[0] == 2 and path.read_text() == before
+    code, _, err = run(capsys, "init", "Bad-Name", *where)
+    assert code == 2 and "lower-case" in err
+    assert not (local_settings.contracts_dir / "feature_sets" / "Bad-Name").exists()
+    code, _, err = run(capsys, "init", "lonely", "--feature-service", "--feature-set", "nope", *where)
+    assert code == 2 and "nope" in err and not (local_settings.contracts_dir / "feature_services" / "lonely").exists()
+
+
 # ----------------------------------------------------------------------------------------------- environments
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from feature_platform import __version__
-from feature_platform.errors import ConfigError, PlatformError, describe_failure
+from feature_platform.errors import AddressInUse, ConfigError, PlatformError, describe_failure
 from feature_platform.store import write_file_atomic, write_files_atomic
 
 Handler = Callable[[argparse.Namespace], int]
@@ -187,18 +187,36 @@ def _promoted_builds(settings: Any, environments: list[Any], contract: Any, expl
     """Per environment, the Parquet of the version's promoted build, read from its latest pointer: local stores
     always, S3 only for the environment named with --env (whose credentials the caller has set)."""
     from feature_platform import build
-    from feature_platform.store import ObjectStore
 
     found = {}
     for env in environments:
         if env.is_s3 and not explicit:
             continue
         try:
-            store = ObjectStore(settings.resolve_uri(env, env.object_store.uri), settings.s3_endpoint_url)
+            store = settings.object_store(env)
             found[env.name] = str(build.read_pointer(store, contract.name, contract.version_label)["data"])
         except Exception:  # best effort: not built there yet, or unreachable; the entry names every build
             continue
     return found
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from feature_platform import scaffold
+
+    root = _settings(args).contracts_dir
+    if args.feature_service:
+        path = scaffold.init_feature_service(root, args.name, args.feature_sets, args.owner)
+    else:
+        if args.feature_sets:
+            raise ConfigError("--feature-set names what a feature service reads: add --feature-service")
+        path = scaffold.init_feature_set(root, args.name, args.entity, args.join_key, args.key_dtype, args.table,
+                                         args.owner)
+    if args.json:
+        _print_json({"path": str(path), "kind": "FeatureService" if args.feature_service else "FeatureSet"})
+    else:
+        print(f"wrote {path}: it validates; edit it, then `featurectl contracts check` and `featurectl contracts "
+              "lock` when it is released")
+    return 0
 
 
 def cmd_contracts_schema(args: argparse.Namespace) -> int:
@@ -544,8 +562,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"uvicorn feature_platform.online.server:create_app --factory --host {args.host} --port {args.port} "
               f"--workers {args.workers}")
         return 0
+    _check_port_free(args.host, args.port)
+    env = settings.environment()
+    online = env.online_store
+    where = (f"Redis{' Cluster' if getattr(online, 'cluster', False) else ''} at ${online.address_env}"
+             if online.type == "redis" else f"SQLite {settings.env_home(env) / online.path}")
+    print(f"featurectl serve: environment {env.name} (Feast project {env.feast_project}), online store {where}; "
+          f"listening on http://{args.host}:{args.port} with {args.workers} worker(s)", file=sys.stderr, flush=True)
     serve(args.host, args.port, args.workers)
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A taken address is its own error (exit 5), not a crash inside uvicorn's workers."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise AddressInUse(f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what holds it or "
+                               "choose another --port") from None
 
 
 def cmd_check_server(args: argparse.Namespace) -> int:
@@ -720,6 +758,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_contracts_export)
     p = sub.add_parser("schema", help="print the JSON Schema of the contract format")
     p.set_defaults(handler=cmd_contracts_schema, json=True)
+
+    p = commands.add_parser("init", help="scaffold a new feature set (or --feature-service) contract that validates")
+    p.add_argument("name", help="the new feature set's (or feature service's) name")
+    p.add_argument("--feature-service", action="store_true", help="scaffold a feature service, not a feature set")
+    p.add_argument("--feature-set", action="append", default=[], dest="feature_sets",
+                   help="(feature service) a feature set it reads, newest version (repeatable)")
+    p.add_argument("--entity", default="customer", help="(feature set) the entity's name (default customer)")
+    p.add_argument("--join-key", default="customer_id", help="(feature set) its join key (default customer_id)")
+    p.add_argument("--key-dtype", default="int64", choices=["int64", "string"], help="(feature set) key type")
+    p.add_argument("--table", default="events", help="(feature set) the raw table it reads (default events)")
+    p.add_argument("--owner", default="team@example.com", help="owner e-mail (default team@example.com)")
+    _add_common(p, env=False)
+    p.set_defaults(handler=cmd_init)
 
     p = commands.add_parser("sample-data", help="write deterministic raw sample data for the example contracts")
     p.add_argument("--scale", type=float, default=1.0, help="1.0 ~ 130k raw rows; 10 ~ 1.3M")

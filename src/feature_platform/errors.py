@@ -106,6 +106,19 @@ class AccessDenied(PlatformError):
         self.status = status  # HTTP: 401 without a valid identity, 403 with one that is not allowed
 
 
+class AddressInUse(PlatformError):
+    """The server's host:port is taken (another server, or a previous one still draining)."""
+
+    exit_code = 5
+
+
+# Exit codes of featurectl, documented in README (a test keeps the two equal).
+EXIT_CODES = {0: "success", 1: "a step failed (build, quality gate, verify, online store, Feast, a lease)",
+              2: "bad input: a contract, an environment, an argument or a file",
+              3: "an incompatible contract change: a released version edited in place",
+              4: "access denied", 5: "the server's address is in use"}
+
+
 def describe_failure(exc: BaseException) -> str:
     """One line for a failure the platform did not raise on purpose: which resource, and what to do."""
     import errno
