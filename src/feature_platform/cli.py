@@ -32,8 +32,12 @@ def _settings(args: argparse.Namespace) -> Any:
                              env_name=getattr(args, "env", None))
 
 
-def _report(problems: list[str], ok_message: str, exit_code: int) -> int:
-    """One line per problem on stderr and ``exit_code``, or the ok message and 0."""
+def _report(problems: list[str], ok_message: str, exit_code: int, as_json: bool = False) -> int:
+    """One line per problem on stderr and ``exit_code``, or the ok message and 0 (``as_json``: the same as
+    ``{"ok", "problems"}`` on stdout, with the same exit code)."""
+    if as_json:
+        _print_json({"ok": not problems, "problems": problems, **({"message": ok_message} if not problems else {})})
+        return exit_code if problems else 0
     for problem in problems:
         print(problem, file=sys.stderr)
     if not problems:
@@ -134,7 +138,8 @@ def cmd_contracts_check(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     problems = check_lock(settings.contracts_dir, settings.contracts())
-    return _report(problems, f"ok: every contract version matches {settings.contracts_dir.name}/contracts.lock", 3)
+    return _report(problems, f"ok: every contract version matches {settings.contracts_dir.name}/contracts.lock", 3,
+                   args.json)
 
 
 def cmd_contracts_lock(args: argparse.Namespace) -> int:
@@ -143,7 +148,10 @@ def cmd_contracts_lock(args: argparse.Namespace) -> int:
     settings = _settings(args)
     lock = write_lock(settings.contracts_dir, settings.contracts())
     count = sum(len(v) for v in lock.values())
-    print(f"locked {count} contract version(s) in {settings.contracts_dir / 'contracts.lock'}")
+    if args.json:
+        _print_json({"lock": str(settings.contracts_dir / "contracts.lock"), "versions": count})
+    else:
+        print(f"locked {count} contract version(s) in {settings.contracts_dir / 'contracts.lock'}")
     return 0
 
 
@@ -175,6 +183,9 @@ def cmd_contracts_export(args: argparse.Namespace) -> int:
             path = out / f"{contract.feature_view_name}.odcs.yaml"
             write_file_atomic(path, yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
             written.append(str(path))
+    if args.json:  # the documents themselves, or where they were written
+        _print_json({"documents": documents} if to_stdout else {"written": written, "problems": problems})
+        return 2 if problems else 0
     if to_stdout:  # one YAML stream, a document per contract version
         print(yaml.safe_dump_all(documents, sort_keys=False, allow_unicode=True), end="")
         return _report(problems, "", 2) if problems else 0
@@ -235,6 +246,9 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
     spec = SampleSpec(seed=args.seed, scale=args.scale, as_of=parse_as_of(args.as_of))
     written = pipeline.generate_sample_data(_settings(args), spec)
+    if args.json:
+        _print_json({"tables": written})
+        return 0
     for table, rows in written.items():
         print(f"{table}: {rows:,} rows")
     return 0
@@ -305,6 +319,9 @@ def cmd_feast_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     env = settings.environment()
     path = write_feature_store_yaml(settings, env)
+    if args.json:
+        _print_json({"path": str(path), "environment": env.name})
+        return 0
     print(path)
     print(f"# plain Feast on this repo: FEATURE_PLATFORM_ENV={env.name} feast -c feature_repo -f {path} apply",
           file=sys.stderr)
@@ -410,6 +427,12 @@ def cmd_historical(args: argparse.Namespace) -> int:
                                        build_id=builds[0] if builds else None, caller=_caller(settings, args))
     if args.out:
         _write_frame(frame, Path(args.out), provenance)
+    if args.json:  # the rows themselves only when no --out takes them
+        _print_json({"rows": len(frame), "out": args.out, "provenance": provenance,
+                     **({} if args.out else {"records": json.loads(frame.to_json(orient="records", date_format="iso",
+                                                                                    date_unit="us"))})})
+        return 0
+    if args.out:
         print(f"wrote {len(frame)} rows to {args.out} (provenance: {args.out}.provenance.json)")
     else:
         print(frame.to_string(index=False))
@@ -444,6 +467,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                                         caller=_caller(settings, args))
     out = Path(args.out)
     _write_frame(frame, out, provenance)
+    if args.json:
+        _print_json({"rows": len(frame), "out": str(out), "provenance": provenance})
+        return 0
     hidden = provenance["pii_masked"] + provenance["pii_dropped"]
     print(f"wrote {len(frame)} rows of {provenance['feature_set']} {provenance['version']} build "
           f"{provenance['build_id']} to {out}" + (f" (PII masked or dropped: {', '.join(hidden)})" if hidden else ""))
@@ -487,7 +513,11 @@ def cmd_token(args: argparse.Namespace) -> int:
     key = token_key(settings, env)
     if key is None:
         raise ConfigError(f"{env.name} has no access.token_key_env: it signs no tokens (access there is by --team)")
-    print(issue_token(key, args.team, env.name, args.subject, args.ttl))
+    token = issue_token(key, args.team, env.name, args.subject, args.ttl)
+    if args.json:
+        _print_json({"token": token, "team": args.team, "environment": env.name})
+    else:
+        print(token)
     return 0
 
 
@@ -543,7 +573,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.engine == "feast":
         command = serve_command(settings, args.host, args.port)
         if args.print_command:
-            print(" ".join(command))
+            _print_json({"command": command}) if args.json else print(" ".join(command))
             return 0
         binary = shutil.which("feast") or str(Path(sys.executable).parent / "feast")
         with feast_process_environment(settings):
@@ -559,15 +589,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.s3_endpoint_url:
         os.environ["FEAST_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
     if args.print_command:
-        print(f"uvicorn feature_platform.online.server:create_app --factory --host {args.host} --port {args.port} "
-              f"--workers {args.workers}")
+        command = (f"uvicorn feature_platform.online.server:create_app --factory --host {args.host} --port "
+                   f"{args.port} --workers {args.workers}")
+        _print_json({"command": command.split()}) if args.json else print(command)
         return 0
     _check_port_free(args.host, args.port)
     env = settings.environment()
     online = env.online_store
     where = (f"Redis{' Cluster' if getattr(online, 'cluster', False) else ''} at ${online.address_env}"
              if online.type == "redis" else f"SQLite {settings.env_home(env) / online.path}")
-    print(f"featurectl serve: environment {env.name} (Feast project {env.feast_project}), online store {where}; "
+    started = {"environment": env.name, "feast_project": env.feast_project, "online_store": where,
+               "url": f"http://{args.host}:{args.port}", "workers": args.workers}
+    # Logs go to stderr; with --json one JSON line, for log collectors.
+    print(json.dumps(started) if args.json else
+          f"featurectl serve: environment {env.name} (Feast project {env.feast_project}), online store {where}; "
           f"listening on http://{args.host}:{args.port} with {args.workers} worker(s)", file=sys.stderr, flush=True)
     serve(args.host, args.port, args.workers)
     return 0
@@ -593,6 +628,9 @@ def cmd_check_server(args: argparse.Namespace) -> int:
     settings = _settings(args)
     problems = check_server(args.url, settings.contracts(),
                             platform_token(settings, settings.environment(), "check-server"))
+    if args.json:
+        _print_json({"ok": not problems, "url": args.url, "problems": problems})
+        return 1 if problems else 0
     for problem in problems:
         print(f"FAIL {problem}", file=sys.stderr)
     if not problems:
@@ -658,7 +696,7 @@ def cmd_lint_dags(args: argparse.Namespace) -> int:
     from feature_platform.dag_factory import lint_dag_folder
 
     problems = lint_dag_folder(Path(args.folder))
-    return _report(problems, f"ok: no parse-time Variable reads or heavy imports in {args.folder}", 1)
+    return _report(problems, f"ok: no parse-time Variable reads or heavy imports in {args.folder}", 1, args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -755,9 +793,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contracts", help="contracts directory (default: $FEATURE_PLATFORM_CONTRACTS or ./contracts)")
     p.add_argument("--home", help="work directory of local stores, whose promoted builds the servers name "
                                   "(default: $FEATURE_PLATFORM_HOME or ./.feature-platform)")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(handler=cmd_contracts_export)
     p = sub.add_parser("schema", help="print the JSON Schema of the contract format")
-    p.set_defaults(handler=cmd_contracts_schema, json=True)
+    p.add_argument("--json", action="store_true", help="(always JSON)")
+    p.set_defaults(handler=cmd_contracts_schema)
 
     p = commands.add_parser("init", help="scaffold a new feature set (or --feature-service) contract that validates")
     p.add_argument("name", help="the new feature set's (or feature service's) name")
@@ -932,6 +972,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("lint-dags", help="flag Airflow Variable reads and heavy imports at DAG parse time")
     p.add_argument("folder", nargs="?", default="dags")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(handler=cmd_lint_dags)
 
     p = commands.add_parser("demo", help="the whole loop on embedded defaults: sample data -> ... -> verify")
@@ -955,16 +996,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PlatformError as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, str(exc), exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # infrastructure failures (disk, S3, Redis, permissions) and bugs alike
         if debug:
             traceback.print_exc()
-        print(f"error: {describe_failure(exc)}", file=sys.stderr)
-        return 1
+        return _fail(args, describe_failure(exc), 1)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """One line on stderr; with --json also ``{"error", "exit_code"}`` on stdout, so a script always parses it."""
+    print(f"error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        _print_json({"error": message, "exit_code": code})
+    return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+"""Every featurectl command answers `--json` with JSON on stdout (and nothing else there), success or failure: a
+walk over the parser's commands, so a new command without JSON fails here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+
+from feature_platform import pipeline
+from feature_platform.cli import build_parser, main
+from tests.conftest import REPO
+from tests.helpers import AS_OF, seed_raw
+
+
+def _commands() -> set[tuple[str, ...]]:
+    parser = build_parser()
+    found = set()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        nested = [a for a in sub._actions if a.__class__.__name__ == "_SubParsersAction"]
+        if nested:
+            found |= {(name, child) for child in nested[0].choices}
+        else:
+            found.add((name,))
+    return found
+
+
+def test_every_command_answers_json(local_settings, tmp_path, capsys) -> None:
+    seed_raw(local_settings)
+    pipeline.run_loop(local_settings)
+    contracts = local_settings.contracts_dir
+    where = ["--contracts", str(contracts), "--home", str(local_settings.home)]
+    env = [*where, "--env", "local"]
+    build_id = pipeline.versions(local_settings, "customer_profile")[1]["build_id"]
+    entities = tmp_path / "entities.csv"
+    pd.DataFrame({"customer_id": [1001, 999999], "event_timestamp": [AS_OF.isoformat()] * 2}).to_csv(entities,
+                                                                                                   index=False)
+    profile = str(contracts / "feature_sets" / "customer_profile" / "v1.yaml")
+    scratch = tmp_path / "scratch-contracts"  # init adds an unbuilt set: not to the loop's contracts
+    shutil.copytree(contracts, scratch)
+    spend = [str(contracts / "feature_sets" / "customer_spend" / f"v{v}.yaml") for v in (1, 2)]
+    walk: dict[tuple[str, ...], list[str]] = {
+        ("contracts", "validate"): where, ("contracts", "hash"): [profile, *where],
+        ("contracts", "diff"): [*spend, *where], ("contracts", "check"): where, ("contracts", "lock"): where,
+        ("contracts", "export"): ["--out", str(tmp_path / "odcs"), *where], ("contracts", "schema"): [],
+        ("init",): ["scaffolded", "--contracts", str(scratch)], ("sample-data",): ["--scale", "0.02", *env],
+        ("build",): ["customer_profile", *env], ("versions",): ["customer_profile", *env],
+        ("rollback",): ["customer_profile", "--to", build_id, *env], ("feast-config",): env, ("apply",): env,
+        ("plan",): env, ("materialize",): ["--quiet", *env], ("online",): ["customer_profile", "1001", *env],
+        ("historical",): ["customer_profile", "--entities", str(entities), *env],
+        ("export",): ["customer_profile", "--out", str(tmp_path / "out.parquet"), *env], ("audit",): env,
+        ("token",): ["--team", "fraud-ml", *env], ("verify",): env, ("monitor",): env,
+        ("serve",): ["--print-command", *env], ("check-server",): ["--url", "http://127.0.0.1:9", *env],
+        ("step",): ["validate_contract", "customer_profile", *env], ("proof",): env, ("gc",): env,
+        ("lint-dags",): [str(REPO / "dags")], ("demo",): ["--scale", "0.02", *env],
+    }
+    assert set(walk) == _commands(), "add the new command to this walk"
+    answers = {}
+    for command, args in walk.items():
+        code = main([*command, *args, "--json"])
+        out, err = capsys.readouterr()
+        assert out.strip(), (command, code, err[-1000:])
+        answers[command] = (code, json.loads(out))  # stdout is one JSON document, whatever the outcome
+    # Failures keep their exit code and say why in the JSON (or on stderr): nothing is hidden by --json.
+    assert answers[("check-server",)][0] == 1 and answers[("check-server",)][1]["problems"]
+    assert answers[("historical",)][1]["rows"] == 2 and len(answers[("historical",)][1]["records"]) == 2
+    assert answers[("online",)][0] == 0 and answers[("plan",)][0] == 0, answers[("plan",)]
+    assert answers[("token",)] == (2, answers[("token",)][1]) and "signs no tokens" in answers[("token",)][1]["error"]
+    assert all(code == 0 for command, (code, _) in answers.items() if command not in {("check-server",),
+                                                                                      ("token",)})
+
+
+def test_an_error_under_json_is_json_too(local_settings, capsys) -> None:
+    """A failure is one line on stderr and its exit code; with --json stdout also carries it as JSON."""
+    code = main(["token", "--team", "fraud-ml", "--json", "--contracts", str(local_settings.contracts_dir),
+                 "--env", "local"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "signs no tokens" in err
+    assert json.loads(out) == {"error": err.strip().removeprefix("error: "), "exit_code": 2}
+    assert main(["token", "--team", "fraud-ml", "--contracts", str(local_settings.contracts_dir), "--env",
+                 "local"]) == 2
+    assert capsys.readouterr().out == ""  # without --json, stdout stays empty on failure
