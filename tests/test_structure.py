@@ -76,3 +76,30 @@ def test_low_layers_do_not_import_the_orchestration() -> None:
            "feature_platform.dag_factory"}
     offenders = {name: sorted(graph[name] & top) for name in graph if name not in top and graph[name] & top}
     assert not offenders, offenders
+
+
+def _instrumented(prelude: str) -> bool:
+    """Whether Feast's Field (decorated with typeguard's @typechecked) was instrumented at import."""
+    import subprocess
+    import sys
+
+    code = prelude + ("\nimport feast.field\n"
+                      "print('TypeCheckMemo' in feast.field.Field.__init__.__code__.co_names)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in __import__("os").environ.items()
+                               if k != "FEATURE_PLATFORM_FEAST_TYPECHECKS"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip() == "True"
+
+
+def test_entry_points_import_feast_without_typeguard_instrumentation() -> None:
+    """The platform's entry points (CLI, server workers, DAG steps) skip typeguard's re-compilation of Feast at
+    import (about half of `import feast`); a plain `import feast` keeps it, and so does the opt-out variable."""
+    assert _instrumented("")
+    assert not _instrumented("from feature_platform.startup import skip_feast_typechecks\nskip_feast_typechecks()")
+    assert _instrumented("import os\nos.environ['FEATURE_PLATFORM_FEAST_TYPECHECKS'] = '1'\n"
+                         "from feature_platform.startup import skip_feast_typechecks\nskip_feast_typechecks()")
+    for module, call in (("feature_platform/cli.py", "skip_feast_typechecks()"),
+                         ("feature_platform/online/server.py", "skip_feast_typechecks()"),
+                         ("feature_platform/dag_factory.py", "skip_feast_typechecks()")):
+        assert call in (SRC.parent / module).read_text(), module

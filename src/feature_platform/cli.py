@@ -986,6 +986,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. No traceback reaches the user unless asked for (``--debug`` anywhere on the command
     line, or FEATURE_PLATFORM_DEBUG=1): every failure is one line naming the resource and what to do."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from feature_platform.startup import skip_feast_typechecks
+
+    skip_feast_typechecks()
     debug = "--debug" in argv or os.environ.get("FEATURE_PLATFORM_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()

@@ -562,6 +562,9 @@ def reader_errors() -> tuple[type[BaseException], ...]:
 def create_app() -> App:
     """The app for the environment named by the process environment (what `featurectl serve` sets); uvicorn
     calls this in each worker."""
+    from feature_platform.startup import skip_feast_typechecks
+
+    skip_feast_typechecks()  # before feast_bridge imports Feast
     from feature_platform import feast_bridge
     from feature_platform.environments import RedisConfig, Settings
     from feature_platform.online.redis_client import connect
