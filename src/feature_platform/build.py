@@ -31,7 +31,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from feature_platform import __version__
-from feature_platform.contracts import FeatureSetContract
+from feature_platform.contracts import Constraints, FeatureSetContract
 from feature_platform.errors import BuildError, PointerMissingError, QualityGateError, StoreError
 from feature_platform.store import ObjectStore
 
@@ -131,7 +131,9 @@ def check_transform(contract: FeatureSetContract) -> list[str]:
     try:
         columns = contract.source.columns
         if not columns:
-            parsed = json.loads(con.execute("SELECT json_serialize_sql(?)", [contract.source.sql]).fetchone()[0])
+            row = con.execute("SELECT json_serialize_sql(?)", [contract.source.sql]).fetchone()
+            assert row is not None  # a scalar SELECT returns one row
+            parsed = json.loads(row[0])
             return [f"does not parse: {parsed.get('error_message', 'syntax error')}"] \
                 if parsed.get("error") else []
         declared = ", ".join(f'"{name}" {DUCKDB_TYPES[dtype]}' for name, dtype in columns.items())
@@ -210,7 +212,7 @@ def quality_gate(con: Any, contract: FeatureSetContract) -> tuple[list[str], dic
     if row_count == 0:
         return [f"the transform returned no rows from source table {contract.source.table}"], {"row_count": 0}
     stats: dict[str, Any] = {"row_count": row_count, "columns": {}}
-    required = [(key, False, None), (ts, False, None)]
+    required: list[tuple[str, bool, Constraints | None]] = [(key, False, None), (ts, False, None)]
     required += [(f.name, f.nullable, f.constraints) for f in contract.features]
     floats = {f.name for f in contract.features if f.dtype in FLOAT_DTYPES}
     for name, nullable, constraints in required:
@@ -262,7 +264,7 @@ class GateStatistics:
         self.contract = contract
         self.floats = {f.name for f in contract.features if f.dtype in FLOAT_DTYPES}
         self.key, self.ts = contract.entity.join_key, contract.timestamp_field
-        self.checks = [(self.key, False, None), (self.ts, False, None)]
+        self.checks: list[tuple[str, bool, Constraints | None]] = [(self.key, False, None), (self.ts, False, None)]
         self.checks += [(f.name, f.nullable, f.constraints) for f in contract.features]
         self.rows = 0
         self.entities = 0

@@ -573,7 +573,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.engine == "feast":
         command = serve_command(settings, args.host, args.port)
         if args.print_command:
-            _print_json({"command": command}) if args.json else print(" ".join(command))
+            if args.json:
+                _print_json({"command": command})
+            else:
+                print(" ".join(command))
             return 0
         binary = shutil.which("feast") or str(Path(sys.executable).parent / "feast")
         with feast_process_environment(settings):
@@ -589,9 +592,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.s3_endpoint_url:
         os.environ["FEAST_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
     if args.print_command:
-        command = (f"uvicorn feature_platform.online.server:create_app --factory --host {args.host} --port "
-                   f"{args.port} --workers {args.workers}")
-        _print_json({"command": command.split()}) if args.json else print(command)
+        line = (f"uvicorn feature_platform.online.server:create_app --factory --host {args.host} --port "
+                f"{args.port} --workers {args.workers}")
+        if args.json:
+            _print_json({"command": line.split()})
+        else:
+            print(line)
         return 0
     _check_port_free(args.host, args.port)
     env = settings.environment()

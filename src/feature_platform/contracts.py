@@ -380,7 +380,7 @@ class FeatureServiceContract(StrictModel):
         return _team_of(self.owner)
 
 
-class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc, valid-type]
+class _UniqueKeyLoader(_SafeLoader):
     """Safe YAML loader that rejects duplicate mapping keys instead of silently keeping the last one."""
 
 
@@ -479,7 +479,7 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        info = current.model_fields.get(part) if isinstance(current, type) else None
+        info = getattr(current, "model_fields", {}).get(part) if isinstance(current, type) else None
         if info is None:
             return []
         annotation = info.annotation
@@ -525,7 +525,7 @@ def validate_model(model: type[M], data: dict[str, Any], file: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = [ContractError(file, _field_path(e["loc"]), _explain(e, model)) for e in exc.errors()]
+        errors = [ContractError(file, _field_path(e["loc"]), _explain(dict(e), model)) for e in exc.errors()]
         raise ContractErrors(errors) from exc
 
 
@@ -716,7 +716,7 @@ def parsed_once(kind: str, root: Path, load: Callable[[Path], T]) -> T:
     fingerprint = files_fingerprint(root) if Path(root).is_dir() else ()
     hit = _parsed.get(key)
     if hit is not None and hit[0] == fingerprint:
-        return hit[1]  # type: ignore[no-any-return]
+        return hit[1]
     value = load(root)
     parse_counts[kind] += 1
     _parsed[key] = (fingerprint, value)
@@ -793,9 +793,9 @@ def _check_service(contracts: ContractSet, service: FeatureServiceContract, file
         where = f"features[{index}]"
         versions = contracts.versions(entry.feature_set)
         if not versions:
-            known = ", ".join(contracts.names()) or "none"
+            names = ", ".join(contracts.names()) or "none"
             errors.append(ContractError(file, f"{where}.feature_set", f"no feature set named "
-                                        f"{entry.feature_set!r}; known: {known}"))
+                                        f"{entry.feature_set!r}; known: {names}"))
             continue
         contract = contracts.feature_sets.get((entry.feature_set, entry.version))
         if contract is None:
@@ -807,12 +807,12 @@ def _check_service(contracts: ContractSet, service: FeatureServiceContract, file
             errors.append(ContractError(file, f"{where}.version", f"{entry.feature_set} v{entry.version} is "
                                         "retired (no longer built or served); use a live version in a new service "
                                         "version, or retire this one"))
-        known = {f.name for f in contract.features}
+        features_known = {f.name for f in contract.features}
         for position, name in enumerate(entry.features or []):
-            if name not in known:
+            if name not in features_known:
                 errors.append(ContractError(file, f"{where}.features[{position}]", f"{entry.feature_set} "
                                             f"v{entry.version} has no feature {name!r}; it has "
-                                            f"{', '.join(sorted(known))}"))
+                                            f"{', '.join(sorted(features_known))}"))
     return errors
 
 

@@ -109,13 +109,18 @@ StepName = Literal["validate_contract", "build", "quality_gate", "write_version"
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$", description="a Kubernetes quantity")]
 
 
+ResourceName = Literal["cpu", "memory", "ephemeral-storage"]
+
+
+def _resources(cpu: str, memory: str) -> dict[ResourceName, str]:
+    return {"cpu": cpu, "memory": memory}
+
+
 class PodResources(StrictModel):
     """Requests and limits of a step's pod (kubernetes mode), e.g. ``{cpu: 500m, memory: 1Gi}``."""
 
-    requests: dict[Literal["cpu", "memory", "ephemeral-storage"], Quantity] = Field(
-        default_factory=lambda: {"cpu": "250m", "memory": "512Mi"})
-    limits: dict[Literal["cpu", "memory", "ephemeral-storage"], Quantity] = Field(
-        default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
+    requests: dict[ResourceName, Quantity] = Field(default_factory=lambda: _resources(cpu="250m", memory="512Mi"))
+    limits: dict[ResourceName, Quantity] = Field(default_factory=lambda: _resources(cpu="1", memory="2Gi"))
 
 
 class StepPolicy(StrictModel):

@@ -713,7 +713,8 @@ def _feast_view_read(store: FeatureStore, plan: Any, values: list[Any], enforce_
         for i, value in enumerate(result.values):
             status = status_names.get(result.statuses[i], "INVALID")
             python = feast_value_type_to_python_type(value) if status == reader.PRESENT else None
-            if stamps[i] is not None and max_age is not None and now - stamps[i] > max_age:
+            stamp = stamps[i]
+            if stamp is not None and max_age is not None and now - stamp > max_age:
                 status, python = reader.OUTSIDE_MAX_AGE, None
             column.append(python)
             statuses.append(status)
@@ -848,7 +849,9 @@ def _close(a: Any, b: Any, dtype: str) -> bool:
     if a is None or b is None:
         return a is None and b is None
     if dtype == "timestamp":
-        return int(_as_utc(a).timestamp()) == int(_as_utc(b).timestamp())  # Feast keeps whole seconds
+        left, right = _as_utc(a), _as_utc(b)
+        assert left is not None and right is not None  # neither is None here
+        return int(left.timestamp()) == int(right.timestamp())  # Feast keeps whole seconds
     if isinstance(a, float) or isinstance(b, float):
         return math.isclose(float(a), float(b), rel_tol=1e-6 if dtype == "float32" else 1e-12, abs_tol=1e-9)
     return bool(a == b)
@@ -955,8 +958,8 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
                                           f"{feature.name}: online {got[feature.name]!r} != offline "
                                           f"{want[feature.name]!r}")
             missing = sum(1 for row in online if row["status"] == "NOT_FOUND")
-            newest_online = max((_as_utc(r["event_timestamp"]) for r in online if r["event_timestamp"]),
-                                default=None)
+            stamps = [s for r in online if (s := _as_utc(r["event_timestamp"])) is not None]
+            newest_online = max(stamps, default=None)
             age = (now - newest_online).total_seconds() if newest_online else None
             fresh = age is not None and age <= contract.ttl_seconds
             marker = read_marker(object_store, contract)

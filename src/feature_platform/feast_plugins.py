@@ -126,7 +126,9 @@ class PlatformOfflineStore(DaskOfflineStore):
     @staticmethod
     def get_historical_features(config: Any, feature_views: list[Any], feature_refs: list[str],
                                 entity_df: pd.DataFrame | str | None, registry: Any, project: str,
-                                full_feature_names: bool = False, **kwargs: Any) -> RetrievalJob:
+                                full_feature_names: bool = False, filter_by_created_timestamp: bool = False,
+                                **kwargs: Any) -> RetrievalJob:
+        # filter_by_created_timestamp is moot: a build holds one row per key and event time (its quality gate).
         import os
 
         if not isinstance(entity_df, pd.DataFrame):

@@ -164,7 +164,7 @@ def view_permission(contract: FeatureSetContract, service_names: list[str]) -> A
     names = sorted({contract.feature_view_name, *service_names})
     return Permission(
         name=f"{contract.feature_view_name}_readers",
-        types=[FeatureView, FeatureService],
+        types=_feast_types(FeatureView, FeatureService),
         name_patterns=[f"^{name}$" for name in names],
         actions=[AuthzedAction.DESCRIBE, AuthzedAction.READ_ONLINE, AuthzedAction.READ_OFFLINE],
         policy=RoleBasedPolicy(roles=[*contract.reader_teams, PLATFORM_TEAM]),  # + the platform's own checks
@@ -174,13 +174,18 @@ def view_permission(contract: FeatureSetContract, service_names: list[str]) -> A
     )
 
 
+def _feast_types(*classes: type) -> Any:
+    """Feast's ``Permission(types=...)`` takes classes; its annotation says instances."""
+    return list(classes)
+
+
 def open_permission(env: EnvironmentContract) -> Any:
     from feast import FeatureService, FeatureView
     from feast.permissions.action import AuthzedAction
     from feast.permissions.permission import Permission
     from feast.permissions.policy import RoleBasedPolicy
 
-    return Permission(name=f"{env.feast_project}_open_read", types=[FeatureView, FeatureService],
+    return Permission(name=f"{env.feast_project}_open_read", types=_feast_types(FeatureView, FeatureService),
                       actions=[AuthzedAction.DESCRIBE, AuthzedAction.READ_ONLINE, AuthzedAction.READ_OFFLINE],
                       policy=RoleBasedPolicy(roles=[EVERYONE]),
                       tags={"feature_platform.access": "open (access.default: allow)"})
@@ -196,7 +201,8 @@ def model_permission(contracts: ContractSet, model: Any) -> Any:
     sets = [c for c, _ in contracts.resolve(model)]
     readers = set.intersection(*(set(c.reader_teams) for c in sets))
     return Permission(
-        name=f"{model.service_name}_readers", types=[FeatureService], name_patterns=[f"^{model.service_name}$"],
+        name=f"{model.service_name}_readers", types=_feast_types(FeatureService),
+        name_patterns=[f"^{model.service_name}$"],
         actions=[AuthzedAction.DESCRIBE, AuthzedAction.READ_ONLINE, AuthzedAction.READ_OFFLINE],
         policy=RoleBasedPolicy(roles=sorted(readers | {PLATFORM_TEAM})),
         tags={"feature_platform.owner_team": model.owner_team,

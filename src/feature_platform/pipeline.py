@@ -319,17 +319,10 @@ def run_named_step(settings: Settings, step: str, feature_set: str, version: int
     """Dispatch one orchestrated step by name; the DAG (in-process) and `featurectl step` (in a pod) share it."""
     if step == "validate_contract":
         return step_validate(settings, feature_set)
-    if step in ("build", "quality_gate", "write_version", "promote_latest") and version is None:
-        raise ValueError(f"step {step} needs a contract version")
-    if step == "build":
-        return step_build(settings, feature_set, version, progress=print)
-    if step == "quality_gate":
-        return step_quality_gate(settings, feature_set, version, inputs["staged"])
-    if step == "write_version":
-        return step_write_version(settings, feature_set, version, inputs["staged"], inputs["stats"], run_id)
-    if step == "promote_latest":
-        pointer = promote(settings, feature_set, version, inputs["written"]["build_id"])
-        return {"build_id": pointer["build_id"], "version": pointer["version"]}
+    if step in ("build", "quality_gate", "write_version", "promote_latest"):
+        if version is None:
+            raise ValueError(f"step {step} needs a contract version")
+        return _versioned_step(settings, step, feature_set, version, inputs, run_id)
     if step == "feast_apply":
         return apply(settings, feature_sets=[feature_set])
     if step == "materialize":  # one view (version) per task, optionally one shard of it
@@ -343,6 +336,19 @@ def run_named_step(settings: Settings, step: str, feature_set: str, version: int
     if step == "monitor":
         return monitor(settings, [feature_set], publish=True)
     raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
+
+
+def _versioned_step(settings: Settings, step: str, feature_set: str, version: int, inputs: dict[str, Any],
+                    run_id: str | None) -> Any:
+    """The steps of one contract version's build: build, quality gate, write, promote."""
+    if step == "build":
+        return step_build(settings, feature_set, version, progress=print)
+    if step == "quality_gate":
+        return step_quality_gate(settings, feature_set, version, inputs["staged"])
+    if step == "write_version":
+        return step_write_version(settings, feature_set, version, inputs["staged"], inputs["stats"], run_id)
+    pointer = promote(settings, feature_set, version, inputs["written"]["build_id"])
+    return {"build_id": pointer["build_id"], "version": pointer["version"]}
 
 
 def collect_garbage(settings: Settings, feature_sets: list[str] | None, keep: int, min_age_seconds: int,

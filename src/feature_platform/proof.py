@@ -110,7 +110,8 @@ def check_store(settings: Settings, env: EnvironmentContract) -> tuple[str, list
 
     store = object_store(settings, env)
     contracts = settings.contracts()
-    evidence, status = [], PASS
+    evidence: list[str] = []
+    status = PASS
     for name in contracts.names():
         try:
             top = builds.read_pointer(store, name)

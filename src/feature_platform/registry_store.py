@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 from feast.infra.registry.file import FileRegistryStore
 from feast.infra.registry.s3 import S3RegistryStore
@@ -76,7 +77,7 @@ def _fsync_directory(directory: Path) -> None:
 class ConditionalS3RegistryStore(S3RegistryStore):
     """Feast's S3 registry store, with every commit conditional on the registry version it was computed from."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._etag = ""  # of the registry last read or written by this store; "" = none existed
 

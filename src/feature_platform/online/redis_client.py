@@ -41,12 +41,12 @@ def _new_client(settings: Settings, env: EnvironmentContract, socket_timeout: fl
         raise ConfigError(f"environment {env.name} has no Redis online store")
     address = settings.require(online.address_env, "the Redis address host:port of the online store")
     password = settings.require(online.password_env, "the Redis password") if online.password_env else None
-    nodes = []
+    nodes: list[tuple[str, int]] = []
     for entry in address.split(","):
-        host, _, port = entry.strip().rpartition(":")
-        if not host or not port.isdigit():
+        host, _, port_text = entry.strip().rpartition(":")
+        if not host or not port_text.isdigit():
             raise ConfigError(f"{online.address_env}={address!r}: {entry!r} is not host:port")
-        nodes.append((host, int(port)))
+        nodes.append((host, int(port_text)))
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 

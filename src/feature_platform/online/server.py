@@ -105,7 +105,7 @@ def build_catalog(store: Any) -> Catalog:
     views: dict[str, ViewPlan] = {}
     unplannable: dict[str, str] = {}
     for view in registry.list_feature_views(project, allow_cache=True):
-        join_keys = [entities[name].join_key for name in view.entities if name in entities]
+        join_keys: list[str] = [entities[name].join_key for name in view.entities if name in entities]
         types = {f.name: _feast_dtype(f) for f in view.features}
         key_types = {f.name: _feast_dtype(f) for f in view.entity_columns}
         if len(join_keys) != 1 or key_types.get(join_keys[0]) not in ("int64", "string"):
@@ -117,7 +117,7 @@ def build_catalog(store: Any) -> Catalog:
         ttl = int(view.ttl.total_seconds()) if view.ttl else 0
         views[view.name] = plan_view(project, view.name, join_keys[0], key_types[join_keys[0]] or "string",
                                      view.batch_source.timestamp_field if view.batch_source else "", ttl,
-                                     [(f.name, types[f.name]) for f in view.features])
+                                     [(f.name, types[f.name] or "") for f in view.features])  # None: refused above
     for view in registry.list_on_demand_feature_views(project, allow_cache=True):
         unplannable[view.name] = "on-demand feature view"
     feature_services = registry.list_feature_services(project, allow_cache=True)
