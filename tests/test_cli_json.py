@@ -81,3 +81,21 @@ def test_an_error_under_json_is_json_too(local_settings, capsys) -> None:
     assert main(["token", "--team", "fraud-ml", "--contracts", str(local_settings.contracts_dir), "--env",
                  "local"]) == 2
     assert capsys.readouterr().out == ""  # without --json, stdout stays empty on failure
+
+
+def test_long_waits_say_what_they_wait_for_unless_json(local_settings, capsys) -> None:
+    """apply, plan, online and historical name their wait on stderr (start and end with seconds in a log, a
+    ticking line on a terminal); --json keeps stderr free of it and stdout pure."""
+    seed_raw(local_settings)
+    pipeline.build_all(local_settings)
+    env = ["--contracts", str(local_settings.contracts_dir), "--home", str(local_settings.home), "--env", "local"]
+    assert main(["apply", *env]) == 0
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert "applying the contracts' Feast objects to local..." in lines
+    assert any(line.startswith("applying the contracts' Feast objects to local: ") and line.endswith(" s")
+               for line in lines), err
+    assert out.startswith("applied:")
+    assert main(["plan", "--json", *env]) == 0
+    out, err = capsys.readouterr()
+    assert "planning" not in err and json.loads(out)["registry_changes"] == []

@@ -6,11 +6,14 @@ Exit codes: 0 success, 1 operational failure, 2 bad input (contracts, configurat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import threading
+import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,35 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+@contextlib.contextmanager
+def _waiting(args: argparse.Namespace, what: str) -> Iterator[None]:
+    """A wait of seconds says what it waits for, on stderr: a line that ticks on a terminal, a start and an end
+    line in a log. Silent with --json or --quiet."""
+    if getattr(args, "json", False) or getattr(args, "quiet", False):
+        yield
+        return
+    start = time.monotonic()
+    terminal = sys.stderr.isatty()
+    stop = threading.Event()
+    print(f"{what}...", file=sys.stderr, end="" if terminal else "\n", flush=True)
+
+    def tick() -> None:
+        while not stop.wait(1.0):
+            print(f"\r{what}... {time.monotonic() - start:.0f} s", end="", file=sys.stderr, flush=True)
+
+    ticker = threading.Thread(target=tick, daemon=True) if terminal else None
+    if ticker:
+        ticker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if ticker:
+            ticker.join()
+        print(f"{chr(13) if terminal else ''}{what}: {time.monotonic() - start:.1f} s", file=sys.stderr,
+              flush=True)
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -331,7 +363,9 @@ def cmd_feast_config(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     from feature_platform import pipeline
 
-    result = pipeline.apply(_settings(args), feature_sets=args.feature_set)
+    settings = _settings(args)
+    with _waiting(args, f"applying the contracts' Feast objects to {settings.env_name}"):
+        result = pipeline.apply(settings, feature_sets=args.feature_set)
     if args.json:
         _print_json(result)
     else:
@@ -344,7 +378,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from feature_platform.feast_bridge import plan
 
-    result = plan(_settings(args))
+    settings = _settings(args)
+    with _waiting(args, f"planning the contracts against {settings.env_name}'s registry"):
+        result = plan(settings)
     if args.json:
         _print_json({k: v for k, v in result.items() if not k.endswith("_text")})
     else:
@@ -376,14 +412,15 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 def cmd_online(args: argparse.Namespace) -> int:
     from feature_platform.feast_bridge import read_online, read_online_service
 
-    if args.feature_service:
-        rows = read_online_service(_settings(args), args.feature_service, _entity_arguments(
-            [a for a in (args.feature_set, *args.keys) if a]), version=args.version,
-            full_feature_names=args.full_feature_names)
-    elif not args.feature_set or not args.keys:
+    if not args.feature_service and (not args.feature_set or not args.keys):
         raise ConfigError("online takes FEATURE_SET KEY [KEY ...], or --feature-service NAME JOIN_KEY=VALUE ...")
-    else:
-        rows = read_online(_settings(args), args.feature_set, args.keys, version=args.version)
+    with _waiting(args, "reading the online store"):
+        if args.feature_service:
+            rows = read_online_service(_settings(args), args.feature_service, _entity_arguments(
+                [a for a in (args.feature_set, *args.keys) if a]), version=args.version,
+                full_feature_names=args.full_feature_names)
+        else:
+            rows = read_online(_settings(args), args.feature_set, args.keys, version=args.version)
     if args.json:
         _print_json(rows)
     else:
@@ -417,14 +454,16 @@ def cmd_historical(args: argparse.Namespace) -> int:
             if not sep or not name or not build_id:
                 raise ConfigError(f"--build {pin!r}: with --feature-service give FEATURE_SET=BUILD_ID per set")
             pins[name] = build_id
-        frame, provenance = historical_service(settings, entity_df, args.feature_service, version=args.version,
-                                               builds_by_set=pins, caller=_caller(settings, args),
-                                               full_feature_names=args.full_feature_names)
+        with _waiting(args, f"joining {len(entity_df):,} entity rows point-in-time"):
+            frame, provenance = historical_service(settings, entity_df, args.feature_service, version=args.version,
+                                                   builds_by_set=pins, caller=_caller(settings, args),
+                                                   full_feature_names=args.full_feature_names)
     else:
         if len(builds) > 1 or any("=" in b for b in builds):
             raise ConfigError("--build: one build id for a feature set (FEATURE_SET=BUILD_ID is for services)")
-        frame, provenance = historical(settings, entity_df, args.feature_set, version=args.version,
-                                       build_id=builds[0] if builds else None, caller=_caller(settings, args))
+        with _waiting(args, f"joining {len(entity_df):,} entity rows point-in-time"):
+            frame, provenance = historical(settings, entity_df, args.feature_set, version=args.version,
+                                           build_id=builds[0] if builds else None, caller=_caller(settings, args))
     if args.out:
         _write_frame(frame, Path(args.out), provenance)
     if args.json:  # the rows themselves only when no --out takes them

@@ -10,33 +10,30 @@ import contextvars
 from collections.abc import Iterator
 
 _enforce_ttl: contextvars.ContextVar[bool] = contextvars.ContextVar("feature_platform_enforce_ttl", default=True)
+_feast_writes: contextvars.ContextVar[bool] = contextvars.ContextVar("feature_platform_feast_writes", default=False)
 
 
 @contextlib.contextmanager
-def ttl_not_enforced() -> Iterator[None]:
-    """Reads that must see stored rows whatever their age (``verify`` compares the store with the build)."""
-    token = _enforce_ttl.set(False)
+def _holding(variable: contextvars.ContextVar[bool], value: bool) -> Iterator[None]:
+    token = variable.set(value)
     try:
         yield
     finally:
-        _enforce_ttl.reset(token)
+        variable.reset(token)
+
+
+def ttl_not_enforced() -> contextlib.AbstractContextManager[None]:
+    """Reads that must see stored rows whatever their age (``verify`` compares the store with the build)."""
+    return _holding(_enforce_ttl, False)
 
 
 def ttl_enforced() -> bool:
     return _enforce_ttl.get()
 
 
-_feast_writes: contextvars.ContextVar[bool] = contextvars.ContextVar("feature_platform_feast_writes", default=False)
-
-
-@contextlib.contextmanager
-def feast_writer() -> Iterator[None]:
+def feast_writer() -> contextlib.AbstractContextManager[None]:
     """The platform's own call into Feast's writer (SQLite loads): the provider runs Feast's materialization."""
-    token = _feast_writes.set(True)
-    try:
-        yield
-    finally:
-        _feast_writes.reset(token)
+    return _holding(_feast_writes, True)
 
 
 def feast_writes() -> bool:
