@@ -129,8 +129,6 @@ class PlatformOfflineStore(DaskOfflineStore):
                                 full_feature_names: bool = False, filter_by_created_timestamp: bool = False,
                                 **kwargs: Any) -> RetrievalJob:
         # filter_by_created_timestamp is moot: a build holds one row per key and event time (its quality gate).
-        import os
-
         if not isinstance(entity_df, pd.DataFrame):
             raise ValueError("the platform's offline store takes an entity_df pandas DataFrame (join keys, "
                              f"event_timestamp, labels); got {type(entity_df).__name__}")
@@ -142,8 +140,8 @@ class PlatformOfflineStore(DaskOfflineStore):
         parts = [_part(by_name[name], features, full_feature_names) for name, features in wanted.items()]
         paths = [p.data_path for p in parts]
         endpoint = next((v.batch_source.file_options.s3_endpoint_override for v in feature_views
-                         if v.batch_source.file_options.s3_endpoint_override), None) or os.environ.get(
-            "FEAST_S3_ENDPOINT_URL")
+                         if v.batch_source.file_options.s3_endpoint_override), None) or \
+            platform_settings(config).s3_endpoint_url
         filesystem = _filesystem(paths, endpoint)
         if filesystem is not None:
             parts = [JoinPart(**{**p.__dict__, "data_path": p.data_path.removeprefix("s3://")}) for p in parts]

@@ -22,7 +22,6 @@ import asyncio
 import dataclasses
 import logging
 import math
-import os
 import threading
 import time
 from collections import Counter
@@ -571,8 +570,8 @@ def create_app() -> App:
 
     settings = Settings.from_env()
     env = settings.environment()
-    timeout = float(os.environ.get("FEATURE_PLATFORM_SERVER_REDIS_TIMEOUT", "1.0"))
-    enforce_ttl = os.environ.get("FEATURE_PLATFORM_SERVER_ENFORCE_TTL", "true").lower() != "false"
+    timeout = float(settings.values.get("FEATURE_PLATFORM_SERVER_REDIS_TIMEOUT", "1.0"))
+    enforce_ttl = settings.values.get("FEATURE_PLATFORM_SERVER_ENFORCE_TTL", "true").lower() != "false"
     store = feast_bridge.open_store(settings, env)
     client = connect(settings, env, socket_timeout=timeout) if isinstance(env.online_store, RedisConfig) else None
 
