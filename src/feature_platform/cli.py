@@ -28,33 +28,41 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
+WAIT_NOTICE_SECONDS = 1.0  # a wait shorter than this shows nothing
+
+
 @contextlib.contextmanager
 def _waiting(args: argparse.Namespace, what: str) -> Iterator[None]:
-    """A wait of seconds says what it waits for, on stderr: a line that ticks on a terminal, a start and an end
-    line in a log. Silent with --json or --quiet."""
-    if getattr(args, "json", False) or getattr(args, "quiet", False):
+    """On a terminal, a wait that lasts WAIT_NOTICE_SECONDS says what it waits for on stderr, with a ticking
+    count of seconds and the total at the end. Logs and pipes get nothing (a failure stays one line there), and
+    neither do --json and --quiet."""
+    if getattr(args, "json", False) or getattr(args, "quiet", False) or not sys.stderr.isatty():
         yield
         return
     start = time.monotonic()
-    terminal = sys.stderr.isatty()
-    stop = threading.Event()
-    print(f"{what}...", file=sys.stderr, end="" if terminal else "\n", flush=True)
+    stop, shown = threading.Event(), threading.Event()
 
     def tick() -> None:
-        while not stop.wait(1.0):
+        if stop.wait(WAIT_NOTICE_SECONDS):
+            return
+        shown.set()
+        while True:
             print(f"\r{what}... {time.monotonic() - start:.0f} s", end="", file=sys.stderr, flush=True)
+            if stop.wait(1.0):
+                return
 
-    ticker = threading.Thread(target=tick, daemon=True) if terminal else None
-    if ticker:
-        ticker.start()
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    finished = False
     try:
         yield
+        finished = True
     finally:
         stop.set()
-        if ticker:
-            ticker.join()
-        print(f"{chr(13) if terminal else ''}{what}: {time.monotonic() - start:.1f} s", file=sys.stderr,
-              flush=True)
+        ticker.join()
+        if shown.is_set():  # the total, or the line cleared for the error that follows
+            print(f"\r{what}: {time.monotonic() - start:.1f} s" if finished else "\r\033[K", file=sys.stderr,
+                  end="\n" if finished else "", flush=True)
 
 
 def _settings(args: argparse.Namespace) -> Any:

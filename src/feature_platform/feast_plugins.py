@@ -31,6 +31,7 @@ from feast.infra.offline_stores.offline_store import RetrievalJob
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig
 from feast.infra.passthrough_provider import PassthroughProvider
+from feast.online_response import OnlineResponse
 
 from feature_platform import feast_modes
 from feature_platform.offline import JoinPart, point_in_time_join_many
@@ -157,10 +158,10 @@ class PlatformOfflineStore(DaskOfflineStore):
 
 ONLINE_STORES = {"redis": "feature_platform.feast_plugins.PlatformRedisOnlineStore",
                  "sqlite": "feature_platform.feast_plugins.PlatformSqliteOnlineStore"}
-PROVIDER = "feature_platform.feast_plugins.PlatformProvider"
 
 # Feast's FieldStatus numbers (serving.proto).
 _PRESENT, _NOT_FOUND, _OUTSIDE_MAX_AGE = 1, 3, 4
+
 
 def _platform_statuses(response: Any, grouped_refs: list[Any], first: int) -> None:
     """Apply the platform's rules to the feature vectors Feast appended from index ``first`` (one per requested
@@ -183,23 +184,22 @@ def _platform_statuses(response: Any, grouped_refs: list[Any], first: int) -> No
         index += len(requested)
 
 
-def _platform_response(response: Any) -> Any:
-    from feast.online_response import OnlineResponse
+class PlatformOnlineResponse(OnlineResponse):
+    """``to_dict``/``to_df``/``to_arrow`` with a ``None`` event timestamp where nothing was found (Feast's gives
+    0, read as 1970-01-01)."""
 
-    class PlatformOnlineResponse(OnlineResponse):
-        """``to_dict``/``to_df``/``to_arrow`` with a ``None`` event timestamp where nothing was found (Feast's
-        gives 0, read as 1970-01-01)."""
+    def to_dict(self, include_event_timestamps: bool = False) -> dict[str, Any]:
+        out = super().to_dict(include_event_timestamps)
+        if include_event_timestamps:
+            for name, vector in zip(self.proto.metadata.feature_names.val, self.proto.results, strict=True):
+                stamps = out.get(name + "__ts")
+                if stamps is not None:
+                    out[name + "__ts"] = [None if status == _NOT_FOUND else stamp
+                                          for stamp, status in zip(stamps, vector.statuses, strict=True)]
+        return out
 
-        def to_dict(self, include_event_timestamps: bool = False) -> dict[str, Any]:
-            out = super().to_dict(include_event_timestamps)
-            if include_event_timestamps:
-                for name, vector in zip(self.proto.metadata.feature_names.val, self.proto.results, strict=True):
-                    stamps = out.get(name + "__ts")
-                    if stamps is not None:
-                        out[name + "__ts"] = [None if status == _NOT_FOUND else stamp
-                                              for stamp, status in zip(stamps, vector.statuses, strict=True)]
-            return out
 
+def _platform_response(response: Any) -> PlatformOnlineResponse:
     return PlatformOnlineResponse(response.proto, feature_types=getattr(response, "_feature_types", None))
 
 
@@ -286,6 +286,7 @@ class PlatformSqliteOnlineStore(_PlatformReads, SqliteOnlineStore):
 
 
 # ---------------------------------------------------------------------------------------------- provider
+
 
 def platform_settings(config: Any) -> Any:
     """The platform settings of the environment a generated ``feature_store.yaml`` belongs to (the process
