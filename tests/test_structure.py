@@ -114,3 +114,18 @@ def test_mypy_is_clean(tmp_path) -> None:
                           cwd=SRC.parent.parent, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "Success: no issues found" in done.stdout
+
+
+def test_the_generated_config_names_plugins_that_exist() -> None:
+    """The class paths feature_store.yaml names (kept in feast_modes, so writing it needs no Feast) are the
+    plugins' own, with the config classes Feast looks up beside them (<Class>Config)."""
+    import importlib
+
+    from feature_platform import feast_modes
+
+    for path in [feast_modes.OFFLINE_STORE, feast_modes.PROVIDER, *feast_modes.ONLINE_STORES.values()]:
+        module, _, name = path.rpartition(".")
+        assert hasattr(importlib.import_module(module), name), path
+        if name != "PlatformProvider":
+            config = getattr(importlib.import_module(module), name + "Config")
+            assert config.model_fields["type"].default == path

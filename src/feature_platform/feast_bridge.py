@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from feature_platform import build as builds
+from feature_platform import feast_modes
 from feature_platform.contracts import ContractSet, FeatureSetContract
 from feature_platform.environments import (
     EnvironmentContract,
@@ -82,21 +83,20 @@ def feature_store_config(settings: Settings, env: EnvironmentContract) -> dict[s
         # skip_dedup: Feast's Redis store otherwise keeps a row unless the new one is strictly newer, so a
         # corrected or rolled-back build (same event timestamps) would never reach Redis. Each materialization
         # writes one row per entity from one build, and one DAG run per feature set at a time writes them.
-        online_cfg: dict[str, Any] = {"type": "feature_platform.feast_plugins.PlatformRedisOnlineStore",
-                                      "connection_string": connection, "skip_dedup": True}
+        online_cfg: dict[str, Any] = {"type": feast_modes.ONLINE_STORES["redis"], "connection_string": connection,
+                                      "skip_dedup": True}
         if online.cluster:
             online_cfg["redis_type"] = "redis_cluster"
     else:
-        online_cfg = {"type": "feature_platform.feast_plugins.PlatformSqliteOnlineStore",
-                      "path": str(home / online.path)}
+        online_cfg = {"type": feast_modes.ONLINE_STORES["sqlite"], "path": str(home / online.path)}
     # Feast's SDK and CLI go through the platform's engines (feast_plugins.py): the exact point-in-time join
     # for training sets, the online read rules (TTL, NOT_FOUND), and the platform's materialization.
     return {
         "project": env.feast_project,
-        "provider": "feature_platform.feast_plugins.PlatformProvider",
+        "provider": feast_modes.PROVIDER,
         "registry": registry_cfg,
         "online_store": online_cfg,
-        "offline_store": {"type": "feature_platform.feast_plugins.PlatformOfflineStore",
+        "offline_store": {"type": feast_modes.OFFLINE_STORE,
                           "platform_environment": env.name, "platform_contracts": str(settings.contracts_dir),
                           "platform_home": str(settings.home)},
         "entity_key_serialization_version": 3,
@@ -691,11 +691,10 @@ def _feast_view_read(store: FeatureStore, plan: Any, values: list[Any], enforce_
     NOT_FOUND entities get a null timestamp, and the TTL is enforced."""
     from feast.type_map import feast_value_type_to_python_type
 
-    from feature_platform.feast_modes import ttl_not_enforced
     from feature_platform.online import reader
 
     refs = [f"{plan.view}:{f.name}" for f in plan.features]
-    with contextlib.nullcontext() if enforce_ttl else ttl_not_enforced():
+    with contextlib.nullcontext() if enforce_ttl else feast_modes.ttl_not_enforced():
         response = store.get_online_features(features=refs, entity_rows=[{plan.join_key: v} for v in values])
     by_name = dict(zip(response.proto.metadata.feature_names.val, response.proto.results, strict=True))
     results = [by_name[f.name] for f in plan.features]

@@ -9,6 +9,13 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
+# The plugins the generated feature_store.yaml names (Feast loads them by class path); here, not in
+# feast_plugins, so writing the file needs no Feast import.
+_PLUGINS = "feature_platform.feast_plugins."
+OFFLINE_STORE = _PLUGINS + "PlatformOfflineStore"
+ONLINE_STORES = {"redis": _PLUGINS + "PlatformRedisOnlineStore", "sqlite": _PLUGINS + "PlatformSqliteOnlineStore"}
+PROVIDER = _PLUGINS + "PlatformProvider"
+
 _enforce_ttl: contextvars.ContextVar[bool] = contextvars.ContextVar("feature_platform_enforce_ttl", default=True)
 _feast_writes: contextvars.ContextVar[bool] = contextvars.ContextVar("feature_platform_feast_writes", default=False)
 

@@ -36,7 +36,7 @@ from feast.online_response import OnlineResponse
 from feature_platform import feast_modes
 from feature_platform.offline import JoinPart, point_in_time_join_many
 
-OFFLINE_STORE = "feature_platform.feast_plugins.PlatformOfflineStore"
+OFFLINE_STORE, ONLINE_STORES = feast_modes.OFFLINE_STORE, feast_modes.ONLINE_STORES
 
 # Feast's types -> the contracts' dtypes (what the build wrote, so what the join returns).
 FEAST_DTYPES = {"Int32": "int32", "Int64": "int64", "Float32": "float32", "Float64": "float64", "String": "string",
@@ -156,8 +156,6 @@ class PlatformOfflineStore(DaskOfflineStore):
 
 # ---------------------------------------------------------------------------------------------- online stores
 
-ONLINE_STORES = {"redis": "feature_platform.feast_plugins.PlatformRedisOnlineStore",
-                 "sqlite": "feature_platform.feast_plugins.PlatformSqliteOnlineStore"}
 
 # Feast's FieldStatus numbers (serving.proto).
 _PRESENT, _NOT_FOUND, _OUTSIDE_MAX_AGE = 1, 3, 4
