@@ -97,7 +97,8 @@ def _env(settings: Settings) -> dict[str, str]:
 FLOOR_CHILD = """
 import json, sys, time
 from pathlib import Path
-from feature_platform import pipeline, feast_bridge
+from feature_platform import build as builds
+from feature_platform import pipeline
 from feature_platform.environments import Settings
 from feature_platform.online import materialize as engine
 from feature_platform.online.layout import plan_contract
@@ -107,7 +108,7 @@ env = settings.environment()
 contract = settings.contracts().get("bench_features")
 store = pipeline.object_store(settings, env)
 build_id = pipeline.versions(settings, "bench_features")[1]["build_id"]
-metadata = feast_bridge.builds.read_metadata(store, contract, build_id)
+metadata = builds.read_metadata(store, contract, build_id)
 plan = plan_contract(env.feast_project, contract)
 encoded = [engine.hset_commands(plan, b) for b in engine.newest_rows(store.fs, metadata, plan)]
 client = connect(settings, env)

@@ -29,6 +29,7 @@ def child(method: str, contracts: str, home: str, redis_address: str) -> None:
     """Runs in its own process: one method, then prints {seconds, peak_rss_mb}."""
     import contextlib
 
+    from feature_platform import build as builds
     from feature_platform import feast_bridge
     from feature_platform.feast_modes import feast_writer
     from feature_platform.materialization import event_range
@@ -37,7 +38,7 @@ def child(method: str, contracts: str, home: str, redis_address: str) -> None:
                                  home=home, env_name="bench")
     env = settings.environment()
     contract = settings.contracts().get("bench_features")
-    metadata = feast_bridge.builds.read_metadata(pipeline.object_store(settings, env), contract,
+    metadata = builds.read_metadata(pipeline.object_store(settings, env), contract,
                                                  pipeline.versions(settings, "bench_features")[1]["build_id"])
     if method == "floor":
         # The same hashes, encoded before the clock starts: only pipelined HSET is timed.

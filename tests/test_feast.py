@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from feature_platform import feast_bridge, pipeline
+from feature_platform import feast_bridge, pipeline, registries
 from feature_platform.cli import main
 from feature_platform.environments import Settings
 from feature_platform.errors import LockTimeout
@@ -163,7 +163,7 @@ def test_apply_waits_for_the_registry_lease(dev_settings, monkeypatch) -> None:
     """While another writer holds the lease, apply does not write; past the timeout it fails clearly."""
     seed_raw(dev_settings)
     pipeline.build_all(dev_settings)
-    monkeypatch.setattr(feast_bridge, "LOCK_TIMEOUT", 1.0)
+    monkeypatch.setattr(registries, "LOCK_TIMEOUT", 1.0)
     lock_uri = "s3://feature-platform-dev/feast/registry.db.lock"
     with s3_lock(lock_uri, dev_settings.s3_endpoint_url, timeout=5), pytest.raises(LockTimeout, match="held by"):
         feast_bridge.apply(dev_settings)
@@ -386,7 +386,7 @@ def test_materialize_waits_for_the_view_lease(local_settings, monkeypatch) -> No
 
     seed_raw(local_settings)
     pipeline.run_loop(local_settings)
-    monkeypatch.setattr(feast_bridge, "LOCK_TIMEOUT", 1.0)
+    monkeypatch.setattr(registries, "LOCK_TIMEOUT", 1.0)
     store = pipeline.object_store(local_settings, local_settings.environment())
     with lease(store.url("customer_profile/v1/materialize.lock"), None, timeout=5), \
             pytest.raises(LockTimeout, match="held by"):

@@ -9,6 +9,7 @@ import sys
 import pyarrow as pa
 import pytest
 
+from feature_platform import build as builds
 from feature_platform import feast_bridge, pipeline
 from feature_platform.materialization import event_range
 from feature_platform.online import layout
@@ -31,7 +32,7 @@ def _feast_materialize(settings, view_names: list[str]) -> None:
     with feast_bridge.feast_process_environment(settings), contextlib.redirect_stdout(sys.stderr), feast_writer():
         for name in view_names:
             view = store.get_feature_view(name)
-            metadata = feast_bridge.builds.read_metadata(
+            metadata = builds.read_metadata(
                 pipeline.object_store(settings, env), settings.contracts().get(*_split(name)),
                 view.tags["feature_platform.build_id"])
             start, end = event_range(metadata)
@@ -63,7 +64,7 @@ def test_every_hash_equals_feasts_own_materialization(dev_settings, contracts_co
     assert [d["written"] for d in done] == [300, 300]
     ours = _dump(client)
     # Beside Feast's layout, one hash of the platform's own: which build each view holds (matches no Feast key).
-    from feature_platform.materialization import complete_record, redis_record_key
+    from feature_platform.online.stores import complete_record, redis_record_key
 
     records = ours.pop(redis_record_key(dev_settings.environment().feast_project).encode())
     assert {k.decode(): json.loads(v) for k, v in records.items()} == {

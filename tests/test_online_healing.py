@@ -17,7 +17,7 @@ import pytest
 
 from feature_platform import feast_bridge, pipeline
 from feature_platform.errors import FeastError
-from feature_platform.materialization import LOADING, complete_record
+from feature_platform.online.stores import LOADING, complete_record
 from tests.conftest import Backend
 from tests.helpers import every_dtype_contract, merchant_events, replace_raw, write_contract
 
@@ -85,16 +85,16 @@ def test_a_store_restored_from_before_a_correction_is_reloaded(backend: Backend)
 def test_reads_of_an_unfinished_load_say_so(backend: Backend) -> None:
     """While the store records a load under way, `featurectl online` flags found rows and verify fails; the
     next incremental run finishes it."""
-    from feature_platform.materialization import online_target
     from feature_platform.online.layout import plan_contract
+    from feature_platform.online.stores import online_store
 
     settings = backend.settings
     _setup(settings)
     _materialize(settings)
     env = settings.environment()
     contract = settings.contracts().get("merchant_risk", 1)
-    target = online_target(settings, env, feast_bridge.open_store(settings, env),
-                           plan_contract(env.feast_project, contract))
+    target = online_store(settings, env).target(plan_contract(env.feast_project, contract),
+                                                feast_bridge.open_store(settings, env))
     build_id = target.recorded()["build_id"]
     assert target.recorded() == complete_record(build_id)
     target.record({"build_id": build_id, "state": LOADING})  # what a killed load leaves behind
@@ -121,7 +121,7 @@ def _forget_record(target) -> None:
     import contextlib
     import sqlite3
 
-    from feature_platform.materialization import SQLITE_RECORD_TABLE, RedisTarget, redis_record_key
+    from feature_platform.online.stores import SQLITE_RECORD_TABLE, RedisTarget, redis_record_key
 
     if isinstance(target, RedisTarget):
         target.client.hdel(redis_record_key(target.plan.project), target.plan.view)
@@ -157,8 +157,8 @@ def test_a_deleted_sqlite_file_heals_through_the_cli(local_settings) -> None:
 def test_the_server_flags_reads_of_an_unfinished_load(dev_settings, redis_clean) -> None:
     """The platform server names a view whose load is unfinished in a response header and a metric; the
     body stays Feast's."""
-    from feature_platform.materialization import redis_record_key
     from feature_platform.online.layout import plan_contract
+    from feature_platform.online.stores import redis_record_key
     from tests.test_server import Server
 
     _setup(dev_settings)

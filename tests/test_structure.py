@@ -78,6 +78,26 @@ def test_low_layers_do_not_import_the_orchestration() -> None:
     assert not offenders, offenders
 
 
+BACKEND_CONFIGS = {"RedisConfig", "SqliteConfig", "FileRegistryConfig", "SqlRegistryConfig"}
+BACKEND_FACTORIES = {"online/stores.py", "registries.py", "online/redis_client.py"}
+
+
+def test_backends_are_chosen_only_in_their_factories() -> None:
+    """The online store and the registry are chosen by type in one place each (online.stores, registries):
+    nowhere else does code ask which backend it has, so adding one is one new class."""
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        if str(path.relative_to(SRC)) in BACKEND_FACTORIES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance"
+                    and len(node.args) == 2 and BACKEND_CONFIGS & {n.id for n in ast.walk(node.args[1])
+                                                                   if isinstance(n, ast.Name)}):
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert not offenders, offenders
+    assert len(list(SRC.rglob("*.py"))) > 20
+
+
 def _instrumented(prelude: str) -> bool:
     """Whether Feast's Field (decorated with typeguard's @typechecked) was instrumented at import."""
     import subprocess

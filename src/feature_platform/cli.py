@@ -602,7 +602,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def serve_command(settings: Any, host: str, port: int) -> list[str]:
     """`feast serve` on the generated config. The registry is refreshed in the background every cache TTL, never
     on the request path, and the server never applies: it only reads what `featurectl apply` registered."""
-    from feature_platform.feast_bridge import check_runtime_env, write_feature_store_yaml
+    from feature_platform.feast_bridge.config import check_runtime_env, write_feature_store_yaml
 
     env = settings.environment()
     check_runtime_env(settings, env)
@@ -614,7 +614,7 @@ def serve_command(settings: Any, host: str, port: int) -> list[str]:
 def cmd_serve(args: argparse.Namespace) -> int:
     import shutil
 
-    from feature_platform.feast_bridge import check_runtime_env, feast_process_environment
+    from feature_platform.feast_bridge.config import check_runtime_env, feast_process_environment
 
     settings = _settings(args)
     if args.engine == "feast":

@@ -69,6 +69,10 @@ class FileRegistryConfig(StrictModel):
         _check_uri(self.uri)
         return self
 
+    def isolation_key(self) -> Any:
+        """What two environments must not share."""
+        return self.uri
+
 
 class SqlRegistryConfig(StrictModel):
     """PostgreSQL registry for concurrent production writers; the URL (with password) comes from an env var."""
@@ -76,6 +80,9 @@ class SqlRegistryConfig(StrictModel):
     type: Literal["sql"]
     url_env: EnvVarName
     cache_ttl_seconds: int = Field(default=600, ge=0)
+
+    def isolation_key(self) -> Any:
+        return self.url_env
 
 
 class RedisConfig(StrictModel):
@@ -91,10 +98,18 @@ class RedisConfig(StrictModel):
             raise ValueError("a Redis Cluster has only database 0: set db: 0 (separate environments by cluster)")
         return self
 
+    def isolation_key(self) -> Any:
+        # A cluster is never the same server as a standalone Redis: prod may move to a cluster (db 0) while
+        # dev keeps db 0 of its own Redis under the same variable name.
+        return (self.address_env, self.db, self.cluster)
+
 
 class SqliteConfig(StrictModel):
     type: Literal["sqlite"]
     path: str = Field(default="online_store.db", description="relative to the environment's work directory")
+
+    def isolation_key(self) -> Any:
+        return None  # a file in each environment's own work directory
 
 
 class OfflineStoreConfig(StrictModel):
@@ -242,16 +257,11 @@ def _check_isolation(envs: dict[str, EnvironmentContract], files: dict[str, str]
     """No two environments may share a Feast project, data prefix, registry or Redis database."""
 
     def keys(env: EnvironmentContract) -> dict[str, Any]:
-        online = env.online_store
-        registry = env.registry
         return {
             "feast_project": env.feast_project,
             "object_store.uri": env.object_store.uri,
-            "registry": registry.uri if isinstance(registry, FileRegistryConfig) else registry.url_env,
-            # A cluster is never the same server as a standalone Redis: prod may move to a cluster (db 0) while
-            # dev keeps db 0 of its own Redis under the same variable name.
-            "online_store": (online.address_env, online.db, online.cluster) if isinstance(online, RedisConfig)
-            else None,
+            "registry": env.registry.isolation_key(),
+            "online_store": env.online_store.isolation_key(),
         }
 
     errors = []

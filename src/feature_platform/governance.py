@@ -305,6 +305,41 @@ def check_offline_read(settings: Settings, env: EnvironmentContract, contract: F
                            f"{', '.join(contract.reader_teams)}; {why}")
 
 
+@dataclass(frozen=True)
+class ReadPart:
+    """One feature-set version's share of an offline read."""
+
+    contract: FeatureSetContract
+    build_id: str
+    features: list[str]  # the features read
+    column_of: dict[str, str] | None = None  # feature -> output column, where they differ (full feature names)
+
+
+def release(settings: Settings, env: EnvironmentContract, frame: Any, caller: Caller, action: str,
+            provenance: dict[str, Any], parts: list[ReadPart]) -> tuple[Any, dict[str, Any]]:
+    """The one way an offline read (historical, export) leaves the platform, after ``check_offline_read`` let it
+    start: each part's PII masked (or dropped) unless ``caller`` may see it, the provenance saying so, and one
+    audit entry per feature set read. Returns (frame, provenance)."""
+    masked: list[str] = []
+    dropped: list[str] = []
+    per_part = []
+    for part in parts:
+        frame, masking = mask_frame(frame, part.contract, caller,
+                                    masking_key(settings, env, part.contract, caller), column_of=part.column_of)
+        masked += masking["masked"]
+        dropped += masking["dropped"]
+        per_part.append(masking)
+    provenance = {**provenance, "rows": len(frame), "caller": caller.describe(), "pii_masked": masked,
+                  "pii_dropped": dropped}
+    for part, masking in zip(parts, per_part, strict=True):
+        plain = {column: feature for feature, column in (part.column_of or {}).items()}
+        record_read(settings, env, part.contract, caller, action, {
+            **provenance, "feature_set": part.contract.name, "build_id": part.build_id,
+            "pii_masked": [plain.get(c, c) for c in masking["masked"]],
+            "pii_dropped": [plain.get(c, c) for c in masking["dropped"]], "features_read": part.features})
+    return frame, provenance
+
+
 def record_read(settings: Settings, env: EnvironmentContract, contract: FeatureSetContract, caller: Caller,
                 action: str, provenance: dict[str, Any] | None, denied: str | None = None) -> None:
     """Offline reads leave a trail too (who took which build's rows, PII masked or not, or who was refused):

@@ -136,13 +136,10 @@ def export(settings: Settings, feature_set: str, version: int | None = None, bui
     build_id = build_id or builds.read_pointer(store, feature_set, contract.version_label)["build_id"]
     metadata = builds.read_metadata(store, contract, build_id)
     frame = builds.read_build_table(store, metadata).to_pandas(types_mapper=nullable_types)
-    frame, masking = governance.mask_frame(frame, contract, caller,
-                                           governance.masking_key(settings, env, contract, caller))
     provenance = {"feature_set": feature_set, "version": contract.version_label, "build_id": build_id,
-                  "schema_hash": metadata["schema_hash"], "rows": len(frame), "data": metadata["data"],
-                  "caller": caller.describe(), "pii_masked": masking["masked"], "pii_dropped": masking["dropped"]}
-    governance.record_read(settings, env, contract, caller, "export", provenance)
-    return frame, provenance
+                  "schema_hash": metadata["schema_hash"], "data": metadata["data"]}
+    return governance.release(settings, env, frame, caller, "export", provenance, [governance.ReadPart(
+        contract, build_id, [f.name for f in contract.features])])
 
 
 def apply(settings: Settings, feature_sets: list[str] | None = None) -> dict[str, Any]:

@@ -18,8 +18,9 @@ from typing import Any
 
 from feature_platform import build as builds
 from feature_platform.contracts import check_lock, iter_contract_files, read_lock
-from feature_platform.environments import EnvironmentContract, FileRegistryConfig, Settings
+from feature_platform.environments import EnvironmentContract, Settings
 from feature_platform.errors import PlatformError
+from feature_platform.registries import registry
 
 PASS, FAIL, WARN = "PASS", "FAIL", "WARN"
 
@@ -145,17 +146,10 @@ def check_registry(settings: Settings, env: EnvironmentContract) -> tuple[str, l
     from feature_platform import feast_bridge
 
     evidence = []
-    if isinstance(env.registry, FileRegistryConfig):
-        location = settings.resolve_uri(env, env.registry.uri)
-        if location.startswith("s3://"):
-            from feature_platform.store import s3_filesystem
-
-            exists = s3_filesystem(settings.s3_endpoint_url).exists(location.removeprefix("s3://"))
-        else:
-            exists = Path(location).exists()
-        if not exists:
-            return FAIL, [f"no registry at {location}; run `featurectl apply --env {env.name}`"]
-        evidence.append(f"registry object present at {location}")
+    exists, location = registry(settings, env).exists()
+    if not exists:
+        return FAIL, [f"no registry at {location}; run `featurectl apply --env {env.name}`"]
+    evidence.append(f"registry present at {location}")
     store = feast_bridge.open_store(settings, env)
     with feast_bridge.feast_process_environment(settings):
         views = feast_bridge.check_registry_matches(store, settings.contracts().live())
@@ -230,6 +224,7 @@ def check_services(settings: Settings, env: EnvironmentContract) -> tuple[str, l
     import pyarrow.parquet as pq
 
     from feature_platform import feast_bridge, governance
+    from feature_platform.feast_bridge.verify import values_close
     from feature_platform.pipeline import object_store
 
     contracts = settings.contracts()
@@ -256,7 +251,7 @@ def check_services(settings: Settings, env: EnvironmentContract) -> tuple[str, l
         def same(a: Any, b: Any) -> bool:  # a null on one side only is a difference too
             if pd.isna(a) or pd.isna(b):
                 return bool(pd.isna(a) and pd.isna(b))
-            return feast_bridge._close(a, b, "float64" if isinstance(a, float) else "other")
+            return values_close(a, b, "float64" if isinstance(a, float) else "other")
 
         differing = [c for c in columns if not same(online[c], frame[c].iloc[0])]
         # The entity comes from each set's served build: NOT_FOUND online means the store lost it.

@@ -36,9 +36,7 @@ def _new_client(settings: Settings, env: EnvironmentContract, socket_timeout: fl
     import redis
 
     online = env.online_store
-    assert isinstance(online, RedisConfig)
-    if not isinstance(online, RedisConfig):
-        raise ConfigError(f"environment {env.name} has no Redis online store")
+    assert isinstance(online, RedisConfig)  # connect() checked
     address = settings.require(online.address_env, "the Redis address host:port of the online store")
     password = settings.require(online.password_env, "the Redis password") if online.password_env else None
     nodes: list[tuple[str, int]] = []

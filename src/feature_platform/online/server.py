@@ -565,22 +565,21 @@ def create_app() -> App:
 
     skip_feast_typechecks()  # before feast_bridge imports Feast
     from feature_platform import feast_bridge
-    from feature_platform.environments import RedisConfig, Settings
-    from feature_platform.online.redis_client import connect
+    from feature_platform.environments import Settings
+    from feature_platform.online.stores import load_unfinished, online_store
 
     settings = Settings.from_env()
     env = settings.environment()
     timeout = float(settings.values.get("FEATURE_PLATFORM_SERVER_REDIS_TIMEOUT", "1.0"))
     enforce_ttl = settings.values.get("FEATURE_PLATFORM_SERVER_ENFORCE_TTL", "true").lower() != "false"
     store = feast_bridge.open_store(settings, env)
-    client = connect(settings, env, socket_timeout=timeout) if isinstance(env.online_store, RedisConfig) else None
+    backend = online_store(settings, env, socket_timeout=timeout)
+    client = backend.redis_client()
 
     def load() -> Catalog:
-        from feature_platform.materialization import load_records, load_unfinished
-
         with feast_bridge.feast_process_environment(settings):
             catalog = build_catalog(store)
-        records = load_records(settings, env, env.feast_project, client)  # one read for every view
+        records = backend.records(env.feast_project)  # one read for every view
         unfinished = {view for view, build_id in catalog.builds.items() if load_unfinished(records.get(view),
                                                                                            build_id)}
         return dataclasses.replace(catalog, unfinished=frozenset(unfinished))
