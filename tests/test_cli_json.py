@@ -9,18 +9,18 @@ import shutil
 import pandas as pd
 
 from feature_platform import pipeline
-from feature_platform.cli import build_parser, main
+from feature_platform.cli import build_cli, main
 from tests.conftest import REPO
 from tests.helpers import AS_OF, seed_raw
 
 
 def _commands() -> set[tuple[str, ...]]:
-    parser = build_parser()
+    import click
+
     found = set()
-    for name, sub in parser._subparsers._group_actions[0].choices.items():
-        nested = [a for a in sub._actions if a.__class__.__name__ == "_SubParsersAction"]
-        if nested:
-            found |= {(name, child) for child in nested[0].choices}
+    for name, command in build_cli().commands.items():
+        if isinstance(command, click.Group):
+            found |= {(name, child) for child in command.commands}
         else:
             found.add((name,))
     return found

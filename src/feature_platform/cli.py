@@ -1,11 +1,8 @@
-"""featurectl: argument parsing and printing only; every command calls one library function.
-
-Exit codes: 0 success, 1 operational failure, 2 bad input (contracts, configuration), 3 incompatible change.
-"""
+"""featurectl, on click: each command parses its line, calls one library function and renders the answer
+through ``_render`` (one JSON document with --json, text otherwise). Exit codes: errors.EXIT_CODES."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -15,24 +12,39 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace as Args
 from typing import Any
 
+import click
+
 from feature_platform import __version__
+from feature_platform.environments import STEP_NAMES
 from feature_platform.errors import AddressInUse, ConfigError, PlatformError, describe_failure
 from feature_platform.store import write_file_atomic, write_files_atomic
 
-Handler = Callable[[argparse.Namespace], int]
+Handler = Callable[[Args], int]
 
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
+def _render(args: Args, data: Any, text: Callable[[], None] | str | None = None) -> None:
+    """The one way a command answers on stdout: ``data`` as one JSON document under --json; otherwise ``text``
+    for people (a line, or a function printing several). Progress and notices go to stderr, never here."""
+    if getattr(args, "json", False):
+        _print_json(data)
+    elif callable(text):
+        text()
+    elif text is not None:
+        print(text)
+
+
 WAIT_NOTICE_SECONDS = 1.0  # a wait shorter than this shows nothing
 
 
 @contextlib.contextmanager
-def _waiting(args: argparse.Namespace, what: str) -> Iterator[None]:
+def _waiting(args: Args, what: str) -> Iterator[None]:
     """On a terminal, a wait that lasts WAIT_NOTICE_SECONDS says what it waits for on stderr, with a ticking
     count of seconds and the total at the end. Logs and pipes get nothing (a failure stays one line there), and
     neither do --json and --quiet."""
@@ -65,7 +77,7 @@ def _waiting(args: argparse.Namespace, what: str) -> Iterator[None]:
                   end="\n" if finished else "", flush=True)
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: Args) -> Any:
     from feature_platform.environments import Settings
 
     return Settings.from_env(contracts_dir=getattr(args, "contracts", None), home=getattr(args, "home", None),
@@ -85,7 +97,7 @@ def _report(problems: list[str], ok_message: str, exit_code: int, as_json: bool 
     return exit_code if problems else 0
 
 
-def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+def _progress(args: Args) -> Callable[[str], None]:
     if getattr(args, "quiet", False):
         return lambda _msg: None
     return lambda msg: print(msg, file=sys.stderr, flush=True)
@@ -94,7 +106,7 @@ def _progress(args: argparse.Namespace) -> Callable[[str], None]:
 # ----------------------------------------------------------------------------------------------- contracts
 
 
-def cmd_contracts_validate(args: argparse.Namespace) -> int:
+def cmd_contracts_validate(args: Args) -> int:
     from feature_platform.build import check_transform
     from feature_platform.contracts import load_contracts, load_feature_set
     from feature_platform.environments import load_environments
@@ -124,30 +136,28 @@ def cmd_contracts_validate(args: argparse.Namespace) -> int:
             errors.extend(exc.errors)
         except ContractError as exc:
             errors.append(exc)
-    if args.json:
-        _print_json({"ok": not errors, "checked": checked, "errors": [
-            {"file": e.file, "field": e.field, "problem": e.problem} for e in errors]})
-    else:
+
+    def text() -> None:
         for line in checked:
             print(f"ok    {line}")
         for error in errors:
             print(f"error {error}", file=sys.stderr)
+
+    _render(args, {"ok": not errors, "checked": checked,
+                   "errors": [{"file": e.file, "field": e.field, "problem": e.problem} for e in errors]}, text)
     return 2 if errors else 0
 
 
-def cmd_contracts_hash(args: argparse.Namespace) -> int:
+def cmd_contracts_hash(args: Args) -> int:
     from feature_platform.contracts import load_feature_set
 
     contract = load_feature_set(args.file)
-    if args.json:
-        _print_json({"feature_set": contract.name, "version": contract.version_label,
-                     "schema_hash": contract.schema_hash})
-    else:
-        print(contract.schema_hash)
+    _render(args, {"feature_set": contract.name, "version": contract.version_label,
+                   "schema_hash": contract.schema_hash}, contract.schema_hash)
     return 0
 
 
-def cmd_contracts_diff(args: argparse.Namespace) -> int:
+def cmd_contracts_diff(args: Args) -> int:
     from feature_platform.contracts import (
         diff_contracts,
         diff_services,
@@ -164,16 +174,18 @@ def cmd_contracts_diff(args: argparse.Namespace) -> int:
     else:
         changes = diff_contracts(load_feature_set(args.old), load_feature_set(args.new))
     breaking = any(c.breaking for c in changes)
-    if args.json:
-        _print_json({"breaking": breaking, "changes": [{"breaking": c.breaking, "what": c.what} for c in changes]})
-    else:
+
+    def text() -> None:
         for change in changes:
             print(f"{'BREAKING  ' if change.breaking else 'compatible'} {change.what}")
         print("result: " + ("breaking" if breaking else "compatible" if changes else "no changes"))
+
+    _render(args, {"breaking": breaking, "changes": [{"breaking": c.breaking, "what": c.what} for c in changes]},
+            text)
     return 3 if breaking else 0
 
 
-def cmd_contracts_check(args: argparse.Namespace) -> int:
+def cmd_contracts_check(args: Args) -> int:
     from feature_platform.contracts import check_lock
 
     settings = _settings(args)
@@ -182,20 +194,18 @@ def cmd_contracts_check(args: argparse.Namespace) -> int:
                    args.json)
 
 
-def cmd_contracts_lock(args: argparse.Namespace) -> int:
+def cmd_contracts_lock(args: Args) -> int:
     from feature_platform.contracts import write_lock
 
     settings = _settings(args)
     lock = write_lock(settings.contracts_dir, settings.contracts())
     count = sum(len(v) for v in lock.values())
-    if args.json:
-        _print_json({"lock": str(settings.contracts_dir / "contracts.lock"), "versions": count})
-    else:
-        print(f"locked {count} contract version(s) in {settings.contracts_dir / 'contracts.lock'}")
+    _render(args, {"lock": str(settings.contracts_dir / "contracts.lock"), "versions": count},
+            f"locked {count} contract version(s) in {settings.contracts_dir / 'contracts.lock'}")
     return 0
 
 
-def cmd_contracts_export(args: argparse.Namespace) -> int:
+def cmd_contracts_export(args: Args) -> int:
     """Every contract version as an ODCS document, validated against the standard's schema before writing."""
     import yaml
 
@@ -251,7 +261,7 @@ def _promoted_builds(settings: Any, environments: list[Any], contract: Any, expl
     return found
 
 
-def cmd_init(args: argparse.Namespace) -> int:
+def cmd_init(args: Args) -> int:
     from feature_platform import scaffold
 
     root = _settings(args).contracts_dir
@@ -262,15 +272,16 @@ def cmd_init(args: argparse.Namespace) -> int:
             raise ConfigError("--feature-set names what a feature service reads: add --feature-service")
         path = scaffold.init_feature_set(root, args.name, args.entity, args.join_key, args.key_dtype, args.table,
                                          args.owner)
-    if args.json:
-        _print_json({"path": str(path), "kind": "FeatureService" if args.feature_service else "FeatureSet"})
-    else:
+
+    def text() -> None:
         print(f"wrote {path}: it validates; edit it, then `featurectl contracts check` and `featurectl contracts "
               "lock` when it is released")
+
+    _render(args, {"path": str(path), "kind": "FeatureService" if args.feature_service else "FeatureSet"}, text)
     return 0
 
 
-def cmd_contracts_schema(args: argparse.Namespace) -> int:
+def cmd_contracts_schema(args: Args) -> int:
     from feature_platform.contracts import json_schema
 
     _print_json(json_schema())
@@ -280,21 +291,22 @@ def cmd_contracts_schema(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------- data and builds
 
 
-def cmd_sample_data(args: argparse.Namespace) -> int:
+def cmd_sample_data(args: Args) -> int:
     from feature_platform import pipeline
     from feature_platform.sample_data import SampleSpec, parse_as_of
 
     spec = SampleSpec(seed=args.seed, scale=args.scale, as_of=parse_as_of(args.as_of))
     written = pipeline.generate_sample_data(_settings(args), spec)
-    if args.json:
-        _print_json({"tables": written})
-        return 0
-    for table, rows in written.items():
-        print(f"{table}: {rows:,} rows")
+
+    def text() -> None:
+        for table, rows in written.items():
+            print(f"{table}: {rows:,} rows")
+
+    _render(args, {"tables": written}, text)
     return 0
 
 
-def cmd_build(args: argparse.Namespace) -> int:
+def cmd_build(args: Args) -> int:
     from feature_platform import pipeline
 
     settings = _settings(args)
@@ -306,101 +318,107 @@ def cmd_build(args: argparse.Namespace) -> int:
     else:
         results = [pipeline.build_and_promote(settings, args.feature_set, version=args.version,
                                               run_id=args.run_id, progress=_progress(args))]
-    if args.json:
-        _print_json(results if args.all else results[0])
-        return 0
-    for result in results:
-        print(f"{result['feature_set']} {result['version']}: latest -> build {result['build_id']} "
-              f"({result['row_count']:,} rows{', reused' if result['reused'] else ''})")
+
+    def text() -> None:
+        for result in results:
+            print(f"{result['feature_set']} {result['version']}: latest -> build {result['build_id']} "
+                  f"({result['row_count']:,} rows{', reused' if result['reused'] else ''})")
+
+    _render(args, results if args.all else results[0], text)
     return 0
 
 
-def cmd_versions(args: argparse.Namespace) -> int:
+def cmd_versions(args: Args) -> int:
     from feature_platform import pipeline
 
     builds, pointer = pipeline.versions(_settings(args), args.feature_set)
-    if args.json:
-        _print_json({"latest": pointer, "builds": builds})
-        return 0
-    latest = pointer["build_id"] if pointer else None
-    print(f"{'':2}{'version':8}{'build':18}{'generated_at':34}{'rows':>10}  state")
-    for b in builds:
-        mark = "* " if b["build_id"] == latest else "  "
-        state = "complete" if b["complete"] else "UNFINISHED (never promoted)"
-        print(f"{mark}{b['version']:8}{b['build_id']:18}{b.get('generated_at', ''):34}"
-              f"{b.get('row_count', ''):>10}  {state}")
+
+    def text() -> None:
+        latest = pointer["build_id"] if pointer else None
+        print(f"{'':2}{'version':8}{'build':18}{'generated_at':34}{'rows':>10}  state")
+        for b in builds:
+            mark = "* " if b["build_id"] == latest else "  "
+            state = "complete" if b["complete"] else "UNFINISHED (never promoted)"
+            print(f"{mark}{b['version']:8}{b['build_id']:18}{b.get('generated_at', ''):34}"
+                  f"{b.get('row_count', ''):>10}  {state}")
+
+    _render(args, {"latest": pointer, "builds": builds}, text)
     return 0
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
+def cmd_rollback(args: Args) -> int:
     from feature_platform import pipeline
 
     moved = pipeline.rollback(_settings(args), args.feature_set, args.to)
-    if args.json:
-        _print_json(moved)
-        return 0
-    print(f"{args.feature_set} {moved['version']}: latest -> build {moved['build_id']} "
-          f"(was {moved['previous_build_id'] or 'none'})")
-    current = moved["feature_set_latest"]
-    if moved["feature_set_latest_moved"]:
-        print(f"{args.feature_set}: latest -> {current['version']} build {current['build_id']}")
-    elif current:
-        print(f"{args.feature_set}: latest unchanged, still {current['version']} build {current['build_id']} "
-              f"(it follows the newest version; serving of {moved['version']} changes after `featurectl apply`)")
+
+    def text() -> None:
+        print(f"{args.feature_set} {moved['version']}: latest -> build {moved['build_id']} "
+              f"(was {moved['previous_build_id'] or 'none'})")
+        current = moved["feature_set_latest"]
+        if moved["feature_set_latest_moved"]:
+            print(f"{args.feature_set}: latest -> {current['version']} build {current['build_id']}")
+        elif current:
+            print(f"{args.feature_set}: latest unchanged, still {current['version']} build {current['build_id']} "
+                  f"(it follows the newest version; serving of {moved['version']} changes after `featurectl apply`)")
+
+    _render(args, moved, text)
     return 0
 
 
 # --------------------------------------------------------------------------------------------------- feast
 
 
-def cmd_feast_config(args: argparse.Namespace) -> int:
+def cmd_feast_config(args: Args) -> int:
     from feature_platform.feast_bridge import write_feature_store_yaml
 
     settings = _settings(args)
     env = settings.environment()
     path = write_feature_store_yaml(settings, env)
-    if args.json:
-        _print_json({"path": str(path), "environment": env.name})
-        return 0
-    print(path)
-    print(f"# plain Feast on this repo: FEATURE_PLATFORM_ENV={env.name} feast -c feature_repo -f {path} apply",
-          file=sys.stderr)
+
+    def text() -> None:
+        print(path)
+        print(f"# plain Feast on this repo: FEATURE_PLATFORM_ENV={env.name} feast -c feature_repo -f {path} apply",
+              file=sys.stderr)
+
+    _render(args, {"path": str(path), "environment": env.name}, text)
     return 0
 
 
-def cmd_apply(args: argparse.Namespace) -> int:
+def cmd_apply(args: Args) -> int:
     from feature_platform import pipeline
 
     settings = _settings(args)
     with _waiting(args, f"applying the contracts' Feast objects to {settings.env_name}"):
         result = pipeline.apply(settings, feature_sets=args.feature_set)
-    if args.json:
-        _print_json(result)
-    else:
+
+    def text() -> None:
         print(f"applied: {', '.join(result['changed']) or 'nothing changed (no-op)'}")
         if result["unmanaged"]:
             print(f"in the registry but in no contract (left alone): {', '.join(result['unmanaged'])}")
+
+    _render(args, result, text)
     return 0
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+def cmd_plan(args: Args) -> int:
     from feature_platform.feast_bridge import plan
 
     settings = _settings(args)
     with _waiting(args, f"planning the contracts against {settings.env_name}'s registry"):
         result = plan(settings)
-    if args.json:
-        _print_json({k: v for k, v in result.items() if not k.endswith("_text")})
-    else:
+
+    def text() -> None:
         for line in result["registry_changes"] + result["infra_changes"]:
             print(line)
         print(f"{result['environment']}: " + ("no changes" if not (result["registry_changes"] or result[
             "infra_changes"]) else f"{len(result['registry_changes'])} registry and "
                                    f"{len(result['infra_changes'])} infrastructure change(s)"))
+
+    _render(args, {k: v for k, v in result.items() if not k.endswith("_text")}, text)
     return 0
 
 
-def cmd_materialize(args: argparse.Namespace) -> int:
+def cmd_materialize(args: Args) -> int:
     from feature_platform import pipeline
 
     try:
@@ -408,16 +426,17 @@ def cmd_materialize(args: argparse.Namespace) -> int:
                                     progress=not (args.quiet or args.json), shard=args.shard)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    if args.json:
-        _print_json(done)
-    else:
+
+    def text() -> None:
         for view in done:
             print(f"{view['feature_view']}: build {view['build_id']} {view['mode']}: {view['written']:,} entities "
                   f"written, {view['deleted']:,} departed deleted ({view['start']} .. {view['end']})")
+
+    _render(args, done, text)
     return 0
 
 
-def cmd_online(args: argparse.Namespace) -> int:
+def cmd_online(args: Args) -> int:
     from feature_platform.feast_bridge import read_online, read_online_service
 
     if not args.feature_service and (not args.feature_set or not args.keys):
@@ -429,11 +448,12 @@ def cmd_online(args: argparse.Namespace) -> int:
                 full_feature_names=args.full_feature_names)
         else:
             rows = read_online(_settings(args), args.feature_set, args.keys, version=args.version)
-    if args.json:
-        _print_json(rows)
-    else:
+
+    def text() -> None:
         for row in rows:
             print(json.dumps(row, default=str))
+
+    _render(args, rows, text)
     return 0
 
 
@@ -446,7 +466,7 @@ def _write_frame(frame: Any, out: Path, provenance: dict[str, Any]) -> None:
     write_files_atomic({out: buffer.getvalue(), Path(str(out) + ".provenance.json"): json.dumps(provenance, indent=2)})
 
 
-def cmd_historical(args: argparse.Namespace) -> int:
+def cmd_historical(args: Args) -> int:
     from feature_platform.feast_bridge import historical, historical_service
     from feature_platform.offline import read_entity_file
 
@@ -474,16 +494,18 @@ def cmd_historical(args: argparse.Namespace) -> int:
                                            build_id=builds[0] if builds else None, caller=_caller(settings, args))
     if args.out:
         _write_frame(frame, Path(args.out), provenance)
-    if args.json:  # the rows themselves only when no --out takes them
-        _print_json({"rows": len(frame), "out": args.out, "provenance": provenance,
+
+    def text() -> None:
+        if args.out:
+            print(f"wrote {len(frame)} rows to {args.out} (provenance: {args.out}.provenance.json)")
+        else:
+            print(frame.to_string(index=False))
+        print(json.dumps(provenance), file=sys.stderr)
+
+    # the rows themselves only when no --out takes them
+    _render(args, {"rows": len(frame), "out": args.out, "provenance": provenance,
                      **({} if args.out else {"records": json.loads(frame.to_json(orient="records", date_format="iso",
-                                                                                    date_unit="us"))})})
-        return 0
-    if args.out:
-        print(f"wrote {len(frame)} rows to {args.out} (provenance: {args.out}.provenance.json)")
-    else:
-        print(frame.to_string(index=False))
-    print(json.dumps(provenance), file=sys.stderr)
+                                                                                    date_unit="us"))})}, text)
     return 0
 
 
@@ -500,13 +522,13 @@ def _entity_arguments(pairs: list[str]) -> dict[str, list[str]]:
     return entities
 
 
-def _caller(settings: Any, args: argparse.Namespace) -> Any:
+def _caller(settings: Any, args: Args) -> Any:
     from feature_platform.governance import caller_from_cli
 
     return caller_from_cli(settings, settings.environment(), team=args.team, token=args.token)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def cmd_export(args: Args) -> int:
     from feature_platform import pipeline
 
     settings = _settings(args)
@@ -514,16 +536,18 @@ def cmd_export(args: argparse.Namespace) -> int:
                                         caller=_caller(settings, args))
     out = Path(args.out)
     _write_frame(frame, out, provenance)
-    if args.json:
-        _print_json({"rows": len(frame), "out": str(out), "provenance": provenance})
-        return 0
-    hidden = provenance["pii_masked"] + provenance["pii_dropped"]
-    print(f"wrote {len(frame)} rows of {provenance['feature_set']} {provenance['version']} build "
-          f"{provenance['build_id']} to {out}" + (f" (PII masked or dropped: {', '.join(hidden)})" if hidden else ""))
+
+    def text() -> None:
+        hidden = provenance["pii_masked"] + provenance["pii_dropped"]
+        print(f"wrote {len(frame)} rows of {provenance['feature_set']} {provenance['version']} build "
+              f"{provenance['build_id']} to {out}"
+              + (f" (PII masked or dropped: {', '.join(hidden)})" if hidden else ""))
+
+    _render(args, {"rows": len(frame), "out": str(out), "provenance": provenance}, text)
     return 0
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
+def cmd_audit(args: Args) -> int:
     from feature_platform import audit
 
     settings = _settings(args)
@@ -531,27 +555,28 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.feature_set:
         settings.contracts().get(args.feature_set)  # a clear error for an unknown name
     entries = audit.read(settings, env, args.feature_set)
-    if args.json:
-        _print_json(entries)
-        return 0
-    for entry in entries:
-        status = entry.get("status", "")
-        print(f"{entry['at']}  {entry['action']:9} {entry['actor']}  commit {entry['contracts_commit'][:12]}  "
-              f"{', '.join(entry['feature_sets'])}" + (f"  [{status}]" if status not in ("", "applied") else ""))
-        if status == "interrupted":
-            print(f"    landed before the interruption: {', '.join(entry['landed']) or 'nothing'}")
-        for change in entry["changes"]:
-            if args.feature_set and change.get("feature_set") not in (args.feature_set, None):
-                continue
-            detail = "; ".join(change.get("detail") or [])
-            print(f"    {change['change']:20} {change['kind']:15} {change['object']:32} "
-                  f"{change['classification']}" + (f": {detail}" if detail else ""))
-    if not entries:
-        print(f"no audit entries for {args.feature_set or 'any feature set'} in {env.name}")
+
+    def text() -> None:
+        for entry in entries:
+            status = entry.get("status", "")
+            print(f"{entry['at']}  {entry['action']:9} {entry['actor']}  commit {entry['contracts_commit'][:12]}  "
+                  f"{', '.join(entry['feature_sets'])}" + (f"  [{status}]" if status not in ("", "applied") else ""))
+            if status == "interrupted":
+                print(f"    landed before the interruption: {', '.join(entry['landed']) or 'nothing'}")
+            for change in entry["changes"]:
+                if args.feature_set and change.get("feature_set") not in (args.feature_set, None):
+                    continue
+                detail = "; ".join(change.get("detail") or [])
+                print(f"    {change['change']:20} {change['kind']:15} {change['object']:32} "
+                      f"{change['classification']}" + (f": {detail}" if detail else ""))
+        if not entries:
+            print(f"no audit entries for {args.feature_set or 'any feature set'} in {env.name}")
+
+    _render(args, entries, text)
     return 0
 
 
-def cmd_token(args: argparse.Namespace) -> int:
+def cmd_token(args: Args) -> int:
     from feature_platform.errors import ConfigError
     from feature_platform.governance import issue_token, token_key
 
@@ -561,41 +586,40 @@ def cmd_token(args: argparse.Namespace) -> int:
     if key is None:
         raise ConfigError(f"{env.name} has no access.token_key_env: it signs no tokens (access there is by --team)")
     token = issue_token(key, args.team, env.name, args.subject, args.ttl)
-    if args.json:
-        _print_json({"token": token, "team": args.team, "environment": env.name})
-    else:
-        print(token)
+    _render(args, {"token": token, "team": args.team, "environment": env.name}, token)
     return 0
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def cmd_verify(args: Args) -> int:
     from feature_platform import pipeline
 
     results = pipeline.verify(_settings(args), sample=args.sample, feature_views=args.feature_view)
-    if args.json:
-        _print_json(results)
-    else:
+
+    def text() -> None:
         for r in results:
             print(f"ok  {r['feature_view']}: {r['sampled']} sampled entities online == offline, "
                   f"newest {r['newest_online']} within ttl {r['ttl_seconds']}s")
+
+    _render(args, results, text)
     return 0
 
 
-def cmd_monitor(args: argparse.Namespace) -> int:
+def cmd_monitor(args: Args) -> int:
     from feature_platform import pipeline
 
     result = pipeline.monitor(_settings(args), args.feature_set or None,
                               report_dir=Path(args.report_dir) if args.report_dir else None,
                               publish=args.publish, fail_on_breach=False)
-    if args.json:
-        _print_json(result)
-    else:
+
+    def text() -> None:
         for view in result["views"]:
             print(f"{'ok    ' if view['ok'] else 'BREACH'} {view['feature_view']}: build {view['build_id']}, "
                   f"{view['row_count']:,} rows, newest event {view['event_time_max']}")
             for breach in view["breaches"]:
                 print(f"         {breach}")
         print(f"report: {result['report']['html']}")
+
+    _render(args, result, text)
     return 0 if all(view["ok"] for view in result["views"]) else 1
 
 
@@ -611,54 +635,51 @@ def serve_command(settings: Any, host: str, port: int) -> list[str]:
             "-r", str(max(env.registry.cache_ttl_seconds, 1)), "--no-access-log"]
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _server_environment(settings: Any) -> dict[str, str]:
+    """The environment a server process starts with: this one, plus the resolved settings (a server's workers
+    build their Settings from it, as a pod's would). Passed to the new process, never written into this one."""
+    environment = {**os.environ,
+                   **{k: v for k, v in settings.values.items() if k.startswith(("FEATURE_PLATFORM_", "AWS_"))},
+                   "FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
+                   "FEATURE_PLATFORM_HOME": str(settings.home), "FEATURE_PLATFORM_ENV": settings.env_name}
+    if settings.s3_endpoint_url:
+        environment["FEAST_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    return environment
+
+
+def cmd_serve(args: Args) -> int:
     import shutil
 
-    from feature_platform.feast_bridge.config import check_runtime_env, feast_process_environment
+    from feature_platform.feast_bridge.config import check_runtime_env
+    from feature_platform.online.stores import online_store
 
     settings = _settings(args)
     if args.engine == "feast":
         command = serve_command(settings, args.host, args.port)
         if args.print_command:
-            if args.json:
-                _print_json({"command": command})
-            else:
-                print(" ".join(command))
+            _render(args, {"command": command}, " ".join(command))
             return 0
         binary = shutil.which("feast") or str(Path(sys.executable).parent / "feast")
-        with feast_process_environment(settings):
-            os.execv(binary, [binary, *command[1:]])
-        return 0  # not reached
-    from feature_platform.online.server import serve
+        os.execve(binary, [binary, *command[1:]], _server_environment(settings))
+    from feature_platform.online.server import serve_argv
 
-    check_runtime_env(settings, settings.environment())
-    # Each uvicorn worker builds its app from the process environment: pass the resolved settings on.
-    os.environ.update({k: v for k, v in settings.values.items() if k.startswith(("FEATURE_PLATFORM_", "AWS_"))})
-    os.environ.update({"FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
-                       "FEATURE_PLATFORM_HOME": str(settings.home), "FEATURE_PLATFORM_ENV": settings.env_name})
-    if settings.s3_endpoint_url:
-        os.environ["FEAST_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    env = settings.environment()
+    check_runtime_env(settings, env)
+    workers = args.workers or settings.server_workers()
+    command = serve_argv(args.host, args.port, workers)
     if args.print_command:
-        line = (f"uvicorn feature_platform.online.server:create_app --factory --host {args.host} --port "
-                f"{args.port} --workers {args.workers}")
-        if args.json:
-            _print_json({"command": line.split()})
-        else:
-            print(line)
+        _render(args, {"command": command}, " ".join(command))
         return 0
     _check_port_free(args.host, args.port)
-    env = settings.environment()
-    online = env.online_store
-    where = (f"Redis{' Cluster' if getattr(online, 'cluster', False) else ''} at ${online.address_env}"
-             if online.type == "redis" else f"SQLite {settings.env_home(env) / online.path}")
+    where = online_store(settings, env).describe()
     started = {"environment": env.name, "feast_project": env.feast_project, "online_store": where,
-               "url": f"http://{args.host}:{args.port}", "workers": args.workers}
+               "url": f"http://{args.host}:{args.port}", "workers": workers}
     # Logs go to stderr; with --json one JSON line, for log collectors.
     print(json.dumps(started) if args.json else
           f"featurectl serve: environment {env.name} (Feast project {env.feast_project}), online store {where}; "
-          f"listening on http://{args.host}:{args.port} with {args.workers} worker(s)", file=sys.stderr, flush=True)
-    serve(args.host, args.port, args.workers)
-    return 0
+          f"listening on http://{args.host}:{args.port} with {workers} worker(s)", file=sys.stderr, flush=True)
+    # This process becomes uvicorn (same pid, so signals and supervisors see one server).
+    os.execve(sys.executable, [sys.executable, "-m", *command], _server_environment(settings))
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -674,24 +695,24 @@ def _check_port_free(host: str, port: int) -> None:
                                "choose another --port") from None
 
 
-def cmd_check_server(args: argparse.Namespace) -> int:
+def cmd_check_server(args: Args) -> int:
     from feature_platform.governance import platform_token
     from feature_platform.online.check import check_server
 
     settings = _settings(args)
     problems = check_server(args.url, settings.contracts(),
                             platform_token(settings, settings.environment(), "check-server"))
-    if args.json:
-        _print_json({"ok": not problems, "url": args.url, "problems": problems})
-        return 1 if problems else 0
-    for problem in problems:
-        print(f"FAIL {problem}", file=sys.stderr)
-    if not problems:
-        print(f"OK {args.url}: /health and one /get-online-features per online feature set")
+    def text() -> None:
+        for problem in problems:
+            print(f"FAIL {problem}", file=sys.stderr)
+        if not problems:
+            print(f"OK {args.url}: /health and one /get-online-features per online feature set")
+
+    _render(args, {"ok": not problems, "url": args.url, "problems": problems}, text)
     return 1 if problems else 0
 
 
-def cmd_step(args: argparse.Namespace) -> int:
+def cmd_step(args: Args) -> int:
     from feature_platform import pipeline
     from feature_platform.dag_factory import write_xcom
 
@@ -715,44 +736,47 @@ def _print_proof(report: Any) -> None:
     print(f"proof {'PASSED' if report.ok else 'FAILED'} for environment {report.environment}")
 
 
-def cmd_proof(args: argparse.Namespace) -> int:
+def cmd_proof(args: Args) -> int:
     from feature_platform.proof import run_proof, write_report
 
     report = run_proof(_settings(args), sample=args.sample)
     if args.report:
         json_path, md_path = write_report(report, Path(args.report))
         print(f"report: {json_path} and {md_path}", file=sys.stderr)
-    if args.json:
-        _print_json(report.to_json())
-    else:
+
+    def text() -> None:
         _print_proof(report)
+
+    _render(args, report.to_json(), text)
     return 0 if report.ok else 1
 
 
-def cmd_gc(args: argparse.Namespace) -> int:
+def cmd_gc(args: Args) -> int:
     from feature_platform import pipeline
 
     decisions = pipeline.collect_garbage(_settings(args), args.feature_set, args.keep, args.min_age,
                                          dry_run=not args.delete)
-    if args.json:
-        _print_json(decisions)
-        return 0
-    for d in decisions:
-        what = d.get("path") or f"{d['feature_set']} {d['version']} {d['build_id']}"
-        print(f"{'deleted' if d['deleted'] else 'would delete'} {what} ({d['reason']})")
-    if not args.delete:
-        print(f"dry run: {len(decisions)} build(s) or temporary file(s) would be deleted; add --delete to delete them")
+
+    def text() -> None:
+        for d in decisions:
+            what = d.get("path") or f"{d['feature_set']} {d['version']} {d['build_id']}"
+            print(f"{'deleted' if d['deleted'] else 'would delete'} {what} ({d['reason']})")
+        if not args.delete:
+            print(f"dry run: {len(decisions)} build(s) or temporary file(s) would be deleted; add --delete to "
+                  "delete them")
+
+    _render(args, decisions, text)
     return 0
 
 
-def cmd_lint_dags(args: argparse.Namespace) -> int:
+def cmd_lint_dags(args: Args) -> int:
     from feature_platform.dag_factory import lint_dag_folder
 
     problems = lint_dag_folder(Path(args.folder))
     return _report(problems, f"ok: no parse-time Variable reads or heavy imports in {args.folder}", 1, args.json)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: Args) -> int:
     from feature_platform import pipeline
     from feature_platform.sample_data import SampleSpec
 
@@ -767,305 +791,306 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     report = run_proof(settings)
     _, md_path = write_report(report, settings.home / settings.env_name / "proof")
-    if args.json:
-        _print_json(report.to_json())
-    else:
+
+    def text() -> None:
         _print_proof(report)
         print(f"state in {settings.home / settings.env_name}; report {md_path}")
+
+    _render(args, report.to_json(), text)
     return 0 if report.ok else 1
 
 
-# ------------------------------------------------------------------------------------------------- parser
+# --------------------------------------------------------------------------------------------- command line
 
 
-def _version_arg(value: str) -> int:
-    """--version 2 or v2: a usage error (exit 2) that says what is expected, not `invalid <lambda> value`."""
-    number = value.removeprefix("v")
-    if not number.isdigit() or int(number) < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a contract version: give a number like 2 or v2")
-    return int(number)
+class _Version(click.ParamType):
+    """--version 2 or v2: a usage error (exit 2) that says what is expected."""
+
+    name = "VERSION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        number = str(value).removeprefix("v")
+        if not number.isdigit() or int(number) < 1:
+            self.fail(f"{value!r} is not a contract version: give a number like 2 or v2", param, ctx)
+        return int(number)
 
 
-def _duration_arg(value: str) -> int:
+class _Duration(click.ParamType):
     """A duration such as 12h, 30d or 2w, as seconds; anything else is a usage error (exit 2)."""
-    from feature_platform.contracts import parse_duration
 
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    name = "DURATION"
 
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from feature_platform.contracts import parse_duration
 
-def _add_common(parser: argparse.ArgumentParser, env: bool = True) -> None:
-    parser.add_argument("--contracts",
-                        help="contracts directory (default: $FEATURE_PLATFORM_CONTRACTS or ./contracts)")
-    parser.add_argument("--home", help="work directory (default: $FEATURE_PLATFORM_HOME or ./.feature-platform)")
-    if env:
-        parser.add_argument("--env", help="environment name (default: $FEATURE_PLATFORM_ENV or local)")
-    parser.add_argument("--json", action="store_true", help="print JSON for machines")
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
-def _add_identity(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--team", help="your team, where the environment signs no tokens "
-                                       "(default $FEATURE_PLATFORM_TEAM)")
-    parser.add_argument("--token", help="your team token (default $FEATURE_PLATFORM_TOKEN)")
+VERSION, DURATION = _Version(), _Duration()
+
+# `featurectl --help` lists the commands by subject, in this order.
+SUBJECTS: dict[str, list[str]] = {
+    "Contracts": ["contracts", "init"],
+    "Builds": ["sample-data", "build", "versions", "rollback", "gc"],
+    "Feast and the online store": ["feast-config", "apply", "plan", "materialize", "verify", "serve",
+                                   "check-server"],
+    "Reading features": ["online", "historical", "export"],
+    "Governance": ["audit", "token"],
+    "Operations": ["monitor", "step", "proof", "lint-dags", "demo"],
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="featurectl", description="feature-platform: contracts -> builds -> Feast -> online reads.")
-    parser.add_argument("--version", action="version", version=f"featurectl {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+class _SubjectGroup(click.Group):
+    """A group whose help lists its commands under their subjects (SUBJECTS), in the order written there."""
 
-    contracts = commands.add_parser("contracts", help="validate, hash, diff and lock contracts")
-    sub = contracts.add_subparsers(dest="contracts_command", required=True, metavar="SUBCOMMAND")
-    p = sub.add_parser("validate", help="validate contract files or directories (default: the contracts dir)")
-    p.add_argument("paths", nargs="*")
-    _add_common(p, env=False)
-    p.set_defaults(handler=cmd_contracts_validate)
-    p = sub.add_parser("hash", help="print the schema_hash of one contract file")
-    p.add_argument("file")
-    _add_common(p, env=False)
-    p.set_defaults(handler=cmd_contracts_hash)
-    p = sub.add_parser("diff", help="classify the change between two contract files; exit 3 if breaking")
-    p.add_argument("old")
-    p.add_argument("new")
-    _add_common(p, env=False)
-    p.set_defaults(handler=cmd_contracts_diff)
-    p = sub.add_parser("check", help="fail (exit 3) if a released version changed, vanished or is unlocked")
-    _add_common(p, env=False)
-    p.set_defaults(handler=cmd_contracts_check)
-    p = sub.add_parser("lock", help="record new versions' schema_hash in contracts.lock (never rewrites one)")
-    _add_common(p, env=False)
-    p.set_defaults(handler=cmd_contracts_lock)
-    p = sub.add_parser("export", help="write each contract version as an Open Data Contract Standard document")
-    p.add_argument("--format", choices=["odcs"], default="odcs")
-    p.add_argument("--out", default="odcs", help="directory for <view>.odcs.yaml (default ./odcs); - prints one "
-                                                  "YAML stream")
-    p.add_argument("--env", help="only this environment's server entry (default: every environment)")
-    p.add_argument("--contracts", help="contracts directory (default: $FEATURE_PLATFORM_CONTRACTS or ./contracts)")
-    p.add_argument("--home", help="work directory of local stores, whose promoted builds the servers name "
-                                  "(default: $FEATURE_PLATFORM_HOME or ./.feature-platform)")
-    p.add_argument("--json", action="store_true", help="print JSON for machines")
-    p.set_defaults(handler=cmd_contracts_export)
-    p = sub.add_parser("schema", help="print the JSON Schema of the contract format")
-    p.add_argument("--json", action="store_true", help="(always JSON)")
-    p.set_defaults(handler=cmd_contracts_schema)
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
 
-    p = commands.add_parser("init", help="scaffold a new feature set (or --feature-service) contract that validates")
-    p.add_argument("name", help="the new feature set's (or feature service's) name")
-    p.add_argument("--feature-service", action="store_true", help="scaffold a feature service, not a feature set")
-    p.add_argument("--feature-set", action="append", default=[], dest="feature_sets",
-                   help="(feature service) a feature set it reads, newest version (repeatable)")
-    p.add_argument("--entity", default="customer", help="(feature set) the entity's name (default customer)")
-    p.add_argument("--join-key", default="customer_id", help="(feature set) its join key (default customer_id)")
-    p.add_argument("--key-dtype", default="int64", choices=["int64", "string"], help="(feature set) key type")
-    p.add_argument("--table", default="events", help="(feature set) the raw table it reads (default events)")
-    p.add_argument("--owner", default="team@example.com", help="owner e-mail (default team@example.com)")
-    _add_common(p, env=False)
-    p.set_defaults(handler=cmd_init)
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        listed = {name for names in SUBJECTS.values() for name in names}
+        sections = [*SUBJECTS.items(), ("Other", [n for n in self.commands if n not in listed])]
+        for subject, names in sections:
+            rows = [(n, self.commands[n].get_short_help_str(1000)) for n in names if n in self.commands]
+            if rows:
+                with formatter.section(subject):
+                    formatter.write_dl(rows)
 
-    p = commands.add_parser("sample-data", help="write deterministic raw sample data for the example contracts")
-    p.add_argument("--scale", type=float, default=1.0, help="1.0 ~ 130k raw rows; 10 ~ 1.3M")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--as-of", help="end of the generated history, ISO 8601 (default: the current hour, UTC)")
-    _add_common(p)
-    p.set_defaults(handler=cmd_sample_data)
 
-    p = commands.add_parser("build", help="build a feature set into versioned Parquet and promote latest")
-    p.add_argument("feature_set", nargs="?", help="the feature set (or --all)")
-    p.add_argument("--all", action="store_true", help="every live version of every feature set, in one process")
-    p.add_argument("--version", type=_version_arg, help="contract version (default: newest)")
-    p.add_argument("--run-id", help="the logical run that asked for it (recorded in metadata.json)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    _add_common(p)
-    p.set_defaults(handler=cmd_build)
+def _common(env: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--contracts, --home, --env and --json: where the command acts, and how it answers."""
 
-    p = commands.add_parser("versions", help="list the builds of a feature set; * marks latest")
-    p.add_argument("feature_set")
-    _add_common(p)
-    p.set_defaults(handler=cmd_versions)
+    def add(function: Callable[..., Any]) -> Callable[..., Any]:
+        function = click.option("--json", is_flag=True, help="print JSON for machines")(function)
+        if env:
+            function = click.option("--env", help="environment name (default: $FEATURE_PLATFORM_ENV or local)"
+                                    )(function)
+        function = click.option("--home", help="work directory (default: $FEATURE_PLATFORM_HOME or "
+                                               "./.feature-platform)")(function)
+        return click.option("--contracts", help="contracts directory (default: $FEATURE_PLATFORM_CONTRACTS or "
+                                                "./contracts)")(function)
 
-    p = commands.add_parser("rollback", help="point latest back to an earlier complete build")
-    p.add_argument("feature_set")
-    p.add_argument("--to", required=True, metavar="BUILD_ID")
-    _add_common(p)
-    p.set_defaults(handler=cmd_rollback)
+    return add
 
-    p = commands.add_parser("feast-config", help="write the environment's feature_store.yaml and print its path")
-    _add_common(p)
-    p.set_defaults(handler=cmd_feast_config)
 
-    p = commands.add_parser("apply", help="register the contracts' Feast objects (no-op when unchanged)")
-    p.add_argument("--feature-set", action="append", help="only this feature set's objects (repeatable)")
-    _add_common(p)
-    p.set_defaults(handler=cmd_apply)
+def _identity(function: Callable[..., Any]) -> Callable[..., Any]:
+    function = click.option("--token", help="your team token (default $FEATURE_PLATFORM_TOKEN)")(function)
+    return click.option("--team", help="your team, where the environment signs no tokens "
+                                       "(default $FEATURE_PLATFORM_TEAM)")(function)
 
-    p = commands.add_parser("plan", help="what an apply would change (Feast's plan of the contracts; run on PRs)")
-    _add_common(p)
-    p.set_defaults(handler=cmd_plan)
 
-    p = commands.add_parser("materialize", help="load the promoted builds into the online store")
-    p.add_argument("--incremental", action="store_true", help="resume from Feast's last materialization")
-    p.add_argument("--feature-view", action="append", help="only this feature view (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
-    p.add_argument("--shard", metavar="I/N", help="only shard I of N (by Redis hash slot): N processes load a view "
-                                                  "in parallel; the view is recorded once all N finished")
-    _add_common(p)
-    p.set_defaults(handler=cmd_materialize)
+def _command(group: click.Group, name: str, handler: Handler, help: str,
+             *decorators: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Register ``handler`` as ``name`` in ``group``: click parses the line, the handler calls the library and
+    renders. Repeatable options and variadic arguments arrive as lists."""
 
-    p = commands.add_parser("online", help="print online values of a feature set, or of a model's feature "
-                                           "service, for entity keys")
-    p.add_argument("feature_set", nargs="?", help="a feature set (omit with --feature-service)")
-    p.add_argument("keys", nargs="*", help="keys; with --feature-service JOIN_KEY=VALUE, one per key and row")
-    p.add_argument("--feature-service", metavar="NAME", help="a model's feature service (contracts/feature_services)")
-    p.add_argument("--full-feature-names", action="store_true", help="name features <feature_set>_v<N>__<feature>")
-    p.add_argument("--version", type=_version_arg, help="contract or service version (default: newest)")
-    _add_common(p)
-    p.set_defaults(handler=cmd_online)
+    def callback(**values: Any) -> int:
+        return handler(Args(**{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}))
 
-    p = commands.add_parser("historical", help="point-in-time join for an entity file (csv or parquet): of a "
-                                               "feature set, or of a model's --feature-service")
-    p.add_argument("feature_set", nargs="?")
-    p.add_argument("--feature-service", metavar="NAME", help="a model's feature service (contracts/feature_services)")
-    p.add_argument("--entities", required=True, help="file with the join key(s) and event_timestamp columns")
-    p.add_argument("--version", type=_version_arg, help="contract or service version (default: newest)")
-    p.add_argument("--build", action="append", metavar="BUILD_ID|SET=BUILD_ID",
-                   help="pin a build to reproduce a training set exactly (a service: FEATURE_SET=BUILD_ID, or "
-                        "FEATURE_SET_vN=BUILD_ID, per set)")
-    p.add_argument("--full-feature-names", action="store_true",
-                   help="name a service's features <feature_set>_v<N>__<feature>")
-    p.add_argument("--out", help="write Parquet here (plus <out>.provenance.json)")
-    _add_identity(p)
-    _add_common(p)
-    p.set_defaults(handler=cmd_historical)
+    for decorate in reversed(decorators):
+        callback = decorate(callback)
+    group.add_command(click.command(name, help=help, short_help=help)(callback))
 
-    p = commands.add_parser("export", help="write a build's rows to Parquet or CSV (PII masked unless allowed)")
-    p.add_argument("feature_set")
-    p.add_argument("--version", type=_version_arg, help="contract version (default: newest)")
-    p.add_argument("--build", help="build id (default: the version's latest)")
-    p.add_argument("--out", required=True, help="file.parquet or file.csv (plus <out>.provenance.json)")
-    _add_identity(p)
-    _add_common(p)
-    p.set_defaults(handler=cmd_export)
 
-    p = commands.add_parser("audit", help="the append-only log of definition changes (applies, rollbacks, "
-                                          "retirements)")
-    p.add_argument("feature_set", nargs="?")
-    _add_common(p)
-    p.set_defaults(handler=cmd_audit)
+def build_cli() -> click.Group:
+    """featurectl's commands: one definition each, grouped by subject in --help."""
+    cli = _SubjectGroup("featurectl", help="feature-platform: contracts -> builds -> Feast -> online reads.\n\n"
+                        "Add --debug anywhere for a traceback on failure.",
+                        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110,
+                                          "terminal_width": 110})
+    cli = click.version_option(__version__, "--version", prog_name="featurectl",
+                               message="%(prog)s %(version)s")(cli)
+    opt, arg = click.option, click.argument
 
-    p = commands.add_parser("token", help="issue a team token (needs the environment's token key)")
-    p.add_argument("--team", required=True)
-    p.add_argument("--subject", help="who holds it (default: the team)")
-    p.add_argument("--ttl", default=30 * 86400, type=_duration_arg, help="lifetime, e.g. 12h or 30d (default 30d)")
-    _add_common(p)
-    p.set_defaults(handler=cmd_token)
+    contracts = click.Group("contracts", help="validate, hash, diff, lock and export contracts")
+    cli.add_command(contracts)
+    _command(contracts, "validate", cmd_contracts_validate,
+             "validate contract files or directories (default: the contracts dir)",
+             arg("paths", nargs=-1), _common(env=False))
+    _command(contracts, "hash", cmd_contracts_hash, "print the schema_hash of one contract file",
+             arg("file"), _common(env=False))
+    _command(contracts, "diff", cmd_contracts_diff,
+             "classify the change between two contract files; exit 3 if breaking",
+             arg("old"), arg("new"), _common(env=False))
+    _command(contracts, "check", cmd_contracts_check,
+             "fail (exit 3) if a released version changed, vanished or is unlocked", _common(env=False))
+    _command(contracts, "lock", cmd_contracts_lock,
+             "record new versions' schema_hash in contracts.lock (never rewrites one)", _common(env=False))
+    _command(contracts, "export", cmd_contracts_export,
+             "write each contract version as an Open Data Contract Standard document",
+             opt("--format", type=click.Choice(["odcs"]), default="odcs", show_default=True),
+             opt("--out", default="odcs", help="directory for <view>.odcs.yaml (default ./odcs); - prints one "
+                                               "YAML stream"),
+             opt("--env", help="only this environment's server entry (default: every environment)"),
+             _common(env=False))
+    _command(contracts, "schema", cmd_contracts_schema, "print the JSON Schema of the contract format",
+             opt("--json", is_flag=True, help="(always JSON)"))
 
-    p = commands.add_parser("verify", help="check online values equal the offline latest and are fresh")
-    p.add_argument("--sample", type=int, default=20, help="entities sampled per feature view")
-    p.add_argument("--feature-view", action="append", help="only this feature view (repeatable)")
-    _add_common(p)
-    p.set_defaults(handler=cmd_verify)
+    _command(cli, "init", cmd_init, "scaffold a new feature set (or --feature-service) contract that validates",
+             arg("name"),
+             opt("--feature-service", is_flag=True, help="scaffold a feature service, not a feature set"),
+             opt("--feature-set", "feature_sets", multiple=True,
+                 help="(feature service) a feature set it reads, newest version (repeatable)"),
+             opt("--entity", default="customer", show_default=True, help="(feature set) the entity's name"),
+             opt("--join-key", default="customer_id", show_default=True, help="(feature set) its join key"),
+             opt("--key-dtype", type=click.Choice(["int64", "string"]), default="int64", show_default=True,
+                 help="(feature set) key type"),
+             opt("--table", default="events", show_default=True, help="(feature set) the raw table it reads"),
+             opt("--owner", default="team@example.com", show_default=True, help="owner e-mail"),
+             _common(env=False))
+    _command(cli, "sample-data", cmd_sample_data, "write deterministic raw sample data for the example contracts",
+             opt("--scale", type=float, default=1.0, show_default=True, help="1.0 ~ 130k raw rows; 10 ~ 1.3M"),
+             opt("--seed", type=int, default=7, show_default=True),
+             opt("--as-of", help="end of the generated history, ISO 8601 (default: the current hour, UTC)"),
+             _common())
+    _command(cli, "build", cmd_build, "build a feature set into versioned Parquet and promote latest",
+             arg("feature_set", required=False),
+             opt("--all", is_flag=True, help="every live version of every feature set, in one process"),
+             opt("--version", type=VERSION, help="contract version (default: newest)"),
+             opt("--run-id", help="the logical run that asked for it (recorded in metadata.json)"),
+             opt("--quiet", is_flag=True, help="no progress lines"), _common())
+    _command(cli, "versions", cmd_versions, "list the builds of a feature set; * marks latest",
+             arg("feature_set"), _common())
+    _command(cli, "rollback", cmd_rollback, "point latest back to an earlier complete build",
+             arg("feature_set"), opt("--to", required=True, metavar="BUILD_ID"), _common())
+    _command(cli, "gc", cmd_gc, "retention: delete old builds (dry run unless --delete)",
+             arg("feature_set", nargs=-1),
+             opt("--keep", type=int, default=5, show_default=True, help="newest complete builds kept per version"),
+             opt("--min-age", type=DURATION, default="1d", show_default=True,
+                 help="unfinished builds younger than this are kept"),
+             opt("--delete", is_flag=True, help="really delete (default: only list)"), _common())
 
-    p = commands.add_parser("monitor", help="freshness, volume, null rate and drift per view vs the previous build; "
-                                            "exit 1 on a breach (writes monitor.{json,md,html,prom})")
-    p.add_argument("feature_set", nargs="*", help="feature sets (default: all)")
-    p.add_argument("--report-dir", help="where the report goes (default: <home>/<env>/monitor/<feature set|all>)")
-    p.add_argument("--publish", action="store_true", help="also copy the report into the object store (_monitor/)")
-    _add_common(p)
-    p.set_defaults(handler=cmd_monitor)
+    _command(cli, "feast-config", cmd_feast_config, "write the environment's feature_store.yaml and print its path",
+             _common())
+    _command(cli, "apply", cmd_apply, "register the contracts' Feast objects (no-op when unchanged)",
+             opt("--feature-set", multiple=True, help="only this feature set's objects (repeatable)"), _common())
+    _command(cli, "plan", cmd_plan, "what an apply would change (Feast's plan of the contracts; run on PRs)",
+             _common())
+    _command(cli, "materialize", cmd_materialize, "load the promoted builds into the online store",
+             opt("--incremental", is_flag=True, help="skip views whose served build is already loaded"),
+             opt("--feature-view", multiple=True, help="only this feature view (repeatable)"),
+             opt("--quiet", is_flag=True, help="no progress bar on stderr"),
+             opt("--shard", metavar="I/N", help="only shard I of N (by Redis hash slot): N processes load a view "
+                                                "in parallel; the view is recorded once all N finished"),
+             _common())
+    _command(cli, "verify", cmd_verify, "check online values equal the offline latest and are fresh",
+             opt("--sample", type=int, default=20, show_default=True, help="entities sampled per feature view"),
+             opt("--feature-view", multiple=True, help="only this feature view (repeatable)"), _common())
+    _command(cli, "serve", cmd_serve, "run the feature server (Feast's HTTP API) for the environment",
+             opt("--host", default="127.0.0.1", show_default=True),
+             opt("--port", type=int, default=6566, show_default=True),
+             opt("--workers", type=int, help="worker processes (default $FEATURE_PLATFORM_SERVER_WORKERS or 1)"),
+             opt("--engine", type=click.Choice(["platform", "feast"]), default="platform", show_default=True,
+                 help="platform: the planned Redis server; feast: plain `feast serve`"),
+             opt("--print-command", is_flag=True, help="print the server command instead of running it"),
+             _common())
+    _command(cli, "check-server", cmd_check_server,
+             "call a running feature server's /health and /get-online-features (what `helm test` runs)",
+             opt("--url", required=True, help="base URL, e.g. http://feature-platform-server:6566"), _common())
 
-    p = commands.add_parser("serve", help="run the feature server (Feast's HTTP API) for the environment")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=6566)
-    p.add_argument("--workers", type=int, default=int(os.environ.get("FEATURE_PLATFORM_SERVER_WORKERS", "1")),
-                   help="worker processes (default $FEATURE_PLATFORM_SERVER_WORKERS or 1)")
-    p.add_argument("--engine", choices=["platform", "feast"], default="platform",
-                   help="platform: the planned Redis server (default); feast: plain `feast serve`")
-    p.add_argument("--print-command", action="store_true", help="print the server command instead of running it")
-    _add_common(p)
-    p.set_defaults(handler=cmd_serve)
+    _command(cli, "online", cmd_online,
+             "print online values of a feature set, or of a model's feature service, for entity keys",
+             arg("feature_set", required=False), arg("keys", nargs=-1),
+             opt("--feature-service", metavar="NAME", help="a model's feature service (contracts/feature_services);"
+                                                          " keys are then JOIN_KEY=VALUE, one per key and row"),
+             opt("--full-feature-names", is_flag=True, help="name features <feature_set>_v<N>__<feature>"),
+             opt("--version", type=VERSION, help="contract or service version (default: newest)"), _common())
+    _command(cli, "historical", cmd_historical,
+             "point-in-time join for an entity file (csv or parquet): of a feature set, or of a model's "
+             "--feature-service",
+             arg("feature_set", required=False),
+             opt("--feature-service", metavar="NAME", help="a model's feature service (contracts/feature_services)"),
+             opt("--entities", required=True, help="file with the join key(s) and event_timestamp columns"),
+             opt("--version", type=VERSION, help="contract or service version (default: newest)"),
+             opt("--build", multiple=True, metavar="BUILD_ID|SET=BUILD_ID",
+                 help="pin a build to reproduce a training set exactly (a service: FEATURE_SET=BUILD_ID, or "
+                      "FEATURE_SET_vN=BUILD_ID, per set)"),
+             opt("--full-feature-names", is_flag=True, help="name a service's features <feature_set>_v<N>__<feature>"),
+             opt("--out", help="write Parquet here (plus <out>.provenance.json)"), _identity, _common())
+    _command(cli, "export", cmd_export, "write a build's rows to Parquet or CSV (PII masked unless allowed)",
+             arg("feature_set"), opt("--version", type=VERSION, help="contract version (default: newest)"),
+             opt("--build", help="build id (default: the version's latest)"),
+             opt("--out", required=True, help="file.parquet or file.csv (plus <out>.provenance.json)"),
+             _identity, _common())
 
-    p = commands.add_parser("check-server", help="call a running feature server's /health and /get-online-features "
-                                                 "(what `helm test` runs)")
-    p.add_argument("--url", required=True, help="base URL, e.g. http://feature-platform-server:6566")
-    _add_common(p)
-    p.set_defaults(handler=cmd_check_server)
+    _command(cli, "audit", cmd_audit,
+             "the append-only log of definition changes (applies, rollbacks, retirements) and offline reads",
+             arg("feature_set", required=False), _common())
+    _command(cli, "token", cmd_token, "issue a team token (needs the environment's token key)",
+             opt("--team", required=True), opt("--subject", help="who holds it (default: the team)"),
+             opt("--ttl", type=DURATION, default="30d", show_default=True, help="lifetime, e.g. 12h or 30d"),
+             _common())
 
-    p = commands.add_parser("step", help="run one orchestrated step (what each Airflow task runs in a pod)")
-    p.add_argument("step", choices=["validate_contract", "build", "quality_gate", "write_version", "promote_latest",
-                                     "feast_apply", "materialize", "verify_online", "monitor"])
-    p.add_argument("feature_set")
-    p.add_argument("--version", type=_version_arg)
-    p.add_argument("--staged", help="JSON result of the build step")
-    p.add_argument("--stats", help="JSON result of the quality_gate step")
-    p.add_argument("--written", help="JSON result of the write_version step")
-    p.add_argument("--shard", metavar="I/N", help="materialize: only shard I of N")
-    p.add_argument("--run-id")
-    p.add_argument("--xcom", action="store_true", help="also write the result where KubernetesPodOperator reads XCom")
-    p.add_argument("--xcom-path", default="/airflow/xcom/return.json", help=argparse.SUPPRESS)
-    _add_common(p)
-    p.set_defaults(handler=cmd_step)
-
-    p = commands.add_parser("proof", help="check the whole loop and print PASS/FAIL with evidence")
-    p.add_argument("--report", help="also write FILE.json and FILE.md")
-    p.add_argument("--sample", type=int, default=20, help="entities sampled per feature view")
-    _add_common(p)
-    p.set_defaults(handler=cmd_proof)
-
-    p = commands.add_parser("gc", help="retention: delete old builds (dry run unless --delete)")
-    p.add_argument("feature_set", nargs="*", help="feature sets (default: all)")
-    p.add_argument("--keep", type=int, default=5, help="newest complete builds kept per version (default 5)")
-    p.add_argument("--min-age", default=86400, type=_duration_arg,
-                   help="unfinished builds younger than this are kept (default 1d)")
-    p.add_argument("--delete", action="store_true", help="really delete (default: only list)")
-    _add_common(p)
-    p.set_defaults(handler=cmd_gc)
-
-    p = commands.add_parser("lint-dags", help="flag Airflow Variable reads and heavy imports at DAG parse time")
-    p.add_argument("folder", nargs="?", default="dags")
-    p.add_argument("--json", action="store_true", help="print JSON for machines")
-    p.set_defaults(handler=cmd_lint_dags)
-
-    p = commands.add_parser("demo", help="the whole loop on embedded defaults: sample data -> ... -> verify")
-    p.add_argument("--scale", type=float, default=1.0, help="sample data size (1.0 ~ 130k raw rows)")
-    _add_common(p)
-    p.set_defaults(handler=cmd_demo)
-    return parser
+    _command(cli, "monitor", cmd_monitor,
+             "freshness, volume, null rate and drift per view vs the previous build; exit 1 on a breach "
+             "(writes monitor.{json,md,html,prom})",
+             arg("feature_set", nargs=-1),
+             opt("--report-dir", help="where the report goes (default: <home>/<env>/monitor/<feature set|all>)"),
+             opt("--publish", is_flag=True, help="also copy the report into the object store (_monitor/)"),
+             _common())
+    _command(cli, "step", cmd_step, "run one orchestrated step (what each Airflow task runs in a pod)",
+             arg("step", type=click.Choice(list(STEP_NAMES))), arg("feature_set"),
+             opt("--version", type=VERSION), opt("--staged", help="JSON result of the build step"),
+             opt("--stats", help="JSON result of the quality_gate step"),
+             opt("--written", help="JSON result of the write_version step"),
+             opt("--shard", metavar="I/N", help="materialize: only shard I of N"), opt("--run-id"),
+             opt("--xcom", is_flag=True, help="also write the result where KubernetesPodOperator reads XCom"),
+             opt("--xcom-path", default="/airflow/xcom/return.json", hidden=True), _common())
+    _command(cli, "proof", cmd_proof, "check the whole loop and print PASS/FAIL with evidence",
+             opt("--report", help="also write FILE.json and FILE.md"),
+             opt("--sample", type=int, default=20, show_default=True, help="entities sampled per feature view"),
+             _common())
+    _command(cli, "lint-dags", cmd_lint_dags, "flag Airflow Variable reads and heavy imports at DAG parse time",
+             arg("folder", default="dags", required=False), opt("--json", is_flag=True, help="print JSON for machines"))
+    _command(cli, "demo", cmd_demo, "the whole loop on embedded defaults: sample data -> ... -> verify",
+             opt("--scale", type=float, default=1.0, show_default=True, help="sample data size (1.0 ~ 130k raw "
+                                                                            "rows)"), _common())
+    return cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. No traceback reaches the user unless asked for (``--debug`` anywhere on the command
-    line, or FEATURE_PLATFORM_DEBUG=1): every failure is one line naming the resource and what to do."""
+    line, or FEATURE_PLATFORM_DEBUG=1): every failure is one line naming the resource and what to do. A usage
+    error exits 2 with what is expected."""
     argv = list(sys.argv[1:] if argv is None else argv)
     from feature_platform.startup import skip_feast_typechecks
 
     skip_feast_typechecks()
     debug = "--debug" in argv or os.environ.get("FEATURE_PLATFORM_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Handler = args.handler
+    as_json = "--json" in argv
     try:
-        return handler(args)
+        result = build_cli().main(argv, prog_name="featurectl", standalone_mode=False)
+    except click.UsageError as exc:
+        exc.show()
+        raise SystemExit(2) from None
+    except click.exceptions.Exit as exc:  # --help, --version
+        return exc.exit_code
+    except click.Abort:
+        print("interrupted", file=sys.stderr)
+        return 130
     except PlatformError as exc:
         if debug:
             traceback.print_exc()
-        return _fail(args, str(exc), exc.exit_code)
+        return _fail(as_json, str(exc), exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # infrastructure failures (disk, S3, Redis, permissions) and bugs alike
         if debug:
             traceback.print_exc()
-        return _fail(args, describe_failure(exc), 1)
+        return _fail(as_json, describe_failure(exc), 1)
+    return result if isinstance(result, int) else 0
 
 
-def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+def _fail(as_json: bool, message: str, code: int) -> int:
     """One line on stderr; with --json also ``{"error", "exit_code"}`` on stdout, so a script always parses it."""
     print(f"error: {message}", file=sys.stderr)
-    if getattr(args, "json", False):
+    if as_json:
         _print_json({"error": message, "exit_code": code})
     return code
 
