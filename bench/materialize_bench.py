@@ -68,7 +68,7 @@ def child(method: str, contracts: str, home: str, redis_address: str) -> None:
         begin, end = event_range(metadata)
         start = time.perf_counter()
         # Feast's own writer: the generated config's provider would otherwise run the platform's engine.
-        with feast_bridge.feast_process_environment(settings), contextlib.redirect_stdout(sys.stderr), \
+        with contextlib.redirect_stdout(sys.stderr), \
                 feast_writer():
             store.materialize(start_date=begin, end_date=end, feature_views=["bench_features_v1"])
         seconds = time.perf_counter() - start

@@ -133,13 +133,12 @@ def main() -> None:
 
         def start_server(command: list[str]) -> tuple[subprocess.Popen, http.client.HTTPConnection]:
             port = free_port()
-            with feast_bridge.feast_process_environment(settings):
-                process = subprocess.Popen([*command, "--port" if "featurectl" in command[0] else "-p", str(port)],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                           env={**os.environ, **settings.values,
-                                                "FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
-                                                "FEATURE_PLATFORM_HOME": str(settings.home),
-                                                "FEATURE_PLATFORM_ENV": "bench"})
+            process = subprocess.Popen([*command, "--port" if "featurectl" in command[0] else "-p", str(port)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       env={**os.environ, **settings.values,
+                                            "FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
+                                            "FEATURE_PLATFORM_HOME": str(settings.home),
+                                            "FEATURE_PLATFORM_ENV": "bench"})
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             deadline = time.monotonic() + 120
             while True:

@@ -11,7 +11,6 @@ from pathlib import Path
 from feature_platform.environments import Settings
 from feature_platform.feast_bridge import (
     definitions,
-    feast_process_environment,
     keep_registry_state,
     open_store,
     registered_views,
@@ -20,8 +19,8 @@ from feature_platform.feast_bridge import (
 _settings = Settings.from_env(repo_root=Path(__file__).resolve().parent.parent)
 _env = _settings.environment()
 _objects = definitions(_settings, _env)
-with feast_process_environment(_settings):  # registry state (materialized intervals) is not ours to change
-    keep_registry_state(_objects.feature_views, registered_views(open_store(_settings, _env)))
+# The registry's state (materialized intervals) is not ours to change.
+keep_registry_state(_objects.feature_views, registered_views(open_store(_settings, _env)))
 
 # Feast collects objects from module globals.
 globals().update({f"_feast_{type(obj).__name__}_{obj.name}": obj for obj in _objects.all()})

@@ -114,8 +114,7 @@ def _apply_concurrently_from_two_contract_sets(settings: Settings, contracts: Pa
         thread.join(timeout=300)
     assert errors == []
     store = feast_bridge.open_store(settings, settings.environment())
-    with feast_bridge.feast_process_environment(settings):
-        assert {"customer_profile_v1", "driver_hourly_stats_v1"} <= set(feast_bridge.registered_views(store))
+    assert {"customer_profile_v1", "driver_hourly_stats_v1"} <= set(feast_bridge.registered_views(store))
 
 
 def test_concurrent_applies_lose_no_update(dev_settings, contracts_copy, tmp_path) -> None:
@@ -138,7 +137,7 @@ def test_sql_registry_on_postgres(dev_settings, contracts_copy, postgres_server,
     path.write_text(yaml.safe_dump(prod))
     settings = dev_settings.replace(env_name="prod", values={
         **dev_settings.values, "FEATURE_PLATFORM_REGISTRY_URL": postgres_server.url(),
-        # prod's governance Secret (README "Governance"): without it prod's proof and exports fail closed
+        # prod's governance Secret (docs/governance.md): without it prod's proof and exports fail closed
         "FEATURE_PLATFORM_AUTH_KEY": "prod-test-auth-key-0123456789abcdef-0123", "FEATURE_PLATFORM_PII_KEY":
             "prod-test-pii-key-0123456789abcdef-01234"})
     seed_raw(settings)
@@ -392,3 +391,41 @@ def test_materialize_waits_for_the_view_lease(local_settings, monkeypatch) -> No
             pytest.raises(LockTimeout, match="held by"):
         pipeline.materialize(local_settings, feature_views=["customer_profile_v1"])
     assert pipeline.materialize(local_settings, feature_views=["customer_profile_v1"])[0]["mode"] == "full"
+
+
+def test_feast_gets_its_configuration_as_an_object_not_through_the_process_environment(dev_settings,
+                                                                                        monkeypatch) -> None:
+    """The whole loop on S3 and Redis, with the endpoint, the Redis address and the password only in Settings:
+    apply, materialize, verify, Feast's SDK on the opened store (through the plugins): nothing is written into
+    the process environment, and nothing needs to be there."""
+    names = [k for k in dev_settings.values if k.startswith(("FEATURE_PLATFORM_", "FEAST_"))]
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    written: list[str] = []
+    original = os._Environ.__setitem__
+
+    def guarded(self, key, value):
+        if key.startswith(("FEATURE_PLATFORM_", "FEAST_", "AWS_")):
+            written.append(key)
+        return original(self, key, value)
+
+    monkeypatch.setattr(os._Environ, "__setitem__", guarded)
+    seed_raw(dev_settings)
+    pipeline.run_loop(dev_settings)
+    env = dev_settings.environment()
+    store = feast_bridge.open_store(dev_settings, env)
+    answer = store.get_online_features(features=["customer_profile_v1:tier"],
+                                       entity_rows=[{"customer_id": 1001}, {"customer_id": 999_999}]).to_dict()
+    assert answer["tier"][0] is not None and answer["tier"][1] is None
+    assert written == []
+    assert not any(name in os.environ for name in names)
+
+
+def test_references_in_the_generated_file_resolve_from_settings_after_parsing() -> None:
+    """A secret with YAML's special characters stays one string; an unset reference stays as written."""
+    from feature_platform.feast_bridge.config import _expand
+
+    parsed = {"online_store": {"connection_string": "${ADDR},db=1,password=${PW}"}, "x": ["${UNSET}", 3]}
+    got = _expand(parsed, {"ADDR": "h:1", "PW": "a: #b ${c}"})
+    assert got == {"online_store": {"connection_string": "h:1,db=1,password=a: #b ${c}"}, "x": ["${UNSET}", 3]}

@@ -47,12 +47,11 @@ def test_feasts_sdk_reads_online_by_the_platforms_rules(backend: Backend) -> Non
     merchants = [MERCHANTS[0], "nobody", MERCHANTS[1], MERCHANTS[0], *MERCHANTS[2:12]]
     platform = feast_bridge.read_online(settings, "merchant_risk", merchants)
     store = feast_bridge.open_store(settings, settings.environment())
-    with feast_bridge.feast_process_environment(settings):
-        response = store.get_online_features(features=[f"merchant_risk_v1:{f}" for f in features],
-                                             entity_rows=[{"merchant_code": m} for m in merchants])
-        got = response.to_dict(include_event_timestamps=True)
-        statuses = dict(zip(response.proto.metadata.feature_names.val,
-                            [list(r.statuses) for r in response.proto.results], strict=True))
+    response = store.get_online_features(features=[f"merchant_risk_v1:{f}" for f in features],
+                                         entity_rows=[{"merchant_code": m} for m in merchants])
+    got = response.to_dict(include_event_timestamps=True)
+    statuses = dict(zip(response.proto.metadata.feature_names.val,
+                        [list(r.statuses) for r in response.proto.results], strict=True))
     for feature in features:
         expected = [row[feature] for row in platform]
         if feature == "ratio":  # float32 on both sides
@@ -72,21 +71,19 @@ def test_feasts_sdk_reads_online_by_the_platforms_rules(backend: Backend) -> Non
     assert any(got[f][i] is None for f in features for i in (0, 2, *range(4, len(merchants))))  # nulls exercised
 
     # TTL: rows older than the view's TTL are OUTSIDE_MAX_AGE with null values; found, so their time is kept.
-    with feast_bridge.feast_process_environment(settings):
-        stale = store.get_online_features(features=["merchant_stale_v1:score", "merchant_stale_v1:cnt"],
-                                          entity_rows=[{"merchant_code": m} for m in [*MERCHANTS[:3], "nobody"]])
-        stale_dict = stale.to_dict(include_event_timestamps=True)
+    stale = store.get_online_features(features=["merchant_stale_v1:score", "merchant_stale_v1:cnt"],
+                                      entity_rows=[{"merchant_code": m} for m in [*MERCHANTS[:3], "nobody"]])
+    stale_dict = stale.to_dict(include_event_timestamps=True)
     assert stale_dict["score"] == [None] * 4 and stale_dict["cnt"] == [None] * 4
     assert [s for s in stale.proto.results[1].statuses] == [OUTSIDE_MAX_AGE] * 3 + [NOT_FOUND]
     assert all(stale_dict["score__ts"][:3]) and stale_dict["score__ts"][3] is None
 
     # A feature service over an int-keyed and a string-keyed set: the platform's service read.
     customers = [1001, 424242, 1002]
-    with feast_bridge.feast_process_environment(settings):
-        answer = store.get_online_features(
-            features=store.get_feature_service("risk_model_v1"),
-            entity_rows=[{"customer_id": c, "merchant_code": m} for c, m in zip(customers, merchants, strict=False)]
-        ).to_dict(include_event_timestamps=True)
+    answer = store.get_online_features(
+        features=store.get_feature_service("risk_model_v1"),
+        entity_rows=[{"customer_id": c, "merchant_code": m} for c, m in zip(customers, merchants, strict=False)]
+    ).to_dict(include_event_timestamps=True)
     expected = feast_bridge.read_online_service(settings, "risk_model",
                                                 {"customer_id": customers, "merchant_code": merchants[:3]})
     assert answer["txn_count_1d"] == [r["txn_count_1d"] for r in expected]

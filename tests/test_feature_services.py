@@ -250,9 +250,8 @@ def test_online_reads_of_a_service_through_cli_server_and_feasts_sdk(dev_setting
         server.stop()
 
     store = feast_bridge.open_store(dev_settings, dev_settings.environment())
-    with feast_bridge.feast_process_environment(dev_settings):
-        answer = store.get_online_features(features=store.get_feature_service("risk_model_v1"), entity_rows=[
-            {"customer_id": c, "merchant_code": m} for c, m in zip(customers, merchants, strict=True)]).to_dict()
+    answer = store.get_online_features(features=store.get_feature_service("risk_model_v1"), entity_rows=[
+        {"customer_id": c, "merchant_code": m} for c, m in zip(customers, merchants, strict=True)]).to_dict()
     assert answer["txn_count_1d"] == [r["txn_count_1d"] for r in spend]
     assert answer["label"] == [r["label"] for r in risk]
 
@@ -288,8 +287,9 @@ def test_only_teams_that_read_every_set_read_the_service(contracts_copy) -> None
     assert permission.name_patterns == ["^fraud_model_v1$"]
 
 
-def test_readme_sdk_snippet_runs_as_written(tmp_path) -> None:
-    """README's Python example, after the demo's loop, in a directory laid out as the repo is."""
+def test_readme_and_docs_examples_run_as_written(tmp_path) -> None:
+    """The Python example of docs/feature-services.md, and README's five-minute tour (each `featurectl` line and
+    its Python example), after the demo's loop, in a directory laid out as the repo is."""
     import os
     import shutil
     import subprocess
@@ -298,8 +298,7 @@ def test_readme_sdk_snippet_runs_as_written(tmp_path) -> None:
     from feature_platform.environments import Settings
     from tests.conftest import CONTRACTS, REPO
 
-    section = (REPO / "README.md").read_text().split("## Models and feature services", 1)[1]
-    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    snippet = (REPO / "docs" / "feature-services.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
     repo = tmp_path / "repo"
     shutil.copytree(CONTRACTS, repo / "contracts")
     settings = Settings.from_env(environ={}, repo_root=repo)
@@ -313,6 +312,22 @@ def test_readme_sdk_snippet_runs_as_written(tmp_path) -> None:
     assert "is_fraud" in printed and "txn_count_1d" in printed and "account_age_days" in printed
     assert "email_domain" not in printed  # PII: dropped for an anonymous caller where no masking key is set
 
+    tour = (REPO / "README.md").read_text().split("## A five-minute tour", 1)[1].split("\n## ", 1)[0]
+    lines = [line.split("#", 1)[0].split() for line in tour.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+             if line.startswith("featurectl ")]
+    assert len(lines) >= 6
+    featurectl = str(Path(sys.executable).parent / "featurectl")
+    for words in lines:
+        done = subprocess.run([featurectl, *words[1:]], cwd=repo, env=environ, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, (words, done.stderr[-2000:])
+        assert done.stdout.strip(), words
+    python = tour.split("```python\n", 1)[1].split("```", 1)[0]
+    result = subprocess.run([sys.executable, "-c", python], cwd=repo, env=environ, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1].startswith("[1001, 1002] [")
+
 
 def test_feasts_sdk_trains_on_the_platforms_join(two_sets) -> None:
     """`FeatureStore.get_historical_features` (a feature service, or a list of references, with and without full
@@ -322,12 +337,11 @@ def test_feasts_sdk_trains_on_the_platforms_join(two_sets) -> None:
     entities = _entities(300)
     expected, _ = feast_bridge.historical_service(two_sets, entities, "risk_model")
     store = feast_bridge.open_store(two_sets, two_sets.environment())
-    with feast_bridge.feast_process_environment(two_sets):
-        through_service = store.get_historical_features(
-            entity_df=entities, features=store.get_feature_service("risk_model_v1")).to_df()
-        refs = ["merchant_risk_v1:score", "merchant_risk_v1:cnt", "merchant_risk_v1:flag", "merchant_risk_v1:seen_at"]
-        through_refs = store.get_historical_features(entity_df=entities[["merchant_code", "event_timestamp"]],
-                                                     features=refs, full_feature_names=True).to_df()
+    through_service = store.get_historical_features(
+        entity_df=entities, features=store.get_feature_service("risk_model_v1")).to_df()
+    refs = ["merchant_risk_v1:score", "merchant_risk_v1:cnt", "merchant_risk_v1:flag", "merchant_risk_v1:seen_at"]
+    through_refs = store.get_historical_features(entity_df=entities[["merchant_code", "event_timestamp"]],
+                                                 features=refs, full_feature_names=True).to_df()
     pd.testing.assert_frame_equal(through_service, expected)
     single, _ = feast_bridge.historical(two_sets, entities[["merchant_code", "event_timestamp"]], "merchant_risk")
     for ref in refs:

@@ -127,9 +127,8 @@ def test_permissions_are_registered_from_the_contracts(governed: dict[str, Setti
 
     for name, settings in governed.items():
         store = feast_bridge.open_store(settings, settings.environment())
-        with feast_bridge.feast_process_environment(settings):
-            registered = {p.name: p for p in store.list_permissions()}
-            view = store.get_feature_view("patient_vitals_v1")
+        registered = {p.name: p for p in store.list_permissions()}
+        view = store.get_feature_view("patient_vitals_v1")
         readers = registered["patient_vitals_v1_readers"]
         assert sorted(readers.policy.get_roles()) == ["clinical-ml", "feature-platform", "research"]
         assert readers.tags[governance.PII_TAG] == "postcode,birth_year"
@@ -151,8 +150,7 @@ def test_closing_an_environment_removes_its_open_permission(governed: dict[str, 
     from feature_platform import feast_bridge
 
     store = feast_bridge.open_store(closed, closed.environment())
-    with feast_bridge.feast_process_environment(closed):
-        names = {p.name for p in store.list_permissions()}
+    names = {p.name for p in store.list_permissions()}
     assert "feature_platform_local_open_read" not in names and "patient_vitals_v1_readers" in names
     removed = [c for e in audit.read(closed, closed.environment()) for c in e["changes"] if c["change"] == "removed"]
     assert [c["object"] for c in removed] == ["feature_platform_local_open_read"]
@@ -294,9 +292,8 @@ def test_audit_records_applies_rollbacks_and_retirements(tmp_path: Path) -> None
     from feature_platform import feast_bridge
 
     store = feast_bridge.open_store(settings, settings.environment())
-    with feast_bridge.feast_process_environment(settings):
-        views = {v.name for v in store.list_feature_views()}
-        services = {s.name for s in store.list_feature_services()}
+    views = {v.name for v in store.list_feature_views()}
+    services = {s.name for s in store.list_feature_services()}
     assert views == {"sensor_health_v2"} and "sensor_health_v1" not in services  # retired: no longer served
 
     log = settings.home / "local" / "registry" / "audit"

@@ -29,7 +29,7 @@ def _feast_materialize(settings, view_names: list[str]) -> None:
 
     env = settings.environment()
     store = feast_bridge.open_store(settings, env)
-    with feast_bridge.feast_process_environment(settings), contextlib.redirect_stdout(sys.stderr), feast_writer():
+    with contextlib.redirect_stdout(sys.stderr), feast_writer():
         for name in view_names:
             view = store.get_feature_view(name)
             metadata = builds.read_metadata(
@@ -84,9 +84,8 @@ def test_every_hash_equals_feasts_own_materialization(dev_settings, contracts_co
     sample = merchants[::37]
     store = feast_bridge.open_store(dev_settings, dev_settings.environment())
     contract = dev_settings.contracts().get("merchant_risk", 1)
-    with feast_bridge.feast_process_environment(dev_settings):
-        sdk = store.get_online_features(features=[f"merchant_risk_v1:{f.name}" for f in contract.features],
-                                        entity_rows=[{key: k} for k in sample]).to_dict()
+    sdk = store.get_online_features(features=[f"merchant_risk_v1:{f.name}" for f in contract.features],
+                                    entity_rows=[{key: k} for k in sample]).to_dict()
     rows = feast_bridge.read_online(dev_settings, "merchant_risk", sample, version=1, enforce_ttl=False)
     for feature in contract.features:
         got = [r[feature.name] for r in rows]
@@ -106,8 +105,7 @@ def test_materialize_records_the_interval_in_the_registry(dev_settings, contract
     pipeline.apply(dev_settings, feature_sets=["merchant_risk"])
     [done] = pipeline.materialize(dev_settings, feature_views=["merchant_risk_v1"])
     store = feast_bridge.open_store(dev_settings, dev_settings.environment())
-    with feast_bridge.feast_process_environment(dev_settings):
-        view = store.registry.get_feature_view("merchant_risk_v1", store.project, allow_cache=False)
+    view = store.registry.get_feature_view("merchant_risk_v1", store.project, allow_cache=False)
     [(start, end)] = view.materialization_intervals
     assert start.isoformat() == done["start"] and end.isoformat() == done["end"]
 

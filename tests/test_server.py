@@ -165,7 +165,7 @@ def test_equal_to_feast_serve_column_by_column(loaded, redis_server) -> None:
         feast.stop()
 
 
-def test_feasts_remote_online_store_reads_the_server(loaded, tmp_path) -> None:
+def test_feasts_remote_online_store_reads_the_server(loaded, tmp_path, monkeypatch) -> None:
     """Feast's own `remote` online store client, pointed at the platform server, gets the SDK's values, and
     the server's errors as Feast's own exceptions."""
     from feast import FeatureService, FeatureStore
@@ -179,18 +179,18 @@ def test_feasts_remote_online_store_reads_the_server(loaded, tmp_path) -> None:
         import yaml
 
         (repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
-        with feast_bridge.feast_process_environment(loaded):
-            remote = FeatureStore(repo_path=str(repo))
-            refs = ["customer_spend_v2:txn_count_1d", "customer_spend_v2:max_txn_amount_1d"]
-            got = remote.get_online_features(features=refs, entity_rows=[{"customer_id": k}
-                                                                         for k in (1001, 1002, 1003)]).to_dict()
-            # The server's errors come back as Feast's own exceptions with its message, not a generic error.
-            from feast.errors import FeatureServiceNotFoundException
+        monkeypatch.setenv("FEAST_S3_ENDPOINT_URL", loaded.s3_endpoint_url)  # as the client's own process has it
+        remote = FeatureStore(repo_path=str(repo))
+        refs = ["customer_spend_v2:txn_count_1d", "customer_spend_v2:max_txn_amount_1d"]
+        got = remote.get_online_features(features=refs, entity_rows=[{"customer_id": k}
+                                                                     for k in (1001, 1002, 1003)]).to_dict()
+        # The server's errors come back as Feast's own exceptions with its message, not a generic error.
+        from feast.errors import FeatureServiceNotFoundException
 
-            with pytest.raises(FeatureServiceNotFoundException, match="no feature service named 'ghost_v1'"):
-                remote.provider.online_store.get_online_features(
-                    remote.config, FeatureService(name="ghost_v1", features=[]), {"customer_id": [1001]},
-                    remote.registry, remote.project)
+        with pytest.raises(FeatureServiceNotFoundException, match="no feature service named 'ghost_v1'"):
+            remote.provider.online_store.get_online_features(
+                remote.config, FeatureService(name="ghost_v1", features=[]), {"customer_id": [1001]},
+                remote.registry, remote.project)
         rows = feast_bridge.read_online(loaded, "customer_spend", [1001, 1002, 1003], version=2)
         assert got["txn_count_1d"] == [r["txn_count_1d"] for r in rows]
         assert got["max_txn_amount_1d"] == pytest.approx([r["max_txn_amount_1d"] for r in rows])
@@ -406,15 +406,15 @@ def test_helm_test_pod_checks_a_real_server(loaded) -> None:
     assert result.returncode == 1 and "/health unreachable" in result.stderr
 
 
-def test_readme_curl_examples_work_as_written(loaded) -> None:
-    """Every `curl` example in README.md, run as written against a server on the port it names."""
+def test_documented_curl_examples_work_as_written(loaded) -> None:
+    """Every `curl` example in README.md and docs/, run as written against a server on the port it names."""
     import re
     import shlex
 
-    text = (REPO / "README.md").read_text()
+    text = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))])
     commands = [block.replace("\\\n", " ") for block in re.findall(r"```bash\n(.*?)```", text, re.S)]
     examples = [line.strip() for block in commands for line in block.splitlines() if line.strip().startswith("curl")]
-    assert examples, "README has no curl example"
+    assert examples, "the docs have no curl example"
     written = int(re.search(r"localhost:(\d+)", examples[0]).group(1))
     port = written if _port_is_free(written) else free_port()  # the documented port, unless taken here
     server = Server(loaded, port=port)
@@ -442,7 +442,7 @@ def _port_is_free(port: int) -> bool:
 
 
 def test_teams_read_what_the_contracts_allow_and_feasts_client_sends_the_token(loaded, contracts_copy,
-                                                                               tmp_path) -> None:
+                                                                               tmp_path, monkeypatch) -> None:
     """prod's rules on a real server: no token 401; a reader team reads its views, an outsider gets 403, a reader
     outside pii_readers is refused PII features (also through a feature service); Feast's `remote` client with
     `auth: {type: oidc, token_env_var}` presents the token and gets the values or Feast's error."""
@@ -510,22 +510,22 @@ def test_teams_read_what_the_contracts_allow_and_feasts_client_sends_the_token(l
         repo = tmp_path / "remote"
         repo.mkdir()
         (repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
-        with feast_bridge.feast_process_environment(settings):
-            os.environ["TEST_FEAST_TOKEN"] = bearer("payments-ml")
-            try:
-                remote = FeatureStore(repo_path=str(repo))
-                got = remote.get_online_features(features=spend["features"],
-                                                 entity_rows=[{"customer_id": 1001}]).to_dict()
-                assert got["txn_count_1d"] == [feast_bridge.read_online(settings, "customer_spend", [1001],
-                                                                        version=2)[0]["txn_count_1d"]]
-                os.environ["TEST_FEAST_TOKEN"] = bearer("marketing")
-                from feast.errors import FeastPermissionError
+        os.environ["TEST_FEAST_TOKEN"] = bearer("payments-ml")
+        monkeypatch.setenv("FEAST_S3_ENDPOINT_URL", settings.s3_endpoint_url)  # as the client's own process has it
+        try:
+            remote = FeatureStore(repo_path=str(repo))
+            got = remote.get_online_features(features=spend["features"],
+                                             entity_rows=[{"customer_id": 1001}]).to_dict()
+            assert got["txn_count_1d"] == [feast_bridge.read_online(settings, "customer_spend", [1001],
+                                                                    version=2)[0]["txn_count_1d"]]
+            os.environ["TEST_FEAST_TOKEN"] = bearer("marketing")
+            from feast.errors import FeastPermissionError
 
-                # Feast's error format: the remote client raises Feast's own exception with the server's message.
-                with pytest.raises(FeastPermissionError, match=r"team marketing may not read customer_spend_v2"):
-                    FeatureStore(repo_path=str(repo)).get_online_features(
-                        features=spend["features"], entity_rows=[{"customer_id": 1001}]).to_dict()
-            finally:
-                os.environ.pop("TEST_FEAST_TOKEN", None)
+            # Feast's error format: the remote client raises Feast's own exception with the server's message.
+            with pytest.raises(FeastPermissionError, match=r"team marketing may not read customer_spend_v2"):
+                FeatureStore(repo_path=str(repo)).get_online_features(
+                    features=spend["features"], entity_rows=[{"customer_id": 1001}]).to_dict()
+        finally:
+            os.environ.pop("TEST_FEAST_TOKEN", None)
     finally:
         server.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
+from typing import Any
 
 # The plugins the generated feature_store.yaml names (Feast loads them by class path); here, not in
 # feast_plugins, so writing the file needs no Feast import.
@@ -46,3 +47,14 @@ def feast_writer() -> contextlib.AbstractContextManager[None]:
 def feast_writes() -> bool:
     """Whether Feast's own materialization should run (the platform asked for it), not the platform's."""
     return _feast_writes.get()
+
+
+def bind_settings(config: Any, settings: Any) -> None:
+    """Hand the platform's Settings to the plugins of a Feast RepoConfig the platform built (open_store): they
+    act on that environment without reading the process environment."""
+    config.offline_store._platform_settings = settings
+
+
+def bound_settings(config: Any) -> Any:
+    """The Settings bound to this RepoConfig, or None (plain ``feast`` loaded the file itself)."""
+    return getattr(config.offline_store, "_platform_settings", None)

@@ -32,6 +32,7 @@ from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreCo
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig
 from feast.infra.passthrough_provider import PassthroughProvider
 from feast.online_response import OnlineResponse
+from pydantic import PrivateAttr
 
 from feature_platform import feast_modes
 from feature_platform.offline import JoinPart, point_in_time_join_many
@@ -51,6 +52,7 @@ class PlatformOfflineStoreConfig(DaskOfflineStoreConfig):
     platform_environment: str | None = None
     platform_contracts: str | None = None
     platform_home: str | None = None
+    _platform_settings: Any = PrivateAttr(default=None)  # the platform's own Settings (feast_modes.bind_settings)
 
 
 class PlatformRetrievalJob(RetrievalJob):
@@ -287,10 +289,14 @@ class PlatformSqliteOnlineStore(_PlatformReads, SqliteOnlineStore):
 
 
 def platform_settings(config: Any) -> Any:
-    """The platform settings of the environment a generated ``feature_store.yaml`` belongs to (the process
-    environment supplies secrets and addresses, as Feast's own ``${VAR}`` expansion does)."""
+    """The platform settings of the environment a generated ``feature_store.yaml`` belongs to: those the platform
+    bound to the config it built, else (plain ``feast``) read from the process environment, which supplies
+    secrets and addresses as Feast's own ``${VAR}`` expansion does."""
     from feature_platform.environments import Settings
 
+    bound = feast_modes.bound_settings(config)
+    if bound is not None:
+        return bound
     offline = config.offline_store
     return Settings.from_env(env_name=getattr(offline, "platform_environment", None),
                              contracts_dir=getattr(offline, "platform_contracts", None),

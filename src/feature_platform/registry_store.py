@@ -77,8 +77,13 @@ def _fsync_directory(directory: Path) -> None:
 class ConditionalS3RegistryStore(S3RegistryStore):
     """Feast's S3 registry store, with every commit conditional on the registry version it was computed from."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, registry_config: Any, repo_path: Any) -> None:
+        super().__init__(registry_config, repo_path)
+        endpoint = getattr(registry_config, "platform_s3_endpoint_url", None)
+        if endpoint:  # the platform's own config names its endpoint; plain `feast` reads FEAST_S3_ENDPOINT_URL
+            import boto3
+
+            self.s3_client = boto3.resource("s3", endpoint_url=endpoint)
         self._etag = ""  # of the registry last read or written by this store; "" = none existed
 
     def get_registry_proto(self) -> RegistryProto:

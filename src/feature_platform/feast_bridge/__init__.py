@@ -20,9 +20,9 @@ from feature_platform.feast_bridge.apply import (
 )
 from feature_platform.feast_bridge.config import (
     config_path,
-    feast_process_environment,
     feature_store_config,
     open_store,
+    repo_config,
     write_feature_store_yaml,
 )
 from feature_platform.feast_bridge.definitions import TAG_PREFIX, Definitions, definitions
@@ -32,6 +32,6 @@ from feature_platform.feast_bridge.online_reads import read_online, read_online_
 from feature_platform.feast_bridge.verify import verify
 
 __all__ = ["TAG_PREFIX", "ApplyResult", "Definitions", "apply", "check_registry_matches", "config_path",
-           "definitions", "feast_process_environment", "feature_store_config", "historical", "historical_service",
+           "definitions", "feature_store_config", "historical", "historical_service",
            "keep_registry_state", "materialize", "open_store", "plan", "read_online", "read_online_service",
-           "registered_views", "service_columns", "verify", "view_read", "write_feature_store_yaml"]
+           "registered_views", "repo_config", "service_columns", "verify", "view_read", "write_feature_store_yaml"]

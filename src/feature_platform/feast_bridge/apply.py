@@ -13,7 +13,7 @@ from feature_platform.errors import (
     FeastError,
     RegistryMismatchError,
 )
-from feature_platform.feast_bridge.config import feast_process_environment, one_line, open_store
+from feature_platform.feast_bridge.config import one_line, open_store
 from feature_platform.feast_bridge.definitions import DEFINITION_TAG, TAG_PREFIX, Definitions, definitions
 from feature_platform.locks import Lease
 from feature_platform.registries import registry
@@ -75,7 +75,7 @@ def apply(settings: Settings, env: EnvironmentContract | None = None,
     wanted = definitions(settings, env, contracts, feature_sets=feature_sets)
     retired = [c for c in contracts.all() if c.retired and (not feature_sets or c.name in feature_sets)]
     store = open_store(settings, env)
-    with registry_lock(settings, env) as held, feast_process_environment(settings):
+    with registry_lock(settings, env) as held:
         existing = registered_views(store)
         _reconcile_interrupted_applies(settings, env, store, existing)
         keep_registry_state(wanted.feature_views, existing)
@@ -217,19 +217,18 @@ def plan(settings: Settings, env: EnvironmentContract | None = None) -> dict[str
     env = env or settings.environment()
     wanted = definitions(settings, env)
     store = open_store(settings, env)
-    with feast_process_environment(settings):
-        keep_registry_state(wanted.feature_views, registered_views(store))
-        # As `feast plan` parses feature_repo/: the project and Feast's dummy entity are part of the repo.
-        contents = RepoContents(
-            projects=[Project(name=store.project, description="")],
-            data_sources=[fv.batch_source for fv in wanted.feature_views],
-            feature_views=wanted.feature_views, on_demand_feature_views=[], stream_feature_views=[],
-            label_views=[], entities=[*wanted.entities, DUMMY_ENTITY], feature_services=wanted.feature_services,
-            permissions=wanted.permissions)
-        try:
-            registry_diff, infra_diff, _ = store.plan(contents)
-        except Exception as exc:
-            raise FeastError(f"feast plan failed for {env.name}: {one_line(exc)}") from exc
+    keep_registry_state(wanted.feature_views, registered_views(store))
+    # As `feast plan` parses feature_repo/: the project and Feast's dummy entity are part of the repo.
+    contents = RepoContents(
+        projects=[Project(name=store.project, description="")],
+        data_sources=[fv.batch_source for fv in wanted.feature_views],
+        feature_views=wanted.feature_views, on_demand_feature_views=[], stream_feature_views=[],
+        label_views=[], entities=[*wanted.entities, DUMMY_ENTITY], feature_services=wanted.feature_services,
+        permissions=wanted.permissions)
+    try:
+        registry_diff, infra_diff, _ = store.plan(contents)
+    except Exception as exc:
+        raise FeastError(f"feast plan failed for {env.name}: {one_line(exc)}") from exc
     changes = [f"{diff.transition_type.name.lower()} {getattr(diff.feast_object_type, 'value', diff.feast_object_type)}"
                f" {diff.name}" + (f" ({', '.join(p.property_name for p in diff.feast_object_property_diffs)})"
                                   if diff.feast_object_property_diffs else "")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import re
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +14,7 @@ from feature_platform.environments import EnvironmentContract, Settings
 from feature_platform.errors import (
     ConfigError,
     FeastError,
+    PlatformError,
 )
 from feature_platform.online.stores import online_store
 from feature_platform.registries import registry
@@ -70,44 +69,61 @@ def check_runtime_env(settings: Settings, env: EnvironmentContract) -> None:
                               "pip install s3fs (the platform image includes it)") from exc
 
 
-_ENVIRON_LOCK = threading.RLock()
+def _expand(value: Any, values: dict[str, str]) -> Any:
+    """``${VAR}`` references in the parsed file's strings resolved from Settings, as Feast resolves them from the
+    process environment when it loads the file itself (a reference to an unset variable stays as written).
+    After parsing, so a secret holding YAML's special characters stays one string."""
+    if isinstance(value, dict):
+        return {key: _expand(item, values) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand(item, values) for item in value]
+    if isinstance(value, str):
+        return re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), value)
+    return value
 
 
-@contextmanager
-def feast_process_environment(settings: Settings) -> Iterator[None]:
-    """Feast reads its S3 endpoint and secrets only from the process environment; set them for the call.
+def repo_config(settings: Settings, env: EnvironmentContract) -> Any:
+    """Feast's RepoConfig for the environment, from the generated file with its references resolved from
+    ``settings``: the platform hands Feast its configuration as an object (nothing is read from, or written to,
+    the process environment). The plugins get ``settings`` through it (feast_modes.bind_settings), and the S3
+    registry store its endpoint."""
+    from feast.repo_config import RepoConfig
 
-    In a deployment they are already there and nothing changes. The lock keeps threads with different
-    settings (tests, embedded use) from seeing each other's values; never take a registry lease inside it.
-    """
-    wanted = {k: v for k, v in settings.values.items() if k.startswith(("FEATURE_PLATFORM_", "AWS_"))}
+    path = write_feature_store_yaml(settings, env)
+    raw = _expand(yaml.safe_load(path.read_text()), settings.values)
     if settings.s3_endpoint_url:
-        wanted["FEAST_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
-    with _ENVIRON_LOCK:
-        saved = {k: os.environ.get(k) for k in wanted}
-        os.environ.update(wanted)
-        try:
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        raw["registry"]["platform_s3_endpoint_url"] = settings.s3_endpoint_url
+    config = RepoConfig(**raw)
+    config.repo_path = path.parent
+    feast_modes.bind_settings(config, settings)
+    return config
+
+
+# Opening a SQL registry creates its tables on first use; two threads doing it at once collide in PostgreSQL's
+# catalog (a unique violation on pg_type), so one thread at a time opens a store in this process.
+_OPEN_LOCK = threading.Lock()
 
 
 def open_store(settings: Settings, env: EnvironmentContract) -> FeatureStore:
     check_runtime_env(settings, env)
-    path = write_feature_store_yaml(settings, env)
-    with feast_process_environment(settings):
-        from feast import FeatureStore
+    from feast import FeatureStore
 
+    for attempt in (1, 2):
         try:
-            store = FeatureStore(repo_path=str(path.parent), fs_yaml_file=path)
-            _ = store.registry  # loaded lazily; load it now, while the S3 endpoint variable is set
+            with _OPEN_LOCK:
+                config = repo_config(settings, env)
+                store = FeatureStore(repo_path=str(config.repo_path), config=config)
+                _ = store.registry  # loaded lazily; load it now, so a missing or unreadable registry fails here
             return store
+        except PlatformError:
+            raise
         except Exception as exc:
-            raise FeastError(f"cannot open the Feast store for {env.name} ({path}): {one_line(exc)}") from exc
+            # Another process created the SQL registry's tables at the same moment: they exist now.
+            if attempt == 1 and ("UniqueViolation" in repr(exc) or "already exists" in str(exc)):
+                continue
+            raise FeastError(f"cannot open the Feast store for {env.name} ({config_path(settings, env)}): "
+                             f"{one_line(exc)}") from exc
+    raise AssertionError("unreachable")
 
 
 def one_line(exc: BaseException) -> str:

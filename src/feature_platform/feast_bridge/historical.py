@@ -12,7 +12,7 @@ from feature_platform.errors import (
     RegistryMismatchError,
 )
 from feature_platform.feast_bridge.apply import check_registry_matches
-from feature_platform.feast_bridge.config import feast_process_environment, open_store
+from feature_platform.feast_bridge.config import open_store
 from feature_platform.feast_bridge.definitions import TAG_PREFIX
 
 if TYPE_CHECKING:
@@ -44,8 +44,7 @@ def historical(settings: Settings, entity_df: Any, feature_set: str, version: in
     object_store = settings.object_store(env)
     if build_id is None:
         store = open_store(settings, env)
-        with feast_process_environment(settings):
-            registered = check_registry_matches(store, [contract])
+        registered = check_registry_matches(store, [contract])
         build_id = registered[contract.feature_view_name].tags[TAG_PREFIX + "build_id"]
     metadata = builds.read_metadata(object_store, contract, build_id)
     if metadata["schema_hash"] != contract.schema_hash:
@@ -114,8 +113,7 @@ def historical_service(settings: Settings, entity_df: Any, service: str, version
     unpinned = [c for c, _ in resolved if c.feature_view_name not in pins]
     if unpinned:
         store = open_store(settings, env)
-        with feast_process_environment(settings):
-            registered = check_registry_matches(store, unpinned)
+        registered = check_registry_matches(store, unpinned)
         pins.update({c.feature_view_name: registered[c.feature_view_name].tags[TAG_PREFIX + "build_id"]
                      for c in unpinned})
     output = service_columns(resolved, full_feature_names)

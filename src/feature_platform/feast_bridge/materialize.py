@@ -15,7 +15,7 @@ from feature_platform.errors import (
     OnlineStoreUnavailable,
 )
 from feature_platform.feast_bridge.apply import check_registry_matches, registry_lock
-from feature_platform.feast_bridge.config import feast_process_environment, one_line, open_store
+from feature_platform.feast_bridge.config import one_line, open_store
 from feature_platform.feast_bridge.definitions import TAG_PREFIX
 from feature_platform.locks import lease
 from feature_platform.online.stores import online_store
@@ -47,8 +47,7 @@ def materialize(settings: Settings, env: EnvironmentContract | None = None, incr
     settings.writable_contracts(env, selected)
     store = open_store(settings, env)
     object_store = settings.object_store(env)
-    with feast_process_environment(settings):
-        registered = check_registry_matches(store, selected)
+    registered = check_registry_matches(store, selected)
     done: list[dict[str, Any]] = []
     loaded: list[tuple[Any, datetime, datetime]] = []  # Feast's materialized intervals, recorded together
     try:
@@ -73,8 +72,7 @@ def _materialize_view(settings: Settings, env: EnvironmentContract, store: Featu
     # Shards of one view run in parallel, each under its own lease; the view's lease only to finish.
     own_lease = view_lease.replace("materialize.lock", f"materialize.shard-{shard.label}.lock") if shard \
         else view_lease
-    with lease(own_lease, settings.s3_endpoint_url, registries.LOCK_TIMEOUT) as view_held, \
-            feast_process_environment(settings):
+    with lease(own_lease, settings.s3_endpoint_url, registries.LOCK_TIMEOUT, settings.lease_seconds()) as view_held:
         build_id = view.tags[TAG_PREFIX + "build_id"]
 
         def record_interval(start: datetime, end: datetime) -> None:
@@ -87,7 +85,7 @@ def _materialize_view(settings: Settings, env: EnvironmentContract, store: Featu
                                              view_lease=view_held, record_interval=record_interval,
                                              shard=shard, view_lease_for_finish=partial(
                                                  lease, view_lease, settings.s3_endpoint_url,
-                                                 registries.LOCK_TIMEOUT))
+                                                 registries.LOCK_TIMEOUT, settings.lease_seconds()))
         except online_store(settings, env).unavailable_errors() as exc:
             raise OnlineStoreUnavailable(
                 f"online store of {env.name} unreachable while materializing {contract.feature_view_name}: "
@@ -102,7 +100,7 @@ def _record_intervals(settings: Settings, env: EnvironmentContract, store: Featu
     registry writes each view's row."""
     if not loaded:
         return
-    with registry_lock(settings, env) as registry_held, feast_process_environment(settings):
+    with registry_lock(settings, env) as registry_held:
         registry_held.check()
         try:
             if registry(settings, env).refresh_before_write:

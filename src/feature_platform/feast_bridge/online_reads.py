@@ -14,7 +14,7 @@ from feature_platform.errors import (
     PlatformError,
 )
 from feature_platform.feast_bridge.apply import check_registry_matches
-from feature_platform.feast_bridge.config import feast_process_environment, one_line, open_store
+from feature_platform.feast_bridge.config import one_line, open_store
 from feature_platform.feast_bridge.definitions import TAG_PREFIX
 from feature_platform.feast_bridge.historical import service_columns
 from feature_platform.online.layout import plan_contract
@@ -76,9 +76,8 @@ def read_online(settings: Settings, feature_set: str, keys: list[Any], version: 
     contract = contracts.get(feature_set, version)
     values = [_parse_key(contract, k) for k in keys]
     store = open_store(settings, env)
-    with feast_process_environment(settings):
-        registered = check_registry_matches(store, [contract])
-        rows = rows_of(contract, values, view_read(settings, env, store, contract, values, enforce_ttl))
+    registered = check_registry_matches(store, [contract])
+    rows = rows_of(contract, values, view_read(settings, env, store, contract, values, enforce_ttl))
     unfinished = _load_unfinished(settings, env, store, contract, registered)
     return [{**row, "status": _flagged(row["status"], unfinished)} for row in rows]
 
@@ -113,15 +112,13 @@ def read_online_service(settings: Settings, service: str, entities: dict[str, li
             raise ConfigError(f"{model.service_name} reads {contract.feature_view_name}, keyed by "
                               f"{contract.entity.join_key}: give {contract.entity.join_key}=VALUE for each row")
     store = open_store(settings, env)
-    with feast_process_environment(settings):
-        registered = check_registry_matches(store, [c for c, _ in resolved])
+    registered = check_registry_matches(store, [c for c, _ in resolved])
     output = service_columns(resolved, full_feature_names)
     rows: list[dict[str, Any]] = [{} for _ in range(rows_count)]
     for (contract, names), columns in zip(resolved, output, strict=True):
         key = contract.entity.join_key
         values = [_parse_key(contract, v) for v in entities[key]]
-        with feast_process_environment(settings):
-            read = rows_of(contract, values, view_read(settings, env, store, contract, values))
+        read = rows_of(contract, values, view_read(settings, env, store, contract, values))
         unfinished = _load_unfinished(settings, env, store, contract, registered)
         for row, got in zip(rows, read, strict=True):
             row[key] = got[key]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from feature_platform import build as builds
 from feature_platform.environments import EnvironmentContract, Settings
 from feature_platform.feast_bridge.apply import check_registry_matches
-from feature_platform.feast_bridge.config import feast_process_environment, open_store
+from feature_platform.feast_bridge.config import open_store
 from feature_platform.feast_bridge.definitions import TAG_PREFIX
 from feature_platform.feast_bridge.online_reads import online_entity_count, online_record, rows_of, view_read
 from feature_platform.materialization import read_marker
@@ -91,50 +91,49 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
     results = []
     selected = [c for c in contracts.live()
                 if c.online and (not feature_views or c.feature_view_name in feature_views)]
-    with feast_process_environment(settings):
-        registered = check_registry_matches(store, selected)
-        for contract in selected:
-            build_id = registered[contract.feature_view_name].tags[TAG_PREFIX + "build_id"]
-            metadata = builds.read_metadata(object_store, contract, build_id)
-            expected, probe = _sample_newest(object_store, metadata, plan_contract(env.feast_project, contract),
-                                             sample)
-            keys = [row[contract.entity.join_key] for row in expected]
-            online = rows_of(contract, [*keys, probe],
-                           view_read(settings, env, store, contract, [*keys, probe], enforce_ttl=False))
-            absent_row = online.pop()  # the probe key
-            mismatches = []
-            for want, got in zip(expected, online, strict=True):
-                for feature in contract.features:
-                    if not values_close(want[feature.name], got[feature.name], feature.dtype):
-                        mismatches.append(f"{contract.entity.join_key}={want[contract.entity.join_key]} "
-                                          f"{feature.name}: online {got[feature.name]!r} != offline "
-                                          f"{want[feature.name]!r}")
-            missing = sum(1 for row in online if row["status"] == "NOT_FOUND")
-            stamps = [s for r in online if (s := _as_utc(r["event_timestamp"])) is not None]
-            newest_online = max(stamps, default=None)
-            age = (now - newest_online).total_seconds() if newest_online else None
-            fresh = age is not None and age <= contract.ttl_seconds
-            marker = read_marker(object_store, contract)
-            materialized = marker.get("build_id") if not marker.get("pending_build_ids") else None
-            stored = online_record(settings, env, store, contract)
-            online_count = online_entity_count(settings, env, contract)
-            build_count = int(metadata["entity_count"])
-            results.append({
-                "feature_view": contract.feature_view_name, "build_id": build_id,
-                "materialized_build_id": materialized, "sampled": len(keys),
-                # A load started and not finished (killed, Redis down, shards missing): the store may hold a
-                # mix of builds until a run completes it.
-                "pending_build_ids": marker.get("pending_build_ids", []),
-                # What the online store itself says it holds: missing after a flush or a new store file, an
-                # older build after a snapshot restore, `loading` while a load is unfinished.
-                "online_record": stored,
-                "missing": missing, "mismatches": mismatches[:5], "mismatch_count": len(mismatches),
-                "online_entities": online_count, "build_entities": build_count,
-                "absent_key_served": absent_row["status"] != "NOT_FOUND",
-                "newest_online": newest_online.isoformat() if newest_online else None,
-                "age_seconds": age, "ttl_seconds": contract.ttl_seconds, "fresh": fresh,
-                "ok": (not mismatches and missing == 0 and fresh and materialized == build_id
-                       and stored == complete_record(build_id)
-                       and online_count == build_count and absent_row["status"] == "NOT_FOUND"),
-            })
+    registered = check_registry_matches(store, selected)
+    for contract in selected:
+        build_id = registered[contract.feature_view_name].tags[TAG_PREFIX + "build_id"]
+        metadata = builds.read_metadata(object_store, contract, build_id)
+        expected, probe = _sample_newest(object_store, metadata, plan_contract(env.feast_project, contract),
+                                         sample)
+        keys = [row[contract.entity.join_key] for row in expected]
+        online = rows_of(contract, [*keys, probe],
+                       view_read(settings, env, store, contract, [*keys, probe], enforce_ttl=False))
+        absent_row = online.pop()  # the probe key
+        mismatches = []
+        for want, got in zip(expected, online, strict=True):
+            for feature in contract.features:
+                if not values_close(want[feature.name], got[feature.name], feature.dtype):
+                    mismatches.append(f"{contract.entity.join_key}={want[contract.entity.join_key]} "
+                                      f"{feature.name}: online {got[feature.name]!r} != offline "
+                                      f"{want[feature.name]!r}")
+        missing = sum(1 for row in online if row["status"] == "NOT_FOUND")
+        stamps = [s for r in online if (s := _as_utc(r["event_timestamp"])) is not None]
+        newest_online = max(stamps, default=None)
+        age = (now - newest_online).total_seconds() if newest_online else None
+        fresh = age is not None and age <= contract.ttl_seconds
+        marker = read_marker(object_store, contract)
+        materialized = marker.get("build_id") if not marker.get("pending_build_ids") else None
+        stored = online_record(settings, env, store, contract)
+        online_count = online_entity_count(settings, env, contract)
+        build_count = int(metadata["entity_count"])
+        results.append({
+            "feature_view": contract.feature_view_name, "build_id": build_id,
+            "materialized_build_id": materialized, "sampled": len(keys),
+            # A load started and not finished (killed, Redis down, shards missing): the store may hold a
+            # mix of builds until a run completes it.
+            "pending_build_ids": marker.get("pending_build_ids", []),
+            # What the online store itself says it holds: missing after a flush or a new store file, an
+            # older build after a snapshot restore, `loading` while a load is unfinished.
+            "online_record": stored,
+            "missing": missing, "mismatches": mismatches[:5], "mismatch_count": len(mismatches),
+            "online_entities": online_count, "build_entities": build_count,
+            "absent_key_served": absent_row["status"] != "NOT_FOUND",
+            "newest_online": newest_online.isoformat() if newest_online else None,
+            "age_seconds": age, "ttl_seconds": contract.ttl_seconds, "fresh": fresh,
+            "ok": (not mismatches and missing == 0 and fresh and materialized == build_id
+                   and stored == complete_record(build_id)
+                   and online_count == build_count and absent_row["status"] == "NOT_FOUND"),
+        })
     return results

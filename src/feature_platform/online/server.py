@@ -577,8 +577,7 @@ def create_app() -> App:
     client = backend.redis_client()
 
     def load() -> Catalog:
-        with feast_bridge.feast_process_environment(settings):
-            catalog = build_catalog(store)
+        catalog = build_catalog(store)
         records = backend.records(env.feast_project)  # one read for every view
         unfinished = {view for view, build_id in catalog.builds.items() if load_unfinished(records.get(view),
                                                                                            build_id)}
@@ -622,14 +621,12 @@ def _warm_key(plan: ViewPlan) -> Any:
     return 0 if plan.entity_dtype == "int64" else ""
 
 
-def serve(host: str, port: int, workers: int, graceful_seconds: int = 20) -> None:
-    """Run the server with uvicorn (uvloop + httptools). No worker recycling: `feast serve`'s --max-requests
-    stalls a request every N; workers live until shutdown, which drains in-flight requests."""
-    import uvicorn
-
-    uvicorn.run("feature_platform.online.server:create_app", factory=True, host=host, port=port,
-                workers=workers, loop="uvloop", http="httptools", access_log=False, log_level="warning",
-                timeout_graceful_shutdown=graceful_seconds, lifespan="on")
+def serve_argv(host: str, port: int, workers: int, graceful_seconds: int = 20) -> list[str]:
+    """uvicorn's command line for the server (uvloop + httptools). No worker recycling: `feast serve`'s
+    --max-requests stalls a request every N; workers live until shutdown, which drains in-flight requests."""
+    return ["uvicorn", "feature_platform.online.server:create_app", "--factory", "--host", host, "--port", str(port),
+            "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+            "--log-level", "warning", "--timeout-graceful-shutdown", str(graceful_seconds), "--lifespan", "on"]
 
 
-__all__ = ["App", "Catalog", "FeaturePlan", "FeatureServer", "build_catalog", "create_app", "serve"]
+__all__ = ["App", "Catalog", "FeaturePlan", "FeatureServer", "build_catalog", "create_app", "serve_argv"]

@@ -136,6 +136,10 @@ class OnlineStore(ABC):
         return None
 
     @abstractmethod
+    def describe(self) -> str:
+        """Where the store is, for logs (variables by name, never secrets)."""
+
+    @abstractmethod
     def target(self, plan: ViewPlan, feast_store: Any = None, shard: Shard | None = None) -> OnlineTarget: ...
 
     @abstractmethod
@@ -191,6 +195,9 @@ class RedisOnlineStore(OnlineStore):
             config["redis_type"] = "redis_cluster"
         return config
 
+    def describe(self) -> str:
+        return f"Redis{' Cluster' if self.config.cluster else ''} at ${self.config.address_env}"
+
     def require(self) -> None:
         self.settings.require(self.config.address_env, "the Redis address host:port of the online store")
         if self.config.password_env:
@@ -233,6 +240,9 @@ class SqliteOnlineStore(OnlineStore):
 
     def feast_config(self) -> dict[str, Any]:
         return {"type": feast_modes.ONLINE_STORES["sqlite"], "path": str(self.path)}
+
+    def describe(self) -> str:
+        return f"SQLite {self.path}"
 
     def prepare(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
