@@ -149,3 +149,20 @@ def test_the_generated_config_names_plugins_that_exist() -> None:
         if name != "PlatformProvider":
             config = getattr(importlib.import_module(module), name + "Config")
             assert config.model_fields["type"].default == path
+
+
+def test_every_variable_the_code_names_is_in_the_catalogue() -> None:
+    """The environment-variable reference is generated from feature_platform.variables: a variable named in the
+    code but not there (or there but named nowhere) fails here, so the reference cannot drift."""
+    import re
+
+    from feature_platform.variables import VARIABLES
+
+    named = {name for path in [*SRC.rglob("*.py"), *(SRC.parent.parent / "dags").rglob("*.py")]
+             for name in re.findall(r"\b(FEATURE_PLATFORM_[A-Z0-9_]*[A-Z0-9]|FEAST_S3_ENDPOINT_URL|AWS_ENDPOINT_URL)\b",
+                                    path.read_text())}
+    catalogue = {v.name for v in VARIABLES}
+    assert len(catalogue) == len(VARIABLES), "a variable is listed twice"
+    assert named - catalogue == set(), "add these to feature_platform/variables.py"
+    shipped = " ".join(p.read_text() for p in (SRC.parent.parent / "contracts" / "environments").glob("*.yaml"))
+    assert catalogue - named - set(re.findall(r"FEATURE_PLATFORM_[A-Z0-9_]+", shipped)) == set()

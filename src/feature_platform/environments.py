@@ -351,6 +351,22 @@ class Settings:
             raise ConfigError(f"environment variable {var} is not set; it must hold {why}")
         return value
 
+    def server_workers(self) -> int:
+        """`featurectl serve`'s worker processes when --workers is not given."""
+        value = self.values.get("FEATURE_PLATFORM_SERVER_WORKERS", "1")
+        if not value.isdigit() or int(value) < 1:
+            raise ConfigError(f"FEATURE_PLATFORM_SERVER_WORKERS={value!r} is not a number of worker processes; "
+                              "set a whole number >= 1")
+        return int(value)
+
+    def lease_seconds(self) -> int:
+        """Lease period of the registry and materialize locks on S3 (a writer that stops renewing loses it)."""
+        value = self.values.get("FEATURE_PLATFORM_LEASE_SECONDS", "60")
+        if not value.isdigit() or int(value) < 2:
+            raise ConfigError(f"FEATURE_PLATFORM_LEASE_SECONDS={value!r} is not a lease period; set whole "
+                              "seconds >= 2")
+        return int(value)
+
     def contracts(self) -> ContractSet:
         """The contracts, parsed once per process while their files are unchanged (shared: do not mutate)."""
         return parsed_once("contracts", self.contracts_dir, load_contracts)

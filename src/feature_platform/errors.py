@@ -112,7 +112,7 @@ class AddressInUse(PlatformError):
     exit_code = 5
 
 
-# Exit codes of featurectl, documented in README (a test keeps the two equal).
+# Exit codes of featurectl; the command reference in docs/ is generated from this table.
 EXIT_CODES = {0: "success", 1: "a step failed (build, quality gate, verify, online store, Feast, a lease)",
               2: "bad input: a contract, an environment, an argument or a file",
               3: "an incompatible contract change: a released version edited in place",
@@ -135,8 +135,8 @@ def describe_failure(exc: BaseException) -> str:
         return f"object store failed ({name}: {first}); check the S3 endpoint, bucket and credentials, then re-run"
     if module == "redis" or "Redis" in name:
         if first.startswith("OOM") or "maxmemory" in first:
-            return (f"Redis is out of memory ({first}); raise its maxmemory or memory limit (README: sizing), or "
-                    "retire views you no longer serve, then re-run (loads are idempotent)")
+            return (f"Redis is out of memory ({first}); raise its maxmemory or memory limit (docs/scaling.md: "
+                    "sizing), or retire views you no longer serve, then re-run (loads are idempotent)")
         if name == "AuthenticationError" or first.startswith(("WRONGPASS", "NOAUTH")):
             return (f"Redis refused the password ({name}: {first}); check FEATURE_PLATFORM_REDIS_PASSWORD (or the "
                     "variable the environment contract names) against the Secret, then re-run")

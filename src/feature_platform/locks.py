@@ -5,7 +5,7 @@ Feast's file registry is rewritten whole on every apply, so two concurrent appli
 - Locally an ``flock`` serializes writers; the kernel drops it the moment its holder dies. The holder writes its
   name into the lock file so a waiter can say who it waits for.
 - On S3 a lease object is created with a conditional PUT (``If-None-Match: *``), which S3 grants to exactly one
-  writer. Leases are short (``FEATURE_PLATFORM_LEASE_SECONDS``, default 60 s) and renewed by a heartbeat thread
+  writer. Leases are short (Settings.lease_seconds, default 60 s) and renewed by a heartbeat thread
   every third of that with ``If-Match: <etag>``, so a long materialization keeps its lease and a dead holder
   blocks others for at most one lease period. Expiry is judged by the object store's clock (the lease object's
   ``LastModified`` against the ``Date`` of the same response), never the waiter's: a writer whose clock runs
@@ -38,11 +38,6 @@ from feature_platform.errors import LockTimeout, StoreError
 
 DEFAULT_LEASE_SECONDS = 60
 POLL_SECONDS = 0.5
-
-
-def lease_seconds() -> int:
-    value = os.environ.get("FEATURE_PLATFORM_LEASE_SECONDS", "")
-    return max(int(value), 2) if value.isdigit() else DEFAULT_LEASE_SECONDS
 
 
 def _owner() -> str:
@@ -196,7 +191,7 @@ def s3_lock(uri: str, endpoint_url: str | None, timeout: float, period: int | No
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    period = period or lease_seconds()
+    period = period or DEFAULT_LEASE_SECONDS
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     client = boto3.client("s3", endpoint_url=endpoint_url)
     body = json.dumps({"owner": _owner(), "taken_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -242,10 +237,11 @@ def s3_lock(uri: str, endpoint_url: str | None, timeout: float, period: int | No
 
 
 @contextmanager
-def lease(uri: str, endpoint_url: str | None, timeout: float) -> Iterator[Lease]:
-    """One holder at a time for ``uri``: an S3 lease object for s3:// URIs, an flock for local paths."""
+def lease(uri: str, endpoint_url: str | None, timeout: float, period: int | None = None) -> Iterator[Lease]:
+    """One holder at a time for ``uri``: an S3 lease object for s3:// URIs (renewed every ``period`` seconds;
+    Settings.lease_seconds), an flock for local paths."""
     if uri.startswith("s3://"):
-        with s3_lock(uri, endpoint_url, timeout) as held:
+        with s3_lock(uri, endpoint_url, timeout, period) as held:
             yield held
     else:
         with local_lock(Path(uri), timeout) as held:

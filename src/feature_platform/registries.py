@@ -96,7 +96,8 @@ class FileRegistry(Registry):
 
     @contextmanager
     def lock(self) -> Iterator[Lease]:
-        with lease(self.location + ".lock", self.settings.s3_endpoint_url, LOCK_TIMEOUT) as held:
+        with lease(self.location + ".lock", self.settings.s3_endpoint_url, LOCK_TIMEOUT,
+                   self.settings.lease_seconds()) as held:
             yield held
 
     def exists(self) -> tuple[bool, str]:
