@@ -110,7 +110,7 @@ def test_dagbag_has_one_dag_per_feature_set(airflow_home, contracts_copy) -> Non
         assert spend[f"materialize.{v}"] == ["verify_online"]  # one task per view
     assert spend["feast_apply"] == ["materialize.v1", "materialize.v2"]
     assert bag["heavy_modules"] == []
-    assert bag["parse_seconds"] < 5  # generous; measured ~0.1 s (see README)
+    assert bag["parse_seconds"] < 5  # generous; measured ~0.1 s (see docs/benchmarks.md)
 
 
 def test_kubernetes_mode_builds_pod_operators(airflow_home, contracts_copy) -> None:
