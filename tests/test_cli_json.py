@@ -54,6 +54,7 @@ def test_every_command_answers_json(local_settings, tmp_path, capsys) -> None:
         ("serve",): ["--print-command", *env], ("check-server",): ["--url", "http://127.0.0.1:9", *env],
         ("step",): ["validate_contract", "customer_profile", *env], ("proof",): env, ("gc",): env,
         ("lint-dags",): [str(REPO / "dags")], ("demo",): ["--scale", "0.02", *env],
+        ("push",): ["customer_profile", "--file", str(entities), *env], ("compact",): env,
     }
     assert set(walk) == _commands(), "add the new command to this walk"
     answers = {}
@@ -67,8 +68,11 @@ def test_every_command_answers_json(local_settings, tmp_path, capsys) -> None:
     assert answers[("historical",)][1]["rows"] == 2 and len(answers[("historical",)][1]["records"]) == 2
     assert answers[("online",)][0] == 0 and answers[("plan",)][0] == 0, answers[("plan",)]
     assert answers[("token",)] == (2, answers[("token",)][1]) and "signs no tokens" in answers[("token",)][1]["error"]
+    # customer_profile takes no pushed rows: a bad-input error, as JSON.
+    assert answers[("push",)][0] == 2 and "takes no pushed rows" in answers[("push",)][1]["error"]
+    assert answers[("compact",)] == (0, [])
     assert all(code == 0 for command, (code, _) in answers.items() if command not in {("check-server",),
-                                                                                      ("token",)})
+                                                                                      ("token",), ("push",)})
 
 
 def test_an_error_under_json_is_json_too(local_settings, capsys) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -813,11 +814,16 @@ def read_pointer(store: ObjectStore, feature_set: str, version_label: str | None
     return pointer
 
 
+BUILD_ID = re.compile(r"^[0-9a-f]{16}$")  # compute_build_id's form; other directories are not builds
+VERSION_LABEL = re.compile(r"^v[0-9]+$")
+
+
 def list_builds(store: ObjectStore, feature_set: str) -> list[dict[str, Any]]:
-    """Every build of a feature set, complete or not, oldest first."""
+    """Every build of a feature set, complete or not, oldest first. A version's other directories (pushed rows,
+    shard markers) are not builds: never listed, so never collected as unfinished ones."""
     builds = []
-    for label in store.list_dirs(feature_set):
-        for build_id in store.list_dirs(f"{feature_set}/{label}"):
+    for label in filter(VERSION_LABEL.match, store.list_dirs(feature_set)):
+        for build_id in filter(BUILD_ID.match, store.list_dirs(f"{feature_set}/{label}")):
             prefix = f"{feature_set}/{label}/{build_id}"
             try:
                 metadata = store.read_json(f"{prefix}/{METADATA_FILE}")

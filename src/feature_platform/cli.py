@@ -528,6 +528,73 @@ def _caller(settings: Any, args: Args) -> Any:
     return caller_from_cli(settings, settings.environment(), team=args.team, token=args.token)
 
 
+def _read_push_file(path: Path) -> dict[str, list[Any]]:
+    """A push file (Parquet or CSV) as columns of Python values, typed as the file types them."""
+    import pyarrow as pa
+
+    from feature_platform.offline import ENTITY_FILE_TYPES
+
+    kind = ENTITY_FILE_TYPES.get("".join(path.suffixes[-2:]).lower()) or ENTITY_FILE_TYPES.get(path.suffix.lower())
+    if kind is None or not path.is_file():
+        raise ConfigError(f"{path}: push files are existing .parquet, .csv or .csv.gz files")
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        else:
+            import pyarrow.csv as pcsv
+
+            table = pcsv.read_csv(path)
+    except (pa.ArrowException, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"{path}: not a readable {kind.upper()} file ({first})") from None
+    return table.to_pydict()
+
+
+def cmd_push(args: Args) -> int:
+    from feature_platform import governance, push
+
+    settings = _settings(args)
+    env = settings.environment()
+    contract = settings.contracts().get(args.feature_set, args.version)
+    if not contract.push:
+        raise ConfigError(f"{contract.feature_view_name} takes no pushed rows: set `push: true` in its contract")
+    caller = governance.caller_from_cli(settings, env, args.team, args.token)
+    store = None
+    from feature_platform.online.stores import online_store
+
+    if args.to != "offline" and online_store(settings, env).needs_feast_store:
+        from feature_platform.feast_bridge import open_store
+
+        store = open_store(settings, env)
+    result = push.push(settings, env, contract, _read_push_file(Path(args.file)), args.to, caller, store)
+    push.record_pushes(settings, env, {(caller.team or "anonymous", contract.name, contract.feature_view_name,
+                                        args.to): (1, result.rows)})
+    _render(args, result.__dict__, f"pushed {result.rows} row(s) to {push.push_source_name(contract)} ({result.to}): "
+            f"{result.written_online} entities written online, {result.skipped_older} older than the stored row "
+            "left alone" + (f"; recorded offline in {result.recorded}" if result.recorded else ""))
+    return 0
+
+
+def cmd_compact(args: Args) -> int:
+    from feature_platform import push
+
+    settings = _settings(args)
+    env = settings.environment()
+    store = settings.object_store(env)
+    done = [push.compact(store, c) for c in settings.contracts().live()
+            if c.push and (not args.feature_set or c.name in args.feature_set)]
+
+    def text() -> None:
+        for item in done:
+            print(f"{item['feature_view']}: {item['compacted']} pushed file(s) folded into one"
+                  if item["compacted"] else f"{item['feature_view']}: {item['files']} pushed file(s), nothing to do")
+
+    _render(args, done, text)
+    return 0
+
+
 def cmd_export(args: Args) -> int:
     from feature_platform import pipeline
 
@@ -836,7 +903,7 @@ VERSION, DURATION = _Version(), _Duration()
 # `featurectl --help` lists the commands by subject, in this order.
 SUBJECTS: dict[str, list[str]] = {
     "Contracts": ["contracts", "init"],
-    "Builds": ["sample-data", "build", "versions", "rollback", "gc"],
+    "Builds": ["sample-data", "build", "versions", "rollback", "gc", "push", "compact"],
     "Feast and the online store": ["feast-config", "apply", "plan", "materialize", "verify", "serve",
                                    "check-server"],
     "Reading features": ["online", "historical", "export"],
@@ -964,6 +1031,14 @@ def build_cli() -> click.Group:
                  help="unfinished builds younger than this are kept"),
              opt("--delete", is_flag=True, help="really delete (default: only list)"), _common())
 
+    _command(cli, "push", cmd_push, "push rows from a file to a feature set (push: true), as POST /push does",
+             arg("feature_set"), opt("--version", type=VERSION, help="contract version (default: newest)"),
+             opt("--file", required=True, help="Parquet or CSV: the key, the event time and some features"),
+             opt("--to", type=click.Choice(["online", "offline", "online_and_offline"]), default="online",
+                 show_default=True, help="where the rows go (offline: kept for training sets)"),
+             _identity, _common())
+    _command(cli, "compact", cmd_compact, "fold each push-enabled feature set's pushed files into one",
+             arg("feature_set", nargs=-1), _common())
     _command(cli, "feast-config", cmd_feast_config, "write the environment's feature_store.yaml and print its path",
              _common())
     _command(cli, "apply", cmd_apply, "register the contracts' Feast objects (no-op when unchanged)",

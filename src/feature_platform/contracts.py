@@ -151,6 +151,8 @@ class Access(StrictModel):
     readers: list[TeamName] = Field(default_factory=list, description="teams that may read (online and offline)")
     pii_readers: list[TeamName] = Field(default_factory=list, description="teams that see PII features unmasked "
                                                                           "(must also be readers or the owner)")
+    writers: list[TeamName] = Field(default_factory=list, description="teams that may push rows (with push: true); "
+                                                                      "default: the owner team")
 
 
 class Monitoring(StrictModel):
@@ -192,6 +194,9 @@ class FeatureSetContract(StrictModel):
     # Also serve the newest version under the feature set's own name (a moving alias). Off by default: every
     # version has its own feature service (<name>_v<N>), so a breaking version never reaches pinned models.
     latest_alias: bool = False
+    # Fresh rows from a stream processor between builds: a Feast PushSource <feature_set>_v<N>_push, POST /push
+    # on the server and `featurectl push` (see push.py), writable by access.writers.
+    push: bool = False
     pii: bool
     # Lifecycle (ODCS's status): a retired version is no longer built, applied or served; its file stays (the
     # lock keeps released versions) and `featurectl apply` removes its Feast objects, recorded in the audit log.
@@ -250,6 +255,11 @@ class FeatureSetContract(StrictModel):
     @property
     def reader_teams(self) -> list[str]:
         return sorted({self.owner_team, *self.access.readers})
+
+    @property
+    def writer_teams(self) -> list[str]:
+        """Who may push rows: access.writers, or the owner team."""
+        return sorted(set(self.access.writers or [self.owner_team]))
 
     @property
     def pii_features(self) -> list[str]:
@@ -1004,6 +1014,9 @@ def diff_contracts(old: FeatureSetContract, new: FeatureSetContract) -> list[Cha
     if (old.description, old.owner, old.tags, old.pii, old.online) != (
             new.description, new.owner, new.tags, new.pii, new.online):
         changes.append(Change(False, "documentation, owner, tags, pii or online flag changed"))
+    if old.push != new.push:
+        changes.append(Change(False, f"push {'enabled' if new.push else 'disabled'} (a Feast PushSource "
+                                     f"{'added' if new.push else 'removed'})"))
     if (old.access, old.monitoring, old.status) != (new.access, new.monitoring, new.status):
         changes.append(Change(False, "access (teams), monitoring thresholds or status changed"))
     if old.transform_hash != new.transform_hash:

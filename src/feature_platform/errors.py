@@ -96,6 +96,10 @@ class MonitorBreach(PlatformError):
     """A monitored figure (freshness, volume, null rate, drift) crossed its threshold; names each one."""
 
 
+class NotFound(ConfigError):
+    """A named object (a push source) does not exist; the server answers 404."""
+
+
 class AccessDenied(PlatformError):
     """The caller's team may not read a feature view (or see its PII unmasked)."""
 

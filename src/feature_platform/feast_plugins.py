@@ -307,6 +307,55 @@ class PlatformProvider(PassthroughProvider):
     """Feast's local provider; ``feast materialize`` and ``materialize-incremental`` run the platform's
     materialization of each platform view (what ``featurectl materialize`` writes, deletions included)."""
 
+    def _platform_view(self, feature_view: Any) -> tuple[Any, Any]:
+        """(settings, contract) of a view the platform derived from a contract, or (None, None)."""
+        from feature_platform.feast_bridge.definitions import TAG_PREFIX
+
+        tags = getattr(feature_view, "tags", None) or {}
+        if TAG_PREFIX + "feature_set" not in tags or feast_modes.feast_writes():
+            return None, None
+        settings = platform_settings(self.repo_config)
+        version = int(tags[TAG_PREFIX + "version"].removeprefix("v"))
+        return settings, settings.contracts().get(tags[TAG_PREFIX + "feature_set"], version)
+
+    def _push(self, feature_view: Any, columns: dict[str, list[Any]], to: str) -> None:
+        """Feast's SDK writing rows to a platform view (``push``, ``write_to_online_store``,
+        ``write_to_offline_store``): the platform's push, validated and written as ``POST /push`` does."""
+        from types import SimpleNamespace
+
+        from feature_platform import governance, push
+
+        settings, contract = self._platform_view(feature_view)
+        if not contract.push:
+            raise push.PushRejected(f"{contract.feature_view_name} takes no pushed rows (its values come from builds "
+                                    "only): set `push: true` in its contract to write to it; nothing was written")
+        env = settings.environment()
+        # The Feast writer of the online store (SQLite) is reached through this provider, as Feast's store would.
+        store = SimpleNamespace(config=self.repo_config, provider=self, get_feature_view=lambda _name: feature_view)
+        push.push(settings, env, contract, push.feast_write_columns(contract, columns), to,
+                  governance.caller_from_cli(settings, env), store)
+
+    def ingest_df(self, feature_view: Any, df: pd.DataFrame, field_mapping: dict[str, str] | None = None) -> None:
+        from feature_platform.push import columns_of
+
+        remote = getattr(self.repo_config.online_store, "type", "") == "remote"  # the server validates it
+        if remote or self._platform_view(feature_view)[1] is None:
+            super().ingest_df(feature_view, df, field_mapping)
+            return
+        self._push(feature_view, columns_of(df), "online")
+
+    async def ingest_df_async(self, feature_view: Any, df: pd.DataFrame,
+                              field_mapping: dict[str, str] | None = None) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.ingest_df, feature_view, df, field_mapping)
+
+    def ingest_df_to_offline_store(self, feature_view: Any, table: pa.Table) -> None:
+        if self._platform_view(feature_view)[1] is None:
+            super().ingest_df_to_offline_store(feature_view, table)
+            return
+        self._push(feature_view, table.to_pydict(), "offline")
+
     def materialize_single_feature_view(self, config: Any, feature_view: Any, start_date: datetime,
                                         end_date: datetime, registry: Any, project: str, tqdm_builder: Any,
                                         disable_event_timestamp: bool = False) -> None:

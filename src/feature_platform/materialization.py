@@ -87,7 +87,7 @@ def load_view(settings: Settings, env: EnvironmentContract, object_store: Object
     marker = read_marker(object_store, contract)
     plan = plan_contract(env.feast_project, contract)
     backend = online_store(settings, env)
-    online = backend.target(plan, store, shard)
+    online = backend.target(plan, store, shard, keep_newer=contract.push)
     own_key = shard_marker_key(contract, shard) if shard else marker_key(contract)
     own = _read_json(object_store, own_key) if shard else marker
     loaded = own.get("build_id") == build_id and not own.get("pending_build_ids")
@@ -135,7 +135,7 @@ def load_view(settings: Settings, env: EnvironmentContract, object_store: Object
                     "deleted": sum(m["deleted"] for m in shards),
                     "mode": "full" if any(m["mode"] == "full" for m in shards) else "incremental"})
         return record
-    if backend.platform_writer:  # Feast's own writer records the interval itself
+    if backend.platform_writer or contract.push:  # Feast's own materialize records the interval itself
         record_interval(start, end)
     view_lease.check()
     online.record(complete_record(build_id))

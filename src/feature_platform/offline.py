@@ -75,17 +75,19 @@ class JoinPart:
     data_path: str
     dtypes: dict[str, str]  # feature -> contract dtype, in the order taken
     names: list[str]  # output column per feature (plain, or <feature_set>_v<N>__<feature>)
+    pushed: tuple[str, ...] = ()  # recorded pushes (push.py): they join with the build, winning ties
 
     @property
     def features(self) -> list[str]:
         return list(self.dtypes)
 
     @classmethod
-    def of(cls, contract: FeatureSetContract, data_path: str, features: list[str], names: list[str]) -> JoinPart:
+    def of(cls, contract: FeatureSetContract, data_path: str, features: list[str], names: list[str],
+           pushed: tuple[str, ...] = ()) -> JoinPart:
         dtypes = {f.name: f.dtype for f in contract.features}
         return cls(contract.feature_view_name, contract.entity.join_key, contract.entity.dtype,
                    contract.timestamp_field, contract.ttl_seconds, data_path, {f: dtypes[f] for f in features},
-                   names)
+                   names, pushed)
 
 
 def _entity_table(entity_df: Any, parts: list[JoinPart]) -> pa.Table:
@@ -124,10 +126,11 @@ def _entity_table(entity_df: Any, parts: list[JoinPart]) -> pa.Table:
     return pa.table(columns)
 
 
-def point_in_time_join(entity_df: Any, contract: FeatureSetContract, data_path: str, fs: Any) -> Any:
+def point_in_time_join(entity_df: Any, contract: FeatureSetContract, data_path: str, fs: Any,
+                       pushed: tuple[str, ...] = ()) -> Any:
     """``entity_df`` with the contract's features as of each row's ``event_timestamp`` (see module doc)."""
     names = [f.name for f in contract.features]
-    return point_in_time_join_many(entity_df, [JoinPart.of(contract, data_path, names, names)], fs)
+    return point_in_time_join_many(entity_df, [JoinPart.of(contract, data_path, names, names, pushed)], fs)
 
 
 def point_in_time_join_many(entity_df: Any, parts: list[JoinPart], fs: Any) -> Any:
@@ -147,8 +150,18 @@ def point_in_time_join_many(entity_df: Any, parts: list[JoinPart], fs: Any) -> A
             con.register(f"build{i}", ds.dataset(part.data_path, format="parquet", filesystem=fs))
             columns = ", ".join(f'"{f}"' for f in part.features)
             # Timestamps compared as naive UTC on both sides (the build stores UTC).
-            ctes.append(f'f{i} AS (SELECT "{part.join_key}" AS __k, '
-                        f'timezone(\'UTC\', "{part.timestamp_field}") AS __ts, {columns} FROM build{i})')
+            rows = (f'SELECT "{part.join_key}" AS __k, timezone(\'UTC\', "{part.timestamp_field}") AS __ts, '
+                    f'{columns}')
+            if part.pushed:
+                # Pushed rows join with the build's; at one key and event time the pushed row wins, and of two
+                # pushes the later.
+                con.register(f"pushed{i}", ds.dataset(list(part.pushed), format="parquet", filesystem=fs))
+                ctes.append(f"f{i} AS (SELECT __k, __ts, {columns} FROM ({rows}, 0 AS __src, "
+                            f"NULL::TIMESTAMP AS __at FROM build{i} UNION ALL {rows}, 1 AS __src, "
+                            f'timezone(\'UTC\', "__pushed_at") AS __at FROM pushed{i}) '
+                            "QUALIFY row_number() OVER (PARTITION BY __k, __ts ORDER BY __src DESC, __at DESC) = 1)")
+            else:
+                ctes.append(f"f{i} AS ({rows} FROM build{i})")
             joins.append(f"ASOF LEFT JOIN f{i} ON e.{key_column[part.join_key]} = f{i}.__k AND e.ts >= f{i}.__ts")
             # A TTL of 0 is Feast's "no limit".
             valid = f"f{i}.__ts IS NOT NULL" + (f" AND f{i}.__ts >= e.ts - INTERVAL {part.ttl_seconds} SECOND"

@@ -42,17 +42,17 @@ def definition_hash(contract: FeatureSetContract, pointer: dict[str, Any]) -> st
     """Changes whenever the Feast objects derived from this contract would change."""
     payload = {"schema": contract.schema_hash, "build": pointer["build_id"], "data": pointer["data"],
                "online": contract.online, "tags": contract.tags, "description": contract.description,
-               "owner": contract.owner, "pii": contract.pii}
+               "owner": contract.owner, "pii": contract.pii, **({"push": True} if contract.push else {})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def feature_view(contract: FeatureSetContract, pointer: dict[str, Any], entity: Any,
                  s3_endpoint: str | None) -> Any:
-    from feast import FeatureView, Field, FileSource
+    from feast import FeatureView, Field, FileSource, PushSource
     from feast import types as feast_types
 
     data = str(pointer["data"])
-    source = FileSource(
+    source: Any = FileSource(
         name=f"{contract.feature_view_name}_source",
         path=data,
         timestamp_field=contract.timestamp_field,
@@ -68,6 +68,10 @@ def feature_view(contract: FeatureSetContract, pointer: dict[str, Any], entity: 
             TAG_PREFIX + "build_id": str(pointer["build_id"]),
             TAG_PREFIX + "pii": str(contract.pii).lower(),
             DEFINITION_TAG: definition_hash(contract, pointer)}
+    if contract.push:  # Feast's PushSource over the batch source: plain `feast apply` and Feast's SDK see it
+        from feature_platform.push import push_source_name
+
+        source = PushSource(name=push_source_name(contract), batch_source=source)
     return FeatureView(
         name=contract.feature_view_name,
         entities=[entity],

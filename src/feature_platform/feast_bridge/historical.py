@@ -50,11 +50,21 @@ def historical(settings: Settings, entity_df: Any, feature_set: str, version: in
     if metadata["schema_hash"] != contract.schema_hash:
         raise RegistryMismatchError(f"build {build_id} was made from schema {metadata['schema_hash']} but "
                                     f"{contract.feature_view_name} is {contract.schema_hash}")
-    frame = point_in_time_join(entity_df, contract, str(metadata["data"]).removeprefix("s3://"), object_store.fs)
+    pushed = pushed_paths(object_store, contract)
+    frame = point_in_time_join(entity_df, contract, str(metadata["data"]).removeprefix("s3://"), object_store.fs,
+                               pushed)
     provenance = {"feature_set": contract.name, "version": contract.version_label, "build_id": build_id,
-                  "schema_hash": contract.schema_hash, "data": metadata["data"], "ttl_seconds": contract.ttl_seconds}
+                  "schema_hash": contract.schema_hash, "data": metadata["data"], "ttl_seconds": contract.ttl_seconds,
+                  **({"pushed_files": len(pushed)} if contract.push else {})}
     return governance.release(settings, env, frame, caller, "historical", provenance, [governance.ReadPart(
         contract, build_id, [f.name for f in contract.features])])
+
+
+def pushed_paths(object_store: Any, contract: FeatureSetContract) -> tuple[str, ...]:
+    """The recorded pushes a training set of this version includes (none unless it takes pushes)."""
+    from feature_platform.push import pushed_files
+
+    return tuple(pushed_files(object_store, contract)) if contract.push else ()
 
 
 def service_columns(resolved: list[tuple[FeatureSetContract, list[str]]], full_feature_names: bool
@@ -125,7 +135,8 @@ def historical_service(settings: Settings, entity_df: Any, service: str, version
             raise RegistryMismatchError(f"build {pins[contract.feature_view_name]} was made from schema "
                                         f"{metadata['schema_hash']} but {contract.feature_view_name} is "
                                         f"{contract.schema_hash}")
-        parts.append(JoinPart.of(contract, str(metadata["data"]).removeprefix("s3://"), names, columns))
+        parts.append(JoinPart.of(contract, str(metadata["data"]).removeprefix("s3://"), names, columns,
+                                 pushed_paths(object_store, contract)))
         used.append({"feature_set": contract.name, "version": contract.version_label,
                      "build_id": pins[contract.feature_view_name], "schema_hash": contract.schema_hash,
                      "data": metadata["data"],

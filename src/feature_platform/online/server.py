@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from feature_platform.errors import AccessDenied
-from feature_platform.governance import PII_READERS_TAG, PII_TAG, Caller, caller_from_bearer, may_read
+from feature_platform.governance import ANONYMOUS, PII_READERS_TAG, PII_TAG, Caller, caller_from_bearer, may_read
 from feature_platform.online import reader
 from feature_platform.online.layout import FeaturePlan, ViewPlan, parse_entity_values, plan_view
 
@@ -230,6 +230,13 @@ class Metrics:
         self.unfinished = Gauge("feature_platform_online_load_unfinished",
                                 "1 while the online store does not hold the served build completely",
                                 ["feature_view"], registry=self.registry)
+        self.pushes = Counter("feast_push_request_total", "Total push requests to the feature store",
+                              ["push_source", "mode"], registry=self.registry)
+        self.push_latency = Histogram("feature_platform_push_latency_seconds", "Accepted pushes: seconds from "
+                                      "request to durable write", ["mode"], registry=self.registry,
+                                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+        self.pushed_rows = Counter("feature_platform_pushed_rows_total", "Rows accepted by pushes",
+                                   ["push_source", "mode"], registry=self.registry)
         self.unfinished_reads = Counter("feature_platform_unfinished_load_reads_total",
                                         "Requests that read a view whose online load is unfinished",
                                         ["feature_view"], registry=self.registry)
@@ -250,7 +257,37 @@ class OnlineRequest(msgspec.Struct, forbid_unknown_fields=False):
     full_feature_names: bool = False
 
 
+class PushRequest(msgspec.Struct, forbid_unknown_fields=False):
+    """Feast's ``POST /push`` body (``allow_registry_cache`` and ``transform_on_write`` are accepted and moot)."""
+
+    push_source_name: str
+    df: dict[str, list[Any]]
+    to: str = "online"
+
+
+class WriteRequest(msgspec.Struct, forbid_unknown_fields=False):
+    """Feast's ``POST /write-to-online-store`` body (what Feast's ``remote`` client sends)."""
+
+    feature_view_name: str
+    df: dict[str, list[Any]]
+
+
 _decoder = msgspec.json.Decoder(OnlineRequest)
+_push_decoder = msgspec.json.Decoder(PushRequest)
+_write_decoder = msgspec.json.Decoder(WriteRequest)
+
+
+def parse_body(decoder: Any, body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise RequestError(422, f"invalid request body: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise RequestError(422, f"the body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise RequestError(400, f"the body is not UTF-8: byte {exc.start} is invalid; send JSON in UTF-8") from None
+    except RecursionError:
+        raise RequestError(400, "the body's JSON is nested too deeply") from None
 _encoder = msgspec.json.Encoder()
 
 
@@ -339,6 +376,12 @@ class FeatureServer:
         self.feast_fallback = feast_fallback
         self.enforce_ttl = enforce_ttl
         self.catalog: Catalog | None = None
+        # Writes pushed rows (push.push for the named source or view); None: this server accepts no pushes.
+        self.pusher: Callable[[str, dict[str, list[Any]], str, Caller, bool], Any] | None = None
+        # Records {(team, feature set, view, to): (pushes, rows)} in the audit trail; None: not recorded.
+        self.push_auditor: Callable[[dict[tuple[str, str, str, str], tuple[int, int]]], None] | None = None
+        self._push_counts: dict[tuple[str, str, str, str], tuple[int, int]] = {}
+        self._push_lock = threading.Lock()
         self.metrics = Metrics()
         self._status_counters: dict[tuple[str, str], Any] = {}
         self._latency: dict[str, Any] = {}
@@ -358,11 +401,28 @@ class FeatureServer:
                     self.load_catalog()
                 except Exception as exc:  # keep serving the last good catalog
                     log.warning("registry refresh failed, serving the previous catalog: %s", exc)
+                self.flush_push_audit()
 
         threading.Thread(target=loop, name="registry-refresh", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
+        self.flush_push_audit()
+
+    def flush_push_audit(self) -> None:
+        """Pushes since the last flush, as counts per team and feature set, into the audit trail (one entry per
+        feature set and refresh interval, never one per push, and never values)."""
+        with self._push_lock:
+            counts, self._push_counts = self._push_counts, {}
+        if counts and self.push_auditor is not None:
+            try:
+                self.push_auditor(counts)
+            except Exception as exc:  # the trail's store is down: keep the counts for the next flush
+                log.warning("recording pushes in the audit trail failed, will retry: %s", exc)
+                with self._push_lock:
+                    for key, (pushes, rows) in counts.items():
+                        before = self._push_counts.get(key, (0, 0))
+                        self._push_counts[key] = (before[0] + pushes, before[1] + rows)
 
     # -- reads
     def get_online_features(self, request: OnlineRequest, authorization: str | None = None) -> dict[str, Any]:
@@ -424,10 +484,41 @@ class FeatureServer:
         self.metrics.entities.observe(rows)
         return {"metadata": {"feature_names": names}, "results": results}
 
+    def push(self, name: str, df: dict[str, list[Any]], to: str, authorization: str | None,
+             by_view: bool = False) -> dict[str, Any]:
+        """``POST /push`` (``name``: a push source) or ``POST /write-to-online-store`` (``by_view``: a feature
+        view, online only): all or nothing; 422 names the column and row, 404 an unknown name, 401/403 a caller
+        who may not write."""
+        from feature_platform.errors import AccessDenied, NotFound
+        from feature_platform.push import PushRejected
+
+        if self.pusher is None:
+            raise RequestError(404, "this server accepts no pushes")
+        caller = self.access.caller(authorization) if self.access is not None else ANONYMOUS
+        started = time.perf_counter()
+        try:
+            result = self.pusher(name, df, to, caller, by_view)
+        except NotFound as exc:
+            raise RequestError(404, str(exc), "FeatureViewNotFoundException" if by_view else None) from None
+        except AccessDenied as exc:
+            raise RequestError(exc.status, str(exc)) from None
+        except PushRejected as exc:
+            raise RequestError(422, str(exc)) from None
+        key = (caller.team or "anonymous", result.feature_set, result.feature_view, to)
+        with self._push_lock:
+            pushes, rows = self._push_counts.get(key, (0, 0))
+            self._push_counts[key] = (pushes + 1, rows + result.rows)
+        self.metrics.pushes.labels(name, to).inc()
+        self.metrics.pushed_rows.labels(name, to).inc(result.rows)
+        self.metrics.push_latency.labels(to).observe(time.perf_counter() - started)
+        return {"feature_view": result.feature_view, "rows": result.rows, "to": result.to,
+                "written_online": result.written_online, "skipped_older": result.skipped_older,
+                "recorded_offline": result.recorded is not None}
+
     def observe_latency(self, path: str, seconds: float) -> None:
         histogram = self._latency.get(path)
         if histogram is None:
-            known = path in ("/get-online-features", "/health", "/metrics")
+            known = path in ("/get-online-features", "/health", "/metrics", "/push", "/write-to-online-store")
             histogram = self._latency[path] = self.metrics.latency.labels(path if known else "other")
         histogram.observe(seconds)
 
@@ -511,6 +602,21 @@ class App:
                 # Feast's body stays Feast's; a view whose online load is unfinished is named in a header.
                 extra = [(UNFINISHED_HEADER, ",".join(unfinished).encode())] if unfinished else []
                 await _respond(send, 200, _encoder.encode(answer), extra_headers=extra)
+            elif path in ("/push", "/write-to-online-store") and method == "POST":
+                body = await _read_body(receive)
+                if path == "/push":
+                    pushed = parse_body(_push_decoder, body)
+                    name, df, to, by_view = pushed.push_source_name, pushed.df, pushed.to, False
+                else:
+                    written = parse_body(_write_decoder, body)
+                    name, df, to, by_view = written.feature_view_name, written.df, "online", True
+                authorization = _header(scope, b"authorization")
+                try:
+                    answer = await asyncio.get_running_loop().run_in_executor(
+                        None, server.push, name, df, to, authorization, by_view)
+                except reader_errors() as exc:
+                    raise RequestError(503, f"online store unavailable: {type(exc).__name__}: {exc}") from exc
+                await _respond(send, 200, _encoder.encode(answer))
             elif path == "/health" and method == "GET":
                 try:
                     ok = server.health()
@@ -520,7 +626,8 @@ class App:
             elif path == "/metrics" and method == "GET":
                 await _respond(send, 200, server.metrics.render(), b"text/plain; version=0.0.4")
             else:
-                raise RequestError(404, f"no route {method} {path}; see POST /get-online-features, GET /health")
+                raise RequestError(404, f"no route {method} {path}; see POST /get-online-features, POST /push, "
+                                        "GET /health")
         except RequestError as exc:
             server.metrics.errors.labels(str(exc.status)).inc()
             await _respond(send, exc.status, exc.body())
@@ -602,6 +709,26 @@ def create_app() -> App:
 
     access = OnlineAccess(env.access.default, token_key(settings, env), env)  # a named, missing key: no start
     server = FeatureServer(client, load, max(env.registry.cache_ttl_seconds, 1), fallback, enforce_ttl, access)
+
+    def pusher(name: str, df: dict[str, list[Any]], to: str, caller: Caller, by_view: bool) -> Any:
+        from feature_platform import push
+
+        contracts = settings.contracts()  # re-read only when the mounted files change
+        if by_view:
+            contract = push.find_pushable_view(contracts, name)
+            df = push.feast_write_columns(contract, df)
+        else:
+            contract = push.find_push_source(contracts, name)
+        return push.push(settings, env, contract, df, to, caller, store, backend)
+
+    server.pusher = pusher
+
+    def audit_pushes(counts: dict[tuple[str, str, str, str], tuple[int, int]]) -> None:
+        from feature_platform.push import record_pushes
+
+        record_pushes(settings, env, counts)
+
+    server.push_auditor = audit_pushes
 
     def startup() -> None:
         """Ready only when warm: registry planned, Redis answering, one planned read done."""

@@ -10,6 +10,7 @@ Feast's own writer and reader. Adding a backend is one config class and one clas
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import sqlite3
@@ -117,6 +118,7 @@ class OnlineStore(ABC):
     # Whether the platform writes the rows itself, so it records Feast's materialized interval; Feast's own
     # writer records it.
     platform_writer = False
+    needs_feast_store = False  # whether its writes and reads go through an opened Feast store
 
     def __init__(self, settings: Settings, env: EnvironmentContract,
                  socket_timeout: float = SOCKET_TIMEOUT_SECONDS) -> None:
@@ -140,7 +142,10 @@ class OnlineStore(ABC):
         """Where the store is, for logs (variables by name, never secrets)."""
 
     @abstractmethod
-    def target(self, plan: ViewPlan, feast_store: Any = None, shard: Shard | None = None) -> OnlineTarget: ...
+    def target(self, plan: ViewPlan, feast_store: Any = None, shard: Shard | None = None,
+               keep_newer: bool = False) -> OnlineTarget:
+        """The store for one view's load. ``keep_newer`` (views that take pushes): a build row never replaces a
+        newer stored row, and an entity that left the build keeps a row stored after the build's newest event."""
 
     @abstractmethod
     def records(self, project: str) -> dict[str, dict[str, Any]]:
@@ -153,6 +158,13 @@ class OnlineStore(ABC):
     @abstractmethod
     def read(self, plan: ViewPlan, values: Sequence[Any], enforce_ttl: bool, feast_store: Any) -> reader.ViewRead:
         """One view's values for join-key ``values``, with the platform's statuses and TTL rule."""
+
+    @abstractmethod
+    def push_rows(self, plan: ViewPlan, table: pa.Table, features: list[str], feast_store: Any,
+                  replace_equal: bool = False) -> tuple[int, int]:
+        """Write ``features`` of each row of ``table`` (one row per entity), unless the store holds a row at least
+        as new for that entity (Feast's rule: a write must be strictly newer, in whole seconds; ``replace_equal``:
+        as new is enough, for a build's corrections). Returns (written, skipped)."""
 
     def unavailable_errors(self) -> tuple[type[BaseException], ...]:
         """What the client raises when the store is down or unreachable."""
@@ -203,8 +215,9 @@ class RedisOnlineStore(OnlineStore):
         if self.config.password_env:
             self.settings.require(self.config.password_env, "the Redis password (from the Secret, never from Git)")
 
-    def target(self, plan: ViewPlan, feast_store: Any = None, shard: Shard | None = None) -> OnlineTarget:
-        return RedisTarget(self.client, plan, shard)
+    def target(self, plan: ViewPlan, feast_store: Any = None, shard: Shard | None = None,
+               keep_newer: bool = False) -> OnlineTarget:
+        return RedisTarget(self.client, plan, shard, keep_newer)
 
     def records(self, project: str) -> dict[str, dict[str, Any]]:
         raw = self.client.hgetall(redis_record_key(project))
@@ -216,6 +229,21 @@ class RedisOnlineStore(OnlineStore):
 
     def read(self, plan: ViewPlan, values: Sequence[Any], enforce_ttl: bool, feast_store: Any) -> reader.ViewRead:
         return reader.read_view(self.client, plan, values, enforce_ttl=enforce_ttl)
+
+    def push_rows(self, plan: ViewPlan, table: pa.Table, features: list[str], feast_store: Any,
+                  replace_equal: bool = False) -> tuple[int, int]:
+        client = self.client
+        keys = plan.keys(table.column(plan.join_key).combine_chunks())
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(key, plan.ts_field)
+        stored = [decode_timestamp_micros(raw) for raw in pipe.execute()]
+        newer = _strictly_newer(table.column(plan.timestamp_field), stored, replace_equal)
+        rows = table.filter(pa.array(newer))
+        if rows.num_rows:
+            subset = dataclasses.replace(plan, features=tuple(f for f in plan.features if f.name in features))
+            engine.write_view(client, subset, iter(rows.to_batches()), lambda _count: None)
+        return rows.num_rows, table.num_rows - rows.num_rows
 
     def unavailable_errors(self) -> tuple[type[BaseException], ...]:
         from feature_platform.online.redis_client import unavailable_errors
@@ -231,6 +259,7 @@ class SqliteOnlineStore(OnlineStore):
     deletes departed entities and keeps the load record in a table of the same file."""
 
     name = "sqlite"
+    needs_feast_store = True
 
     def __init__(self, settings: Settings, env: EnvironmentContract,
                  socket_timeout: float = SOCKET_TIMEOUT_SECONDS) -> None:
@@ -247,11 +276,13 @@ class SqliteOnlineStore(OnlineStore):
     def prepare(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def target(self, plan: ViewPlan, feast_store: Any = None, shard: Shard | None = None) -> OnlineTarget:
+    def target(self, plan: ViewPlan, feast_store: Any = None, shard: Shard | None = None,
+               keep_newer: bool = False) -> OnlineTarget:
         if shard:
             raise ConfigError(f"--shard needs a Redis online store; {self.env.name} uses {self.name}: "
                               "materialize without --shard")
-        return SqliteTarget(self.path, f"{self.env.feast_project}_{plan.view}", feast_store, plan)
+        return SqliteTarget(self.path, f"{self.env.feast_project}_{plan.view}", feast_store, plan, keep_newer,
+                            self)
 
     def records(self, project: str) -> dict[str, dict[str, Any]]:
         return {view: record for view, record in _sqlite_records(self.path).items() if record is not None}
@@ -270,6 +301,61 @@ class SqliteOnlineStore(OnlineStore):
                 raise
             # The store file was deleted or replaced: nothing is served (verify reports it; materialize refills).
             return not_found(plan, values)
+
+
+    def push_rows(self, plan: ViewPlan, table: pa.Table, features: list[str], feast_store: Any,
+                  replace_equal: bool = False) -> tuple[int, int]:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+        from feast.type_map import python_values_to_proto_values
+        from feast.value_type import ValueType
+
+        values = table.column(plan.join_key).to_pylist()
+        target = SqliteTarget(self.path, f"{self.env.feast_project}_{plan.view}", feast_store, plan)
+        stored = target.stored_micros(values)
+        newer = _strictly_newer(table.column(plan.timestamp_field), stored, replace_equal)
+        rows = table.filter(pa.array(newer))
+        if not rows.num_rows:
+            return 0, table.num_rows
+        key_type = ValueType.INT64 if plan.entity_dtype == "int64" else ValueType.STRING
+        keys = python_values_to_proto_values(rows.column(plan.join_key).to_pylist(), key_type)
+        columns = {name: rows.column(name).to_pylist() for name in features}
+        dtypes = {f.name: f.dtype for f in plan.features}
+        protos = {name: python_values_to_proto_values(column, _FEAST_VALUE_TYPES[dtypes[name]])
+                  for name, column in columns.items()}
+        stamps = rows.column(plan.timestamp_field).to_pylist()
+        data = [(EntityKeyProto(join_keys=[plan.join_key], entity_values=[key]),
+                 {name: protos[name][i] for name in features}, stamps[i], None) for i, key in enumerate(keys)]
+        view = feast_store.get_feature_view(plan.view)
+        # Feast's own writer, as `feast materialize` and Feast's push write the store: byte for byte its layout.
+        feast_store.provider.online_store.online_write_batch(feast_store.config, view, data, None)
+        return rows.num_rows, table.num_rows - rows.num_rows
+
+
+def _strictly_newer(stamps: pa.ChunkedArray | pa.Array, stored: list[int | None], or_equal: bool = False
+                    ) -> list[bool]:
+    """Per row, whether its event time is after the stored one in whole seconds (Feast keeps whole seconds; with
+    ``or_equal``, not before it), or nothing is stored."""
+    micros = stamps.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
+    if or_equal:
+        return [old is None or new // 1_000_000 >= old // 1_000_000 for new, old in zip(micros, stored, strict=True)]
+    return [old is None or new // 1_000_000 > old // 1_000_000 for new, old in zip(micros, stored, strict=True)]
+
+
+_FEAST_VALUE_TYPES_BY_NAME = {"int32": "INT32", "int64": "INT64", "float32": "FLOAT", "float64": "DOUBLE",
+                              "string": "STRING", "bool": "BOOL", "timestamp": "UNIX_TIMESTAMP"}
+
+
+class _ValueTypes(dict[str, Any]):
+    """Feast's ValueType per contract dtype, imported on first use (Feast is slow to import)."""
+
+    def __missing__(self, dtype: str) -> Any:
+        from feast.value_type import ValueType
+
+        self[dtype] = getattr(ValueType, _FEAST_VALUE_TYPES_BY_NAME[dtype])
+        return self[dtype]
+
+
+_FEAST_VALUE_TYPES = _ValueTypes()
 
 
 # Each environment contract's online_store type and the class that serves it.
@@ -337,8 +423,24 @@ def _sqlite_records(path: Path, view: str | None = None) -> dict[str, dict[str, 
 
 
 class RedisTarget(OnlineTarget):
-    def __init__(self, client: Any, plan: ViewPlan, shard: Shard | None = None) -> None:
-        self.client, self.plan, self.shard = client, plan, shard
+    def __init__(self, client: Any, plan: ViewPlan, shard: Shard | None = None, keep_newer: bool = False) -> None:
+        self.client, self.plan, self.shard, self.keep_newer = client, plan, shard, keep_newer
+        self.build_newest: int | None = None  # epoch µs of the loaded build's newest event (keep_newer)
+
+    def _stored(self, keys: list[bytes]) -> list[int | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(key, self.plan.ts_field)
+        return [decode_timestamp_micros(raw) for raw in pipe.execute()]
+
+    def _not_superseded(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Each batch without the rows older than what the store holds for their entity (a pushed row)."""
+        for batch in batches:
+            stored = self._stored(self.plan.keys(batch.column(self.plan.join_key)))
+            micros = batch.column(self.plan.timestamp_field).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+            keep = [old is None or old // 1_000_000 <= new // 1_000_000
+                    for new, old in zip(micros.to_pylist(), stored, strict=True)]
+            yield batch.filter(pa.array(keep))
 
     def recorded(self) -> dict[str, Any] | None:
         return _parse_record(self.client.hget(redis_record_key(self.plan.project), self.plan.view))
@@ -349,10 +451,22 @@ class RedisTarget(OnlineTarget):
     def write(self, fs: Any, metadata: dict[str, Any], start: datetime, end: datetime,
               progress: Callable[[int], None]) -> int:
         rows = engine.only_shard(self.plan, self.shard, engine.newest_rows(fs, metadata, self.plan))
+        if self.keep_newer:
+            rows = self._not_superseded(rows)
+            self.build_newest = _micros(metadata["event_time_max"])
         return engine.write_view(self.client, self.plan, rows, progress)
 
     def delete(self, keys: Iterator[pa.Array]) -> int:
-        return engine.delete_view_fields(self.client, self.plan, engine.only_shard_keys(self.plan, self.shard, keys))
+        keys = engine.only_shard_keys(self.plan, self.shard, keys)
+        if self.keep_newer and self.build_newest is not None:
+            keys = self._pushed_kept(keys, self.build_newest)
+        return engine.delete_view_fields(self.client, self.plan, keys)
+
+    def _pushed_kept(self, keys: Iterator[pa.Array], newest: int) -> Iterator[pa.Array]:
+        """Departed entities without those whose stored row is newer than the build (pushed since)."""
+        for batch in keys:
+            stored = self._stored(self.plan.keys(batch))
+            yield batch.filter(pa.array([old is None or old // 1_000_000 <= newest // 1_000_000 for old in stored]))
 
     def holds(self, fs: Any, metadata: dict[str, Any]) -> bool:
         """Entities spread over the build are present with this build's newest event time: catches an emptied
@@ -370,11 +484,26 @@ class RedisTarget(OnlineTarget):
         return all(f is not None and f // 1_000_000 == m // 1_000_000 for f, m in zip(found, micros, strict=True))
 
 
+def _micros(iso: str) -> int:
+    stamp = datetime.fromisoformat(iso)
+    return int((stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp() * 1_000_000)
+
+
+def _sqlite_seconds(stored: Any) -> int:
+    """Feast 0.67 stores epoch seconds (older releases naive UTC text); whole seconds either way."""
+    if isinstance(stored, int | float):
+        return int(stored)
+    return int(datetime.fromisoformat(str(stored)).replace(tzinfo=UTC).timestamp())
+
+
 class SqliteTarget(OnlineTarget):
     """Feast writes the rows (through its provider, as `feast materialize` would); the platform deletes."""
 
-    def __init__(self, path: Path, table: str, store: Any, plan: ViewPlan) -> None:
+    def __init__(self, path: Path, table: str, store: Any, plan: ViewPlan, keep_newer: bool = False,
+                 backend: SqliteOnlineStore | None = None) -> None:
         self.path, self.table, self.store, self.plan = path, table, store, plan
+        self.keep_newer, self.backend = keep_newer, backend
+        self.build_newest: int | None = None
 
     def write(self, fs: Any, metadata: dict[str, Any], start: datetime, end: datetime,
               progress: Callable[[int], None]) -> int:
@@ -385,6 +514,17 @@ class SqliteTarget(OnlineTarget):
             self.store.provider.online_store.update(config=self.store.config, tables_to_delete=[],
                                                     tables_to_keep=[view], entities_to_delete=[],
                                                     entities_to_keep=[], partial=True)
+            if self.keep_newer and self.backend is not None:
+                # A view that takes pushes: Feast's writer, row by row, leaving newer (pushed) rows in place.
+                self.build_newest = _micros(metadata["event_time_max"])
+                written = 0
+                for batch in engine.newest_rows(fs, metadata, self.plan):
+                    done, _ = self.backend.push_rows(self.plan, pa.Table.from_batches([batch]),
+                                                     [f.name for f in self.plan.features], self.store,
+                                                     replace_equal=True)
+                    written += done
+                    progress(batch.num_rows)
+                return written
             # Feast prints progress: to stderr (stdout is for results), or nowhere when the caller is quiet.
             quiet = not getattr(progress, "enabled", True)
             with contextlib.redirect_stdout(io.StringIO() if quiet else sys.stderr), \
@@ -410,6 +550,10 @@ class SqliteTarget(OnlineTarget):
         return entity_keys(self.plan.join_key, self.plan.entity_dtype, values, project="")
 
     def delete(self, keys: Iterator[pa.Array]) -> int:
+        if self.keep_newer and self.build_newest is not None:
+            newest = self.build_newest // 1_000_000
+            keys = (batch.filter(pa.array([old is None or old // 1_000_000 <= newest
+                                           for old in self.stored_micros(batch.to_pylist())])) for batch in keys)
         deleted = 0
         with contextlib.closing(sqlite3.connect(self.path)) as con, con:
             con.execute("CREATE TEMP TABLE IF NOT EXISTS departed (k BLOB PRIMARY KEY)")
@@ -439,12 +583,22 @@ class SqliteTarget(OnlineTarget):
             stored = rows.get(key)
             if stored is None:
                 return False
-            # Feast 0.67 stores epoch seconds (older releases naive UTC text); compare whole seconds.
-            seconds = int(stored) if isinstance(stored, int | float) else int(
-                datetime.fromisoformat(str(stored)).replace(tzinfo=UTC).timestamp())
-            if seconds != want // 1_000_000:
+            if _sqlite_seconds(stored) != want // 1_000_000:
                 return False
         return True
+
+    def stored_micros(self, values: list[Any]) -> list[int | None]:
+        """Each entity's stored event time (epoch µs, whole seconds), or None."""
+        keys = self._keys(values)
+        if not keys or not self.path.exists():
+            return [None] * len(keys)
+        try:
+            with contextlib.closing(sqlite3.connect(self.path)) as con:
+                rows = dict(con.execute(f'SELECT entity_key, max(event_ts) FROM "{self.table}" WHERE entity_key IN '
+                                        f'({",".join("?" * len(keys))}) GROUP BY entity_key', keys).fetchall())
+        except sqlite3.Error:
+            return [None] * len(keys)
+        return [None if (stored := rows.get(key)) is None else _sqlite_seconds(stored) * 1_000_000 for key in keys]
 
     def count(self) -> int:
         with contextlib.closing(sqlite3.connect(self.path)) as con:
