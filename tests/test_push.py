@@ -330,9 +330,14 @@ def test_feasts_sdk_push_goes_through_the_platform(backend: Backend) -> None:
     with pytest.raises(push.PushRejected, match="column cnt, row 1"):
         store.push(SOURCE, frame.assign(cnt=[1.0, 2.5]), to=PushMode.ONLINE_AND_OFFLINE)
     assert len(_pushed_files(settings)) == 1
-    training, _ = feast_bridge.historical(settings, pd.DataFrame({"merchant_code": ["m007"],
-                                                                  "event_timestamp": [now]}), "merchant_risk")
-    assert training["score"].tolist() == [7.5] and training["label"].tolist() == ["sdk"]
+    entities = pd.DataFrame({"merchant_code": ["m007", "m009"], "event_timestamp": [now, now]})
+    training, _ = feast_bridge.historical(settings, entities, "merchant_risk")
+    assert training["score"].tolist()[0] == 7.5 and training["label"].tolist()[0] == "sdk"
+    # Feast's own get_historical_features reads the pushed rows too, the same as the platform's join.
+    through_feast = store.get_historical_features(entity_df=entities, features=[f"{VIEW}:score", f"{VIEW}:label"]
+                                                  ).to_df()
+    assert through_feast["score"].tolist()[0] == 7.5 and through_feast["label"].tolist()[0] == "sdk"
+    pd.testing.assert_series_equal(through_feast["score"], training["score"], check_names=False)
 
 
 def test_materialize_never_replaces_a_pushed_row_with_an_older_build_row(backend: Backend) -> None:
@@ -356,3 +361,52 @@ def test_materialize_never_replaces_a_pushed_row_with_an_older_build_row(backend
     [report] = pipeline.verify(settings, feature_views=[VIEW])
     assert report["ok"], report
     assert report["online_entities"] == report["build_entities"] + 2
+
+
+def test_a_pushed_row_is_byte_equal_to_feasts_own_write(dev_settings) -> None:
+    """The same row pushed by the platform and written by Feast's own Redis writer: the same hash, byte for byte
+    (fields mmh3(view:feature), Feast's ValueProto per dtype, nulls included, and _ts:view)."""
+    import redis
+
+    from feature_platform.feast_modes import feast_writer
+    from feature_platform.online.layout import plan_contract
+
+    _loaded(dev_settings)
+    env = dev_settings.environment()
+    store = feast_bridge.open_store(dev_settings, env)
+    now = datetime.now(UTC).replace(microsecond=0)
+    values = {"ts": [now], "score": [-0.5], "cnt": [-(2**40)], "small": [None], "flag": [False], "label": ["ünï"],
+              "seen_at": [now - timedelta(days=3)], "ratio": [0.25]}
+    _push(dev_settings, {"merchant_code": ["ours"], **{k: [v.isoformat() if isinstance(v, datetime) else v
+                                                           for v in column] for k, column in values.items()}},
+          to="online", store=store)
+    with feast_writer():
+        store.write_to_online_store(VIEW, pd.DataFrame({"merchant_code": ["feasts"], **values}).astype(
+            {"small": "Int32", "cnt": "Int64"}))
+    client = redis.Redis.from_url(f"redis://{dev_settings.values['FEATURE_PLATFORM_REDIS_ADDRESS']}/"
+                                  f"{env.online_store.db}", password=dev_settings.values.get(
+                                      "FEATURE_PLATFORM_REDIS_PASSWORD"))
+    plan = plan_contract(env.feast_project, dev_settings.contracts().get("merchant_risk", 1))
+    ours, feasts = (client.hgetall(plan.keys([name])[0]) for name in ("ours", "feasts"))
+    assert ours and ours == feasts
+
+
+def test_the_dag_of_a_set_that_takes_pushes_compacts_them(local_settings) -> None:
+    """`compact_pushes` runs after verify_online, only in DAGs of sets with push: true; the step folds files."""
+    from feature_platform.dag_factory import DagConfig, build_dags
+
+    write_contract(local_settings.contracts_dir, _contract())
+    dags = build_dags(DagConfig.from_env({"FEATURE_PLATFORM_CONTRACTS": str(local_settings.contracts_dir),
+                                          "FEATURE_PLATFORM_HOME": str(local_settings.home),
+                                          "FEATURE_PLATFORM_ENV": "local"}))
+    pushed = dags["feature_set__merchant_risk"]
+    assert pushed.get_task("compact_pushes").upstream_task_ids == {"verify_online"}
+    assert "compact_pushes" not in dags["feature_set__customer_profile"].task_ids
+    env = local_settings.environment()
+    parsed = local_settings.contracts().get("merchant_risk", 1)
+    when = (AS_OF - timedelta(hours=1)).isoformat()
+    for score in (1.0, 2.0):
+        push.push(local_settings, env, parsed, {"merchant_code": ["x"], "ts": [when], "score": [score]}, "offline",
+                  ANONYMOUS)
+    [done] = pipeline.run_named_step(local_settings, "compact_pushes", "merchant_risk", None, {})
+    assert done["compacted"] == 2 and len(_pushed_files(local_settings)) == 1

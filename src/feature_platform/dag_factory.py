@@ -315,6 +315,8 @@ def build_dag(config: DagConfig, env: EnvironmentContract, feature_set: str,
         apply = operator("feast_apply", None)
         verify = operator("verify_online", None)
         verify >> operator("monitor", None)  # a breach fails this task, which notifies like any failure
+        if any(c.push for c in versions):  # pushed rows, folded into one file per version each run
+            verify >> operator("compact_pushes", None)
         for contract in versions:
             with TaskGroup(group_id=contract.version_label):
                 offline = [_asset(offline_asset_name(env.name, contract.feature_view_name))]
@@ -349,6 +351,7 @@ STEP_DOCS = {
     "verify_online": "Reads back sampled entities and compares them with the build.",
     "monitor": "Freshness, volume, null rate and drift vs the previous build; fails on a breach (report in the "
                "object store under _monitor/).",
+    "compact_pushes": "Folds each version's pushed rows (push: true) into one file; the same rows, fewer to open.",
 }
 
 

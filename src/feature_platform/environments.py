@@ -118,9 +118,9 @@ class OfflineStoreConfig(StrictModel):
 
 # The orchestrated steps, in DAG order (pipeline.run_named_step dispatches them by these names).
 STEP_NAMES = ("validate_contract", "build", "quality_gate", "write_version", "promote_latest", "feast_apply",
-              "materialize", "verify_online", "monitor")
+              "materialize", "verify_online", "monitor", "compact_pushes")
 StepName = Literal["validate_contract", "build", "quality_gate", "write_version", "promote_latest", "feast_apply",
-                   "materialize", "verify_online", "monitor"]
+                   "materialize", "verify_online", "monitor", "compact_pushes"]
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$", description="a Kubernetes quantity")]
 
 

@@ -113,6 +113,26 @@ def _part(view: Any, features: list[str], full_feature_names: bool) -> JoinPart:
                     names=[f"{name}__{f}" if full_feature_names else f for f in features])
 
 
+def _with_pushed_rows(config: Any, parts: list[JoinPart], views: list[Any]) -> list[JoinPart]:
+    """Parts of views that take pushes, with their recorded pushes (as ``featurectl historical`` joins them)."""
+    from feature_platform.feast_bridge.definitions import TAG_PREFIX
+    from feature_platform.push import pushed_files
+
+    tagged = [(getattr(v, "tags", None) or {}) for v in views]
+    if not any(TAG_PREFIX + "feature_set" in tags for tags in tagged):
+        return parts
+    settings = platform_settings(config)
+    contracts, store = settings.contracts(), settings.object_store(settings.environment())
+    out = []
+    for part, tags in zip(parts, tagged, strict=True):
+        name, version = tags.get(TAG_PREFIX + "feature_set"), tags.get(TAG_PREFIX + "version", "v0")
+        contract = contracts.feature_sets.get((name, int(version.removeprefix("v")))) if name else None
+        if contract is not None and contract.push:
+            part = JoinPart(**{**part.__dict__, "pushed": tuple(pushed_files(store, contract))})
+        out.append(part)
+    return out
+
+
 def _filesystem(paths: list[str], endpoint: str | None) -> Any:
     from feature_platform.store import ObjectStore
 
@@ -148,6 +168,7 @@ class PlatformOfflineStore(DaskOfflineStore):
         filesystem = _filesystem(paths, endpoint)
         if filesystem is not None:
             parts = [JoinPart(**{**p.__dict__, "data_path": p.data_path.removeprefix("s3://")}) for p in parts]
+        parts = _with_pushed_rows(config, parts, [by_name[name] for name in wanted])
         frame = entity_df
 
         def compute() -> pd.DataFrame:

@@ -332,6 +332,11 @@ def run_named_step(settings: Settings, step: str, feature_set: str, version: int
         return result
     if step == "monitor":
         return monitor(settings, [feature_set], publish=True)
+    if step == "compact_pushes":  # a set whose versions take pushes: fold each one's pushed files into one
+        from feature_platform.push import compact
+
+        store = object_store(settings, settings.environment())
+        return [compact(store, c) for c in settings.contracts().live() if c.name == feature_set and c.push]
     raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
 
 

@@ -710,10 +710,18 @@ def create_app() -> App:
     access = OnlineAccess(env.access.default, token_key(settings, env), env)  # a named, missing key: no start
     server = FeatureServer(client, load, max(env.registry.cache_ttl_seconds, 1), fallback, enforce_ttl, access)
 
+    checked: list[Any] = [0.0, None]  # when the contracts were last looked up, and what they were
+
+    def current_contracts() -> Any:
+        """The contracts, looked up at most once a second (each lookup stats every contract file)."""
+        if checked[1] is None or time.monotonic() - checked[0] > 1.0:
+            checked[:] = [time.monotonic(), settings.contracts()]
+        return checked[1]
+
     def pusher(name: str, df: dict[str, list[Any]], to: str, caller: Caller, by_view: bool) -> Any:
         from feature_platform import push
 
-        contracts = settings.contracts()  # re-read only when the mounted files change
+        contracts = current_contracts()  # re-read only when the mounted files change
         if by_view:
             contract = push.find_pushable_view(contracts, name)
             df = push.feast_write_columns(contract, df)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import sqlite3
@@ -232,18 +233,20 @@ class RedisOnlineStore(OnlineStore):
 
     def push_rows(self, plan: ViewPlan, table: pa.Table, features: list[str], feast_store: Any,
                   replace_equal: bool = False) -> tuple[int, int]:
-        client = self.client
-        keys = plan.keys(table.column(plan.join_key).combine_chunks())
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hget(key, plan.ts_field)
-        stored = [decode_timestamp_micros(raw) for raw in pipe.execute()]
-        newer = _strictly_newer(table.column(plan.timestamp_field), stored, replace_equal)
-        rows = table.filter(pa.array(newer))
-        if rows.num_rows:
-            subset = dataclasses.replace(plan, features=tuple(f for f in plan.features if f.name in features))
-            engine.write_view(client, subset, iter(rows.to_batches()), lambda _count: None)
-        return rows.num_rows, table.num_rows - rows.num_rows
+        """One round trip: a pipeline of one script call per entity, each comparing the stored event time with
+        the row's inside Redis and writing Feast's fields only when the row is newer (atomic per entity, and
+        per entity's hash slot on a cluster)."""
+        subset = dataclasses.replace(plan, features=tuple(f for f in plan.features if f.name in features))
+        keys, columns = engine.hset_commands(subset, table.combine_chunks().to_batches()[0])
+        micros = table.column(plan.timestamp_field).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
+        fields = subset.fields
+        floor = b"1" if replace_equal else b"0"
+        commands = []
+        for i, key in enumerate(keys):
+            pairs = [item for name, column in zip(fields, columns, strict=True) for item in (name, column[i])]
+            commands.append((key, [plan.ts_field, b"%d" % (micros[i] // 1_000_000), floor, *pairs]))
+        written = sum(1 for done in _eval_each(self.client, commands) if done)
+        return written, table.num_rows - written
 
     def unavailable_errors(self) -> tuple[type[BaseException], ...]:
         from feature_platform.online.redis_client import unavailable_errors
@@ -329,6 +332,79 @@ class SqliteOnlineStore(OnlineStore):
         # Feast's own writer, as `feast materialize` and Feast's push write the store: byte for byte its layout.
         feast_store.provider.online_store.online_write_batch(feast_store.config, view, data, None)
         return rows.num_rows, table.num_rows - rows.num_rows
+
+
+# Compare-and-set of one entity's row, inside Redis: write the view's fields (ARGV[4..], field/value pairs) unless
+# the stored event time (ARGV[1], a google.protobuf.Timestamp) is as new as the row's seconds (ARGV[2]); with
+# ARGV[3] = "1", only an older stored row is replaced (a build's correction at the same time). Feast's rule.
+_CAS_SCRIPT = """
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if stored then
+  local seconds, shift, i = 0, 0, 2
+  if string.byte(stored, 1) == 8 then
+    while true do
+      local b = string.byte(stored, i)
+      seconds = seconds + (b % 128) * 2 ^ shift
+      if b < 128 then break end
+      shift, i = shift + 7, i + 1
+    end
+  end
+  local new = tonumber(ARGV[2])
+  if seconds > new or (seconds == new and ARGV[3] ~= '1') then return 0 end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+return 1
+"""
+_CAS_SHA = hashlib.sha1(_CAS_SCRIPT.encode()).hexdigest()
+
+
+def _eval_each(client: Any, commands: list[tuple[bytes, list[bytes]]]) -> list[Any]:
+    """The compare-and-set script once per (key, args), pipelined: on one node, or on a cluster per primary (the
+    keys whose slots it owns, on its own connection); loaded into Redis on first use."""
+    from redis.exceptions import ResponseError
+
+    from feature_platform.online.redis_client import is_cluster
+
+    if not is_cluster(client):
+        return _eval_on(client, commands)
+    from redis.crc import key_slot
+
+    by_node: dict[str, list[int]] = {}
+    nodes: dict[str, Any] = {}
+    for index, (key, _) in enumerate(commands):
+        node = client.nodes_manager.get_node_from_slot(key_slot(key))
+        by_node.setdefault(node.name, []).append(index)
+        nodes[node.name] = node
+    results: list[Any] = [None] * len(commands)
+    try:
+        for name, indexes in by_node.items():
+            replies = _eval_on(client.get_redis_connection(nodes[name]), [commands[i] for i in indexes])
+            for index, reply in zip(indexes, replies, strict=True):
+                results[index] = reply
+    except ResponseError as exc:
+        if not str(exc).startswith(("MOVED", "ASK")):
+            raise
+        # A slot moved (resharding): one call per key through the cluster client, which follows redirections.
+        client.nodes_manager.initialize()
+        client.script_load(_CAS_SCRIPT)
+        results = [client.evalsha(_CAS_SHA, 1, key, *args) for key, args in commands]
+    return results
+
+
+def _eval_on(client: Any, commands: list[tuple[bytes, list[bytes]]]) -> list[Any]:
+    from redis.exceptions import NoScriptError
+
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        for key, args in commands:
+            pipe.evalsha(_CAS_SHA, 1, key, *args)
+        try:
+            return list(pipe.execute())
+        except NoScriptError:
+            if attempt == 2:
+                raise
+            client.script_load(_CAS_SCRIPT)
+    return []
 
 
 def _strictly_newer(stamps: pa.ChunkedArray | pa.Array, stored: list[int | None], or_equal: bool = False
