@@ -239,13 +239,9 @@ class RedisOnlineStore(OnlineStore):
         subset = dataclasses.replace(plan, features=tuple(f for f in plan.features if f.name in features))
         keys, columns = engine.hset_commands(subset, table.combine_chunks().to_batches()[0])
         micros = table.column(plan.timestamp_field).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
-        fields = subset.fields
-        floor = b"1" if replace_equal else b"0"
-        commands = []
-        for i, key in enumerate(keys):
-            pairs = [item for name, column in zip(fields, columns, strict=True) for item in (name, column[i])]
-            commands.append((key, [plan.ts_field, b"%d" % (micros[i] // 1_000_000), floor, *pairs]))
-        written = sum(1 for done in _eval_each(self.client, commands) if done)
+        seconds = [b"%d" % (m // 1_000_000) for m in micros]
+        done = _compare_and_set(self.client, plan.ts_field, subset.fields, keys, seconds, columns, replace_equal)
+        written = sum(done)
         return written, table.num_rows - written
 
     def unavailable_errors(self) -> tuple[type[BaseException], ...]:
@@ -334,74 +330,110 @@ class SqliteOnlineStore(OnlineStore):
         return rows.num_rows, table.num_rows - rows.num_rows
 
 
-# Compare-and-set of one entity's row, inside Redis: write the view's fields (ARGV[4..], field/value pairs) unless
-# the stored event time (ARGV[1], a google.protobuf.Timestamp) is as new as the row's seconds (ARGV[2]); with
-# ARGV[3] = "1", only an older stored row is replaced (a build's correction at the same time). Feast's rule.
+# Compare-and-set of entities' rows inside Redis, Feast's rule: for each key, write its fields unless the stored
+# event time (a google.protobuf.Timestamp in the ts field) is as new as the row's seconds; with eq = "1" only an
+# older stored row is replaced (a build's correction at the same time). ARGV: ts field, eq, the number of fields
+# n, the n field names (the ts field last), then per key its seconds and its n values. Returns 1/0 per key.
 _CAS_SCRIPT = """
-local stored = redis.call('HGET', KEYS[1], ARGV[1])
-if stored then
-  local seconds, shift, i = 0, 0, 2
-  if string.byte(stored, 1) == 8 then
-    while true do
-      local b = string.byte(stored, i)
-      seconds = seconds + (b % 128) * 2 ^ shift
-      if b < 128 then break end
-      shift, i = shift + 7, i + 1
+local tsf, eq, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local base = 3 + n
+local out = {}
+for k = 1, #KEYS do
+  local off = base + (k - 1) * (n + 1)
+  local new = tonumber(ARGV[off + 1])
+  local stored = redis.call('HGET', KEYS[k], tsf)
+  local write = true
+  if stored then
+    local seconds, shift, i = 0, 0, 2
+    if string.byte(stored, 1) == 8 then
+      while true do
+        local b = string.byte(stored, i)
+        seconds = seconds + (b % 128) * 2 ^ shift
+        if b < 128 then break end
+        shift, i = shift + 7, i + 1
+      end
     end
+    write = seconds < new or (seconds == new and eq == '1')
   end
-  local new = tonumber(ARGV[2])
-  if seconds > new or (seconds == new and ARGV[3] ~= '1') then return 0 end
+  if write then
+    local args = {}
+    for j = 1, n do
+      args[2 * j - 1] = ARGV[3 + j]
+      args[2 * j] = ARGV[off + 1 + j]
+    end
+    redis.call('HSET', KEYS[k], unpack(args))
+    out[k] = 1
+  else
+    out[k] = 0
+  end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-return 1
+return out
 """
 _CAS_SHA = hashlib.sha1(_CAS_SCRIPT.encode()).hexdigest()
 
 
-def _eval_each(client: Any, commands: list[tuple[bytes, list[bytes]]]) -> list[Any]:
-    """The compare-and-set script once per (key, args), pipelined: on one node, or on a cluster per primary (the
-    keys whose slots it owns, on its own connection); loaded into Redis on first use."""
-    from redis.exceptions import ResponseError
-
+def _compare_and_set(client: Any, ts_field: bytes, fields: list[bytes], keys: list[bytes], seconds: list[bytes],
+                     columns: list[list[bytes]], replace_equal: bool) -> list[int]:
+    """Whether each key was written. One script call for all keys on one Redis; on a cluster one per hash slot
+    (a script's keys share a slot), pipelined per primary."""
     from feature_platform.online.redis_client import is_cluster
 
-    if not is_cluster(client):
-        return _eval_on(client, commands)
-    from redis.crc import key_slot
+    head = [ts_field, b"1" if replace_equal else b"0", b"%d" % len(fields), *fields]
 
-    by_node: dict[str, list[int]] = {}
+    def call(indexes: list[int]) -> tuple[list[bytes], list[bytes]]:
+        rows = [item for i in indexes for item in (seconds[i], *(column[i] for column in columns))]
+        return [keys[i] for i in indexes], [*head, *rows]
+
+    if not is_cluster(client):
+        return list(_eval_on(client, [call(list(range(len(keys))))])[0])
+    from redis.crc import key_slot
+    from redis.exceptions import ResponseError
+
+    by_node: dict[str, dict[int, list[int]]] = {}
     nodes: dict[str, Any] = {}
-    for index, (key, _) in enumerate(commands):
-        node = client.nodes_manager.get_node_from_slot(key_slot(key))
-        by_node.setdefault(node.name, []).append(index)
+    for index, key in enumerate(keys):
+        slot = key_slot(key)
+        node = client.nodes_manager.get_node_from_slot(slot)
+        by_node.setdefault(node.name, {}).setdefault(slot, []).append(index)
         nodes[node.name] = node
-    results: list[Any] = [None] * len(commands)
+    done = [0] * len(keys)
     try:
-        for name, indexes in by_node.items():
-            replies = _eval_on(client.get_redis_connection(nodes[name]), [commands[i] for i in indexes])
-            for index, reply in zip(indexes, replies, strict=True):
-                results[index] = reply
+        for name, slots in by_node.items():
+            groups = list(slots.values())
+            replies = _eval_on(client.get_redis_connection(nodes[name]), [call(g) for g in groups])
+            for group, reply in zip(groups, replies, strict=True):
+                for index, flag in zip(group, reply, strict=True):
+                    done[index] = flag
     except ResponseError as exc:
         if not str(exc).startswith(("MOVED", "ASK")):
             raise
         # A slot moved (resharding): one call per key through the cluster client, which follows redirections.
         client.nodes_manager.initialize()
         client.script_load(_CAS_SCRIPT)
-        results = [client.evalsha(_CAS_SHA, 1, key, *args) for key, args in commands]
-    return results
+        for index in range(len(keys)):
+            group_keys, args = call([index])
+            done[index] = client.evalsha(_CAS_SHA, 1, *group_keys, *args)[0]
+    return done
 
 
-def _eval_on(client: Any, commands: list[tuple[bytes, list[bytes]]]) -> list[Any]:
-    from redis.exceptions import NoScriptError
+def _eval_on(client: Any, calls: list[tuple[list[bytes], list[bytes]]]) -> list[Any]:
+    """On one node: the script calls packed into one RESP buffer and sent at once; the script is loaded on first
+    use."""
+    from redis.exceptions import ResponseError
 
+    from feature_platform.online.reader import execute_packed
+
+    def bulk(item: bytes) -> bytes:
+        return b"$%d\r\n%b\r\n" % (len(item), item)
+
+    sha = bulk(_CAS_SHA.encode())
+    packed = b"".join(b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(keys) + len(args)) + sha + bulk(b"%d" % len(keys))
+                      + b"".join(map(bulk, keys)) + b"".join(map(bulk, args)) for keys, args in calls)
     for attempt in (1, 2):
-        pipe = client.pipeline(transaction=False)
-        for key, args in commands:
-            pipe.evalsha(_CAS_SHA, 1, key, *args)
         try:
-            return list(pipe.execute())
-        except NoScriptError:
-            if attempt == 2:
+            return execute_packed(client, packed, len(calls))
+        except ResponseError as exc:
+            if attempt == 2 or not str(exc).startswith("NOSCRIPT"):
                 raise
             client.script_load(_CAS_SCRIPT)
     return []
