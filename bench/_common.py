@@ -65,3 +65,21 @@ class RedisProcess:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+
+
+def wait_healthy(port: int, seconds: float = 120) -> Any:
+    """An HTTP connection to a server on ``port`` once its /health answers (starting up takes seconds)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            connection.request("GET", "/health")
+            if connection.getresponse().read() is not None:
+                return connection
+        except OSError:
+            connection.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

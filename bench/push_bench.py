@@ -25,27 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RedisProcess, free_port, percentile, write_results
-from serving_bench import CONTRACT, ENVIRONMENT, FEATURES, make_raw
+from _common import RedisProcess, free_port, percentile, wait_healthy, write_results
+from serving_bench import CONTRACT, FEATURES, make_contracts, make_raw, stats
 
 from feature_platform import pipeline
 from feature_platform.environments import Settings
 
 SOURCE = "bench_features_v1_push"
-
-
-def make_contracts(root: Path) -> None:
-    (root / "feature_sets/bench_features").mkdir(parents=True)
-    (root / "environments").mkdir()
-    (root / "feature_sets/bench_features/v1.yaml").write_text(yaml.safe_dump({**CONTRACT, "push": True}))
-    (root / "environments/bench.yaml").write_text(yaml.safe_dump(ENVIRONMENT))
-
-
-def stats(samples: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(percentile(samples, 50), 3), "p99_ms": round(percentile(samples, 99), 3)}
 
 
 def main() -> None:
@@ -58,7 +46,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="push-bench-"))
     server = None
     try:
-        make_contracts(tmp / "contracts")
+        make_contracts(tmp / "contracts", {**CONTRACT, "push": True})
         settings = Settings.from_env({"FEATURE_PLATFORM_REDIS_ADDRESS": redis.address},
                                      contracts_dir=tmp / "contracts", home=tmp / "home", env_name="bench")
         env = settings.environment()
@@ -77,18 +65,7 @@ def main() -> None:
                                   env={**os.environ, **settings.values,
                                        "FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
                                        "FEATURE_PLATFORM_HOME": str(settings.home), "FEATURE_PLATFORM_ENV": "bench"})
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                connection.request("GET", "/health")
-                if connection.getresponse().read() is not None:
-                    break
-            except OSError:
-                connection.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        connection = wait_healthy(port)
 
         rng = np.random.default_rng(3)
         fresh = iter(range(1, args.entities + 1))  # every request pushes entities not pushed before

@@ -26,7 +26,7 @@ import pyarrow as pa
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RedisProcess, free_port, percentile, write_results
+from _common import RedisProcess, free_port, percentile, wait_healthy, write_results
 
 from feature_platform import feast_bridge, pipeline
 from feature_platform.environments import Settings
@@ -47,10 +47,10 @@ ENVIRONMENT = {
 }
 
 
-def make_contracts(root: Path) -> None:
+def make_contracts(root: Path, contract: dict | None = None) -> None:
     (root / "feature_sets/bench_features").mkdir(parents=True)
     (root / "environments").mkdir()
-    (root / "feature_sets/bench_features/v1.yaml").write_text(yaml.safe_dump(CONTRACT))
+    (root / "feature_sets/bench_features/v1.yaml").write_text(yaml.safe_dump(contract or CONTRACT))
     (root / "environments/bench.yaml").write_text(yaml.safe_dump(ENVIRONMENT))
 
 
@@ -139,18 +139,7 @@ def main() -> None:
                                             "FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
                                             "FEATURE_PLATFORM_HOME": str(settings.home),
                                             "FEATURE_PLATFORM_ENV": "bench"})
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    connection.request("GET", "/health")
-                    if connection.getresponse().read() is not None:
-                        return process, connection
-                except OSError:
-                    connection.close()
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
+            return process, wait_healthy(port)
 
         config = feast_bridge.config_path(settings, env)
         bin_dir = Path(sys.executable).parent

@@ -278,6 +278,7 @@ _write_decoder = msgspec.json.Decoder(WriteRequest)
 
 
 def parse_body(decoder: Any, body: bytes) -> Any:
+    """A request body decoded, or the 400/422 that says what is wrong with it."""
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -287,21 +288,15 @@ def parse_body(decoder: Any, body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise RequestError(400, f"the body is not UTF-8: byte {exc.start} is invalid; send JSON in UTF-8") from None
     except RecursionError:
-        raise RequestError(400, "the body's JSON is nested too deeply") from None
+        raise RequestError(400, "the body's JSON is nested too deeply; columns and entities are lists of values"
+                           ) from None
+
+
 _encoder = msgspec.json.Encoder()
 
 
 def parse_request(body: bytes) -> OnlineRequest:
-    try:
-        request = _decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise RequestError(422, f"invalid request body: {exc}") from exc
-    except msgspec.DecodeError as exc:
-        raise RequestError(422, f"the body is not valid JSON: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise RequestError(400, f"the body is not UTF-8: byte {exc.start} is invalid; send JSON in UTF-8") from None
-    except RecursionError:
-        raise RequestError(400, "the body's JSON is nested too deeply; entities are lists of keys") from None
+    request: OnlineRequest = parse_body(_decoder, body)
     if not request.features and not request.feature_service:
         raise RequestError(422, "features: give `features` (\"view:feature\", ...) or `feature_service`")
     lengths = {len(v) for v in request.entities.values()}
