@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -304,6 +305,26 @@ def read_secrets_dir(directory: str | None) -> dict[str, str]:
                 raise ConfigError(f"secret file {path} cannot be read ({exc}); check the volume's mode and owner"
                                   ) from exc
     return values
+
+
+class Backend(ABC):
+    """A part of an environment that the platform and Feast reach (its online store, its registry), built from
+    the settings and the environment contract. Subclasses: online.stores.OnlineStore, registries.Registry."""
+
+    def __init__(self, settings: Settings, env: EnvironmentContract) -> None:
+        self.settings, self.env = settings, env
+
+    @abstractmethod
+    def feast_config(self) -> dict[str, Any]:
+        """Its section of feature_store.yaml (secrets as ``${VAR}`` references)."""
+
+    def require(self) -> None:
+        """Fail early, with the variable's name, when an address or secret it needs is not set."""
+        return None  # needs nothing by default
+
+    def prepare(self) -> None:
+        """Create what must exist before Feast opens it (a local file's directory)."""
+        return None
 
 
 @dataclass(frozen=True)

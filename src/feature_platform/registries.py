@@ -15,7 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from feature_platform.environments import EnvironmentContract, FileRegistryConfig, Settings, SqlRegistryConfig
+from feature_platform.environments import (
+    Backend,
+    EnvironmentContract,
+    FileRegistryConfig,
+    Settings,
+    SqlRegistryConfig,
+)
 from feature_platform.locks import Lease, lease
 from feature_platform.store import ObjectStore
 
@@ -36,21 +42,8 @@ class JsonLog(ABC):
     def entries(self) -> list[dict[str, Any]]: ...
 
 
-class Registry(ABC):
-    def __init__(self, settings: Settings, env: EnvironmentContract) -> None:
-        self.settings, self.env = settings, env
-
-    @abstractmethod
-    def feast_config(self) -> dict[str, Any]:
-        """The ``registry`` section of feature_store.yaml (secrets as ``${VAR}`` references)."""
-
-    def require(self) -> None:
-        """Fail early, with the variable's name, when an address or secret it needs is not set."""
-        return None  # needs nothing by default
-
-    def prepare(self) -> None:
-        """Create what must exist before Feast opens the registry."""
-        return None
+class Registry(Backend):
+    """One environment's Feast registry."""
 
     # Whether Feast's cached copy must be re-read before a write (a file registry's commit replaces the whole
     # object, conditional on the version read); a SQL registry writes rows.

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feature_platform import feast_modes
-from feature_platform.environments import EnvironmentContract, RedisConfig, Settings, SqliteConfig
+from feature_platform.environments import Backend, EnvironmentContract, RedisConfig, Settings, SqliteConfig
 from feature_platform.errors import ConfigError, FeastError
 from feature_platform.online import materialize as engine
 from feature_platform.online import reader
@@ -111,7 +111,7 @@ class OnlineTarget(ABC):
     def holds(self, fs: Any, metadata: dict[str, Any]) -> bool: ...
 
 
-class OnlineStore(ABC):
+class OnlineStore(Backend):
     """One environment's online store."""
 
     name: str  # the contract's ``type``, for messages
@@ -123,20 +123,8 @@ class OnlineStore(ABC):
 
     def __init__(self, settings: Settings, env: EnvironmentContract,
                  socket_timeout: float = SOCKET_TIMEOUT_SECONDS) -> None:
-        self.settings, self.env = settings, env
+        super().__init__(settings, env)
         self.socket_timeout = socket_timeout  # for network stores: how long a call may wait
-
-    @abstractmethod
-    def feast_config(self) -> dict[str, Any]:
-        """The ``online_store`` section of feature_store.yaml (secrets as ``${VAR}`` references)."""
-
-    def require(self) -> None:
-        """Fail early, with the variable's name, when an address or secret it needs is not set."""
-        return None  # needs nothing by default
-
-    def prepare(self) -> None:
-        """Create what must exist before Feast opens the store (a local file's directory)."""
-        return None
 
     @abstractmethod
     def describe(self) -> str:
