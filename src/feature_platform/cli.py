@@ -18,8 +18,8 @@ from typing import Any
 import click
 
 from feature_platform import __version__
-from feature_platform.environments import STEP_NAMES
 from feature_platform.errors import AddressInUse, ConfigError, PlatformError, describe_failure
+from feature_platform.steps import STEP_NAMES
 from feature_platform.store import write_file_atomic, write_files_atomic
 
 Handler = Callable[[Args], int]

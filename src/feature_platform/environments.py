@@ -33,6 +33,7 @@ from feature_platform.contracts import (
     validate_model,
 )
 from feature_platform.errors import CompatibilityError, ConfigError, ContractError, ContractErrors
+from feature_platform.steps import StepName
 
 if TYPE_CHECKING:
     from feature_platform.store import ObjectStore
@@ -117,11 +118,6 @@ class OfflineStoreConfig(StrictModel):
     type: Literal["file"] = "file"
 
 
-# The orchestrated steps, in DAG order (pipeline.run_named_step dispatches them by these names).
-STEP_NAMES = ("validate_contract", "build", "quality_gate", "write_version", "promote_latest", "feast_apply",
-              "materialize", "verify_online", "monitor", "compact_pushes")
-StepName = Literal["validate_contract", "build", "quality_gate", "write_version", "promote_latest", "feast_apply",
-                   "materialize", "verify_online", "monitor", "compact_pushes"]
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$", description="a Kubernetes quantity")]
 
 

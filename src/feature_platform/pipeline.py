@@ -14,9 +14,10 @@ from typing import Any
 
 from feature_platform import build as builds
 from feature_platform.contracts import FeatureSetContract
-from feature_platform.environments import STEP_NAMES, EnvironmentContract, Settings
+from feature_platform.environments import EnvironmentContract, Settings
 from feature_platform.errors import ContractError, ContractErrors
 from feature_platform.sample_data import SampleSpec, write_sample_data
+from feature_platform.steps import STEP_NAMES
 from feature_platform.store import ObjectStore, sweep_temporary_files, write_file_atomic
 
 Progress = Callable[[str], None]
