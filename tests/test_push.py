@@ -410,3 +410,40 @@ def test_the_dag_of_a_set_that_takes_pushes_compacts_them(local_settings) -> Non
                   ANONYMOUS)
     [done] = pipeline.run_named_step(local_settings, "compact_pushes", "merchant_risk", None, {})
     assert done["compacted"] == 2 and len(_pushed_files(local_settings)) == 1
+
+
+def test_the_compare_and_set_script_keeps_feasts_rule_at_the_edges(redis_clean) -> None:
+    """The script inside Redis, on Timestamps as Feast writes them: strictly newer whole seconds win (nanos do
+    not count), equal seconds win only as a build's correction (eq), a missing row is written, and event times
+    before 1970 (ten-byte varints) compare as the negatives they are."""
+    from feature_platform.online.layout import encode_event_timestamps
+    from feature_platform.online.stores import _compare_and_set
+
+    client = redis_clean.client()
+
+    def stamp(micros: int) -> bytes:
+        import pyarrow as pa
+
+        return encode_event_timestamps(pa.array([micros], pa.timestamp("us", tz="UTC")))[0]
+
+    def cas(key: bytes, micros: int, value: bytes, eq: bool = False) -> int:
+        return _compare_and_set(client, b"_ts:v", [b"f", b"_ts:v"], [key], [[value], [stamp(micros)]], eq)[0]
+
+    second = 1_000_000
+    cases = [  # stored event time (µs) or None, pushed event time, eq, written?
+        (None, 100 * second, False, True),
+        (100 * second + 5, 100 * second + 999_999, False, False),  # the same whole second: kept
+        (100 * second + 5, 100 * second, True, True),             # the same second, as a correction
+        (100 * second, 101 * second, False, True),
+        (101 * second, 100 * second, True, False),                # older: never, not even as a correction
+        (-5 * second, -3 * second, False, True),                  # before 1970
+        (-3 * second, -5 * second, False, False),
+        (-3 * second, 5 * second, False, True),
+    ]
+    for index, (stored, pushed, eq, written) in enumerate(cases):
+        key = b"k%d" % index
+        if stored is not None:
+            client.hset(key, mapping={b"f": b"old", b"_ts:v": stamp(stored)})
+        assert cas(key, pushed, b"new", eq) == int(written), (stored, pushed, eq)
+        assert client.hget(key, b"f") == (b"new" if written else b"old")
+        assert client.hget(key, b"_ts:v") == stamp(pushed if written else stored)

@@ -67,10 +67,16 @@ def entity_keys(join_key: str, dtype: str, values: Sequence[Any] | pa.Array | np
     if dtype == "int64":
         array = (values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array | pa.ChunkedArray)
                  else np.asarray(values, dtype=np.int64)).astype("<i8")
+        # Every key has the same width: one byte matrix (prefix, type, size, value, project), cut into rows.
         packed = np.empty(len(array), dtype=[("type", "<u4"), ("size", "<u4"), ("value", "<i8")])
         packed["type"], packed["size"], packed["value"] = VALUE_TYPE_INT64, 8, array
-        raw = packed.tobytes()
-        return [prefix + raw[i:i + 16] + suffix for i in range(0, len(raw), 16)]
+        width = len(prefix) + 16 + len(suffix)
+        matrix = np.empty((len(array), width), dtype=np.uint8)
+        matrix[:, :len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
+        matrix[:, len(prefix):len(prefix) + 16] = packed.view(np.uint8).reshape(len(array), 16)
+        matrix[:, len(prefix) + 16:] = np.frombuffer(suffix, dtype=np.uint8)
+        raw = matrix.tobytes()
+        return [raw[i:i + width] for i in range(0, len(raw), width)]
     out = []
     head = struct.Struct("<II")
     for value in (values.to_pylist() if isinstance(values, pa.Array | pa.ChunkedArray) else values):
@@ -171,8 +177,13 @@ def _strings(array: pa.Array) -> list[bytes]:
 
 
 def _epoch_micros(array: pa.Array) -> np.ndarray:
+    if array.type == _MICROS_UTC and not array.null_count:  # the usual column: a zero-copy view
+        return array.to_numpy(zero_copy_only=False).view(np.int64)
     return pc.cast(pc.cast(array, pa.timestamp("us", tz="UTC")), pa.int64()).fill_null(0).to_numpy(
         zero_copy_only=False)
+
+
+_MICROS_UTC = pa.timestamp("us", tz="UTC")
 
 
 def _unix_seconds(array: pa.Array) -> np.ndarray:
@@ -198,8 +209,9 @@ def encode_values(dtype: str, array: pa.Array) -> list[bytes]:
         tag = {"int64": TAG_INT64, "int32": TAG_INT32, "bool": TAG_BOOL, "timestamp": TAG_UNIX_TS}[dtype]
         out = _rows(*_varint_matrix(numbers, tag))
     elif dtype in ("float64", "float32"):
-        numbers = pc.cast(array, pa.float64() if dtype == "float64" else pa.float32()).fill_null(0).to_numpy(
-            zero_copy_only=False)
+        wanted = pa.float64() if dtype == "float64" else pa.float32()
+        numbers = (array.to_numpy() if array.type == wanted and not array.null_count  # zero copy
+                   else pc.cast(array, wanted).fill_null(0).to_numpy(zero_copy_only=False))
         out = _fixed(numbers, *((TAG_DOUBLE, "<f8") if dtype == "float64" else (TAG_FLOAT, "<f4")))
         nan = np.isnan(numbers)
         if nan.any():  # Feast writes NaN as null (an empty Value); so does the platform
@@ -220,6 +232,8 @@ def encode_event_timestamps(array: pa.Array) -> list[bytes]:
     seconds, rest = np.divmod(micros, MICROS)
     nanos = rest * 1000
     with_seconds = _rows(*_varint_matrix(seconds, 0x08))
+    if not nanos.any() and seconds.all():  # whole seconds after 1970, the usual event time: the seconds alone
+        return with_seconds
     out = []
     for index, (sec, nano) in enumerate(zip(seconds.tolist(), nanos.tolist(), strict=True)):
         head = with_seconds[index] if sec else b""
