@@ -447,3 +447,55 @@ def test_the_compare_and_set_script_keeps_feasts_rule_at_the_edges(redis_clean) 
         assert cas(key, pushed, b"new", eq) == int(written), (stored, pushed, eq)
         assert client.hget(key, b"f") == (b"new" if written else b"old")
         assert client.hget(key, b"_ts:v") == stamp(pushed if written else stored)
+
+
+def test_a_training_set_with_pushed_rows_replays_exactly_from_its_provenance(local_settings, tmp_path,
+                                                                             capsys) -> None:
+    """A training set names the newest push it read (pushed_through); `historical --replay` on its provenance
+    leaves out every later push (a correction at the same key and time, a new entity), before and after
+    compaction, for a single set and a feature service alike, while a fresh run sees them."""
+    from feature_platform.cli import main
+    from tests.test_feature_services import write_service
+
+    settings = local_settings
+    _loaded(settings)
+    write_service(settings.contracts_dir, {
+        "kind": "FeatureService", "name": "push_model", "version": 1, "description": "Reads pushed rows.",
+        "owner": "fraud-ml@example.com", "features": [{"feature_set": "merchant_risk", "version": 1}]})
+    fresh = AS_OF + timedelta(minutes=10)
+    _push(settings, _row(MERCHANTS[1], fresh, 111.0), to="offline")
+    entities = tmp_path / "entities.csv"
+    pd.DataFrame({"merchant_code": [MERCHANTS[1], MERCHANTS[3], MERCHANTS[4]],
+                  "event_timestamp": [fresh + timedelta(seconds=1)] * 3}).to_csv(entities, index=False)
+    where = ["--contracts", str(settings.contracts_dir), "--home", str(settings.home), "--env", "local"]
+
+    def run(out: str, *what: str) -> tuple[pd.DataFrame, dict]:
+        assert main(["historical", *what, "--entities", str(entities), "--out", str(tmp_path / out), *where]) == 0
+        capsys.readouterr()
+        return (pd.read_parquet(tmp_path / out),
+                json.loads((tmp_path / f"{out}.provenance.json").read_text()))
+
+    single, single_made = run("single.parquet", "merchant_risk")
+    service, service_made = run("service.parquet", "--feature-service", "push_model")
+    [pinned] = service_made["builds"]
+    assert single_made["pushed_through"] and pinned["pushed_through"] == single_made["pushed_through"]
+    assert single["score"].tolist()[0] == 111.0 and service["score"].tolist()[0] == 111.0
+    _push(settings, _row(MERCHANTS[1], fresh, 999.0, label="corrected"), to="offline")  # same key and time
+    _push(settings, _row(MERCHANTS[3], fresh, 333.0), to="offline")
+    for compacted in (False, True):
+        if compacted:
+            contract = settings.contracts().get("merchant_risk", 1)
+            assert push.compact(settings.object_store(settings.environment()), contract)["compacted"] == 3
+        for name, frame in (("single", single), ("service", service)):
+            recorded = tmp_path / f"{name}.parquet.provenance.json"
+            again, replayed = run(f"{name}-again.parquet", "--replay", str(recorded))
+            pd.testing.assert_frame_equal(again, frame)
+            assert replayed.get("builds", [replayed])[0]["pushed_through"] == single_made["pushed_through"]
+        now, _ = run("now.parquet", "merchant_risk")
+        assert now["score"].tolist()[:2] == [999.0, 333.0]  # a fresh run reads every push
+    assert main(["historical", "merchant_risk", "--replay", str(tmp_path / "single.parquet.provenance.json"),
+                 "--entities", str(entities), *where]) == 2
+    assert "drop FEATURE_SET" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text("{}")
+    assert main(["historical", "--replay", str(tmp_path / "broken.json"), "--entities", str(entities), *where]) == 2
+    assert "not a training set's provenance" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace as Args
 from typing import Any
@@ -466,12 +467,47 @@ def _write_frame(frame: Any, out: Path, provenance: dict[str, Any]) -> None:
     write_files_atomic({out: buffer.getvalue(), Path(str(out) + ".provenance.json"): json.dumps(provenance, indent=2)})
 
 
+def _replay(args: Args) -> dict[str, datetime]:
+    """``--replay PROVENANCE``: what a training set was made of (its set or service and version, every build, and
+    each push-enabled set's ``pushed_through``) set on ``args``; returns the cutoffs by feature set (a single
+    set) or feature view (a service)."""
+    given = [flag for flag, value in (("FEATURE_SET", args.feature_set), ("--feature-service", args.feature_service),
+                                      ("--build", args.build), ("--version", args.version),
+                                      ("--full-feature-names", args.full_feature_names)) if value]
+    if given:
+        raise ConfigError(f"--replay takes the training set's definition from its provenance; drop {', '.join(given)}")
+    path = Path(args.replay)
+    try:
+        recorded = json.loads(path.read_text())
+        version = int(str(recorded["version"]).removeprefix("v"))
+        if "feature_service" in recorded:
+            # recorded as Feast's service name, <service>_v<N>
+            args.feature_service = str(recorded["feature_service"]).removesuffix(f"_v{version}")
+            args.version = version
+            args.full_feature_names = bool(recorded.get("full_feature_names"))
+            args.build = [f"{b['feature_set']}_{b['version']}={b['build_id']}" for b in recorded["builds"]]
+            return {f"{b['feature_set']}_{b['version']}": datetime.fromisoformat(b["pushed_through"])
+                    for b in recorded["builds"] if b.get("pushed_through")}
+        args.feature_set, args.version, args.build = recorded["feature_set"], version, [recorded["build_id"]]
+        cutoff = recorded.get("pushed_through")
+        return {recorded["feature_set"]: datetime.fromisoformat(cutoff)} if cutoff else {}
+    except OSError as exc:
+        raise ConfigError(f"--replay {path}: {exc.strerror}; give the .provenance.json written beside a training "
+                          "set") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--replay {path}: not a training set's provenance ({type(exc).__name__}: {exc}); give "
+                          "the .provenance.json `featurectl historical --out` wrote") from None
+
+
 def cmd_historical(args: Args) -> int:
     from feature_platform.feast_bridge import historical, historical_service
     from feature_platform.offline import read_entity_file
 
+    through: dict[str, datetime] = {}
+    if args.replay:
+        through = _replay(args)
     if bool(args.feature_set) == bool(args.feature_service):
-        raise ConfigError("historical takes a FEATURE_SET or --feature-service NAME (one of them)")
+        raise ConfigError("historical takes a FEATURE_SET or --feature-service NAME (one of them), or --replay")
     entity_df = read_entity_file(Path(args.entities))
     settings = _settings(args)
     builds = args.build or []
@@ -485,13 +521,15 @@ def cmd_historical(args: Args) -> int:
         with _waiting(args, f"joining {len(entity_df):,} entity rows point-in-time"):
             frame, provenance = historical_service(settings, entity_df, args.feature_service, version=args.version,
                                                    builds_by_set=pins, caller=_caller(settings, args),
-                                                   full_feature_names=args.full_feature_names)
+                                                   full_feature_names=args.full_feature_names,
+                                                   pushed_through=through)
     else:
         if len(builds) > 1 or any("=" in b for b in builds):
             raise ConfigError("--build: one build id for a feature set (FEATURE_SET=BUILD_ID is for services)")
         with _waiting(args, f"joining {len(entity_df):,} entity rows point-in-time"):
             frame, provenance = historical(settings, entity_df, args.feature_set, version=args.version,
-                                           build_id=builds[0] if builds else None, caller=_caller(settings, args))
+                                           build_id=builds[0] if builds else None, caller=_caller(settings, args),
+                                           pushed_through=through.get(args.feature_set))
     if args.out:
         _write_frame(frame, Path(args.out), provenance)
 
@@ -1085,6 +1123,9 @@ def build_cli() -> click.Group:
                  help="pin a build to reproduce a training set exactly (a service: FEATURE_SET=BUILD_ID, or "
                       "FEATURE_SET_vN=BUILD_ID, per set)"),
              opt("--full-feature-names", is_flag=True, help="name a service's features <feature_set>_v<N>__<feature>"),
+             opt("--replay", metavar="PROVENANCE",
+                 help="reproduce a training set from its .provenance.json: the same set or service, builds and "
+                      "pushed rows"),
              opt("--out", help="write Parquet here (plus <out>.provenance.json)"), _identity, _common())
     _command(cli, "export", cmd_export, "write a build's rows to Parquet or CSV (PII masked unless allowed)",
              arg("feature_set"), opt("--version", type=VERSION, help="contract version (default: newest)"),

@@ -18,6 +18,7 @@ not use it for training sets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ class JoinPart:
     dtypes: dict[str, str]  # feature -> contract dtype, in the order taken
     names: list[str]  # output column per feature (plain, or <feature_set>_v<N>__<feature>)
     pushed: tuple[str, ...] = ()  # recorded pushes (push.py): they join with the build, winning ties
+    pushed_through: datetime | None = None  # only pushes recorded at or before (a training set's replay)
 
     @property
     def features(self) -> list[str]:
@@ -83,11 +85,11 @@ class JoinPart:
 
     @classmethod
     def of(cls, contract: FeatureSetContract, data_path: str, features: list[str], names: list[str],
-           pushed: tuple[str, ...] = ()) -> JoinPart:
+           pushed: tuple[str, ...] = (), pushed_through: datetime | None = None) -> JoinPart:
         dtypes = {f.name: f.dtype for f in contract.features}
         return cls(contract.feature_view_name, contract.entity.join_key, contract.entity.dtype,
                    contract.timestamp_field, contract.ttl_seconds, data_path, {f: dtypes[f] for f in features},
-                   names, pushed)
+                   names, pushed, pushed_through)
 
 
 def _entity_table(entity_df: Any, parts: list[JoinPart]) -> pa.Table:
@@ -127,10 +129,11 @@ def _entity_table(entity_df: Any, parts: list[JoinPart]) -> pa.Table:
 
 
 def point_in_time_join(entity_df: Any, contract: FeatureSetContract, data_path: str, fs: Any,
-                       pushed: tuple[str, ...] = ()) -> Any:
+                       pushed: tuple[str, ...] = (), pushed_through: datetime | None = None) -> Any:
     """``entity_df`` with the contract's features as of each row's ``event_timestamp`` (see module doc)."""
     names = [f.name for f in contract.features]
-    return point_in_time_join_many(entity_df, [JoinPart.of(contract, data_path, names, names, pushed)], fs)
+    return point_in_time_join_many(entity_df, [JoinPart.of(contract, data_path, names, names, pushed,
+                                                           pushed_through)], fs)
 
 
 def point_in_time_join_many(entity_df: Any, parts: list[JoinPart], fs: Any) -> Any:
@@ -156,9 +159,12 @@ def point_in_time_join_many(entity_df: Any, parts: list[JoinPart], fs: Any) -> A
                 # Pushed rows join with the build's; at one key and event time the pushed row wins, and of two
                 # pushes the later.
                 con.register(f"pushed{i}", ds.dataset(list(part.pushed), format="parquet", filesystem=fs))
+                cutoff = part.pushed_through
+                through = "" if cutoff is None else (
+                    f" WHERE \"__pushed_at\" <= '{cutoff.astimezone(UTC).isoformat()}'::TIMESTAMPTZ")
                 ctes.append(f"f{i} AS (SELECT __k, __ts, {columns} FROM ({rows}, 0 AS __src, "
                             f"NULL::TIMESTAMP AS __at FROM build{i} UNION ALL {rows}, 1 AS __src, "
-                            f'timezone(\'UTC\', "__pushed_at") AS __at FROM pushed{i}) '
+                            f'timezone(\'UTC\', "__pushed_at") AS __at FROM pushed{i}{through}) '
                             "QUALIFY row_number() OVER (PARTITION BY __k, __ts ORDER BY __src DESC, __at DESC) = 1)")
             else:
                 ctes.append(f"f{i} AS ({rows} FROM build{i})")

@@ -13,6 +13,8 @@ written, and a refusal names the column and the first offending row.
   push, written whole or not at all) before the push is acknowledged. Training sets read them with the served
   build: where a pushed row and a build row share a key and event time, **the pushed row wins** (and of two
   pushes, the later). Builds, rollbacks and gc never touch ``pushed/``; ``compact`` folds the files into one.
+  A training set names the newest recorded push it read (``pushed_through``); replayed with it, later pushes
+  are left out, so the same rows come back.
 """
 
 from __future__ import annotations
@@ -273,10 +275,23 @@ def pushed_files(store: ObjectStore, contract: FeatureSetContract) -> list[str]:
     return sorted(info.path for info in store.list_files(pushed_key(contract), ".parquet"))
 
 
+def recorded_through(store: ObjectStore, files: list[str] | tuple[str, ...]) -> datetime | None:
+    """When the newest of these recorded rows was recorded (their ``__pushed_at``), or None for no files: the
+    cutoff a training set names so that a replay reads the same pushed rows, however many come later."""
+    if not files:
+        return None
+    import pyarrow.dataset as ds
+
+    newest = pc.max(ds.dataset(list(files), format="parquet", filesystem=store.fs).to_table(
+        columns=[PUSHED_AT]).column(PUSHED_AT)).as_py()
+    return newest.astimezone(UTC) if newest is not None else None
+
+
 def compact(store: ObjectStore, contract: FeatureSetContract) -> dict[str, Any]:
-    """Fold the recorded pushes into one file (the same rows, duplicates at one key and event time resolved as
-    reads resolve them), then remove the folded files: reads open one file instead of one per push. Safe to
-    interrupt: the compacted file is written whole before anything is removed, and reads resolve duplicates."""
+    """Fold the recorded pushes into one file, then remove the folded files: reads open one file instead of one
+    per push. Every row is kept with its ``__pushed_at`` (reads resolve duplicates), so a training set recorded
+    with a ``pushed_through`` cutoff replays exactly after compaction too. Safe to interrupt: the compacted file
+    is written whole before anything is removed, and reads resolve the duplicates meanwhile."""
     files = pushed_files(store, contract)
     if len(files) < 2:
         return {"feature_view": contract.feature_view_name, "files": len(files), "compacted": 0}
@@ -285,11 +300,6 @@ def compact(store: ObjectStore, contract: FeatureSetContract) -> dict[str, Any]:
     table = ds.dataset(files, format="parquet", filesystem=store.fs, schema=pushed_schema(contract)).to_table()
     key, stamp = contract.entity.join_key, contract.timestamp_field
     ordered = table.sort_by([(key, "ascending"), (stamp, "ascending"), (PUSHED_AT, "ascending")])
-    keys, stamps = ordered.column(key).combine_chunks(), ordered.column(stamp).combine_chunks()
-    if ordered.num_rows > 1:
-        same = pc.and_(pc.equal(keys.slice(1), keys.slice(0, len(keys) - 1)),
-                       pc.equal(stamps.slice(1), stamps.slice(0, len(stamps) - 1)))
-        ordered = ordered.filter(pa.concat_arrays([pc.invert(same), pa.array([True])]))
     sink = pa.BufferOutputStream()
     pq.write_table(ordered, sink, compression="zstd")
     newest = files[-1].rsplit("/", 1)[-1].removesuffix(".parquet")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from feature_platform import build as builds
@@ -23,12 +24,13 @@ if TYPE_CHECKING:
 
 def historical(settings: Settings, entity_df: Any, feature_set: str, version: int | None = None,
                build_id: str | None = None, env: EnvironmentContract | None = None,
-               caller: Any = None) -> tuple[Any, dict[str, Any]]:
+               caller: Any = None, pushed_through: datetime | None = None) -> tuple[Any, dict[str, Any]]:
     """Point-in-time join of ``entity_df`` (join key + ``event_timestamp`` + any label columns) with one contract
     version: one row per input row, in input order (see :mod:`feature_platform.offline`).
 
-    ``build_id`` pins the build, so a training set can be reproduced exactly from its recorded metadata; by
-    default the build the registry serves is used. Returns (dataframe, provenance).
+    ``build_id`` pins the build and ``pushed_through`` the pushed rows (those recorded at or before it), so a
+    training set can be reproduced exactly from its recorded metadata; by default the build the registry serves
+    is used, with every push recorded so far. Returns (dataframe, provenance).
 
     ``caller`` (default: the CLI identity, see governance.caller_from_cli) must be allowed to read the view; PII
     features come back masked unless its team may see them.
@@ -50,21 +52,34 @@ def historical(settings: Settings, entity_df: Any, feature_set: str, version: in
     if metadata["schema_hash"] != contract.schema_hash:
         raise RegistryMismatchError(f"build {build_id} was made from schema {metadata['schema_hash']} but "
                                     f"{contract.feature_view_name} is {contract.schema_hash}")
-    pushed = pushed_paths(object_store, contract)
+    pushed, through = pushed_rows(object_store, contract, pushed_through)
     frame = point_in_time_join(entity_df, contract, str(metadata["data"]).removeprefix("s3://"), object_store.fs,
-                               pushed)
+                               pushed, through)
     provenance = {"feature_set": contract.name, "version": contract.version_label, "build_id": build_id,
                   "schema_hash": contract.schema_hash, "data": metadata["data"], "ttl_seconds": contract.ttl_seconds,
-                  **({"pushed_files": len(pushed)} if contract.push else {})}
+                  **pushed_provenance(contract, pushed, through)}
     return governance.release(settings, env, frame, caller, "historical", provenance, [governance.ReadPart(
         contract, build_id, [f.name for f in contract.features])])
 
 
-def pushed_paths(object_store: Any, contract: FeatureSetContract) -> tuple[str, ...]:
-    """The recorded pushes a training set of this version includes (none unless it takes pushes)."""
-    from feature_platform.push import pushed_files
+def pushed_rows(object_store: Any, contract: FeatureSetContract, through: datetime | None
+                ) -> tuple[tuple[str, ...], datetime | None]:
+    """The recorded pushes a training set of this version reads (none unless it takes pushes) and the cutoff it
+    reads them to: ``through`` when replaying, else the newest push recorded so far (what its provenance names,
+    so that a replay leaves out every later push)."""
+    from feature_platform.push import pushed_files, recorded_through
 
-    return tuple(pushed_files(object_store, contract)) if contract.push else ()
+    if not contract.push:
+        return (), None
+    files = tuple(pushed_files(object_store, contract))
+    return files, through if through is not None else recorded_through(object_store, files)
+
+
+def pushed_provenance(contract: FeatureSetContract, files: tuple[str, ...], through: datetime | None
+                      ) -> dict[str, Any]:
+    if not contract.push:
+        return {}
+    return {"pushed_files": len(files), "pushed_through": through.isoformat() if through else None}
 
 
 def service_columns(resolved: list[tuple[FeatureSetContract, list[str]]], full_feature_names: bool
@@ -86,14 +101,16 @@ def service_columns(resolved: list[tuple[FeatureSetContract, list[str]]], full_f
 
 def historical_service(settings: Settings, entity_df: Any, service: str, version: int | None = None,
                        builds_by_set: dict[str, str] | None = None, env: EnvironmentContract | None = None,
-                       caller: Any = None, full_feature_names: bool = False) -> tuple[Any, dict[str, Any]]:
+                       caller: Any = None, full_feature_names: bool = False,
+                       pushed_through: dict[str, datetime] | None = None) -> tuple[Any, dict[str, Any]]:
     """A model's training set: ``entity_df`` (every join key the service needs + ``event_timestamp`` + labels)
     with the service's features, each feature-set version joined point-in-time with its own TTL against the
     build the registry serves (or ``builds_by_set[feature_set]``), in one query; one row per input row, in order.
 
     Features keep their plain names unless two sets share one (an error that suggests ``full_feature_names``,
     which names them ``<feature_set>_v<N>__<feature>``). The caller must be allowed to read every set; PII is
-    masked as for single sets. Returns (dataframe, provenance naming every build)."""
+    masked as for single sets. ``pushed_through`` ({feature view: cutoff}) replays a training set's pushed rows.
+    Returns (dataframe, provenance naming every build, and each push-enabled set's cutoff)."""
     from feature_platform import governance
     from feature_platform.offline import JoinPart, point_in_time_join_many
 
@@ -120,6 +137,10 @@ def historical_service(settings: Settings, entity_df: Any, service: str, version
             raise ConfigError(f"--build {name}=...: {model.service_name} reads {' and '.join(views_of[name])}; "
                               "pin each by its view name")
         pins[views_of[name][0]] = build_id
+    for name in pushed_through or {}:
+        if name not in {c.feature_view_name for c, _ in resolved}:
+            raise ConfigError(f"pushed_through names {name}, which {model.service_name} does not read; it reads "
+                              f"{', '.join(c.feature_view_name for c, _ in resolved)}")
     unpinned = [c for c, _ in resolved if c.feature_view_name not in pins]
     if unpinned:
         store = open_store(settings, env)
@@ -135,12 +156,13 @@ def historical_service(settings: Settings, entity_df: Any, service: str, version
             raise RegistryMismatchError(f"build {pins[contract.feature_view_name]} was made from schema "
                                         f"{metadata['schema_hash']} but {contract.feature_view_name} is "
                                         f"{contract.schema_hash}")
-        parts.append(JoinPart.of(contract, str(metadata["data"]).removeprefix("s3://"), names, columns,
-                                 pushed_paths(object_store, contract)))
+        pushed, through = pushed_rows(object_store, contract, (pushed_through or {}).get(contract.feature_view_name))
+        parts.append(JoinPart.of(contract, str(metadata["data"]).removeprefix("s3://"), names, columns, pushed,
+                                 through))
         used.append({"feature_set": contract.name, "version": contract.version_label,
                      "build_id": pins[contract.feature_view_name], "schema_hash": contract.schema_hash,
-                     "data": metadata["data"],
-                     "ttl_seconds": contract.ttl_seconds, "features": columns})
+                     "data": metadata["data"], "ttl_seconds": contract.ttl_seconds, "features": columns,
+                     **pushed_provenance(contract, pushed, through)})
     frame = point_in_time_join_many(entity_df, parts, object_store.fs)
     provenance = {"feature_service": model.service_name, "version": model.version_label,
                   "schema_hash": contracts.service_schema_hash(model), "full_feature_names": full_feature_names,
