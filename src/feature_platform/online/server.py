@@ -543,7 +543,8 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-MAX_BODY_BYTES = 16 * 1024 * 1024  # a request larger than this is a 413, read no further
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a request larger than this is a 413
+DRAIN_BODY_BYTES = 8 * MAX_BODY_BYTES  # a larger body is answered without being read to its end
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -554,6 +555,11 @@ async def _read_body(receive: Receive) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
+            # Read (and drop) the rest before answering, up to a bound: closing on unread data resets the
+            # connection, and a client still sending would see the reset instead of the 413.
+            while message.get("more_body") and size <= DRAIN_BODY_BYTES:
+                message = await receive()
+                size += len(message.get("body", b""))
             raise RequestError(413, f"the body is over {MAX_BODY_BYTES // (1024 * 1024)} MiB; send fewer entities "
                                     "per request")
         chunks.append(chunk)
