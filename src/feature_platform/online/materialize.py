@@ -9,6 +9,7 @@ HSETs, and (3) removes this view's fields from the hashes of entities that are n
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,27 +36,74 @@ class ViewLoad:
 
 def _sorted_batches(fs: Any, path: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
     with fs.open(path, "rb") as handle:
-        yield from pq.ParquetFile(handle).iter_batches(batch_size=BATCH_ROWS, columns=columns)
+        yield from _read_ahead(pq.ParquetFile(handle).iter_batches(batch_size=BATCH_ROWS, columns=columns))
+
+
+def _read_ahead(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The next batch decoded by a thread while this one is encoded and written (Parquet decoding and socket
+    writes release the GIL): reading overlaps writing, at most two batches in memory."""
+    import queue
+    import threading
+
+    ready: queue.Queue[Any] = queue.Queue(maxsize=1)
+    done = object()
+    stop = threading.Event()
+
+    def offer(item: Any) -> bool:
+        """Hand ``item`` over unless the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                if not offer(batch):
+                    return
+            offer(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer(exc)
+
+    reader = threading.Thread(target=read, name="materialize-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            ready.get_nowait()  # unblock a reader waiting to put
+        reader.join()
 
 
 def newest_per_entity(batches: Iterator[pa.RecordBatch], join_key: str) -> Iterator[pa.RecordBatch]:
     """Newest row of each entity from batches sorted by (entity, event time): the last row of each key run.
 
-    The last row of a batch is held back until the next batch shows whether its run continues.
+    The last row of a batch is held back until the next batch shows whether its run continues. Where every
+    row is its entity's newest (one row per entity), the batch is passed on as a slice: no copy.
     """
     carry: pa.RecordBatch | None = None
     for batch in batches:
-        if carry is not None:
-            batch = pa.Table.from_batches([carry, batch]).combine_chunks().to_batches()[0]
         rows = batch.num_rows
         if rows == 0:
             continue
         keys = batch.column(join_key)
+        if carry is not None and carry.column(join_key)[0].as_py() != keys[0].as_py():
+            yield carry  # its run ended with the previous batch
         last = np.zeros(rows, dtype=bool)
         if rows > 1:
             last[:-1] = pc.not_equal(keys.slice(0, rows - 1), keys.slice(1)).to_numpy(zero_copy_only=False)
         carry = batch.slice(rows - 1, 1)
-        if last.any():
+        if last[:-1].all():
+            if rows > 1:
+                yield batch.slice(0, rows - 1)
+        elif last.any():
             yield batch.filter(pa.array(last))
     if carry is not None:
         yield carry
