@@ -32,7 +32,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from feature_platform import __version__
-from feature_platform.contracts import Constraints, FeatureSetContract
+from feature_platform.contracts import Constraints, Feature, FeatureSetContract, element_dtype, is_array
 from feature_platform.errors import BuildError, PointerMissingError, QualityGateError, StoreError
 from feature_platform.store import ObjectStore
 
@@ -55,6 +55,8 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
     "timestamp": pa.timestamp("us", tz="UTC"),
 }
+ARROW_TYPES.update({f"array<{e}>": pa.list_(ARROW_TYPES[e])  # Parquet list columns
+                    for e in ("int32", "int64", "float32", "float64", "string", "bool")})
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 FLOAT_DTYPES = ("float32", "float64")
 
@@ -176,25 +178,30 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, feature_set: str) -> pa.R
     for target in schema:
         column = batch.column(target.name)
         if column.type != target.type:
-            compatible = (
-                (pa.types.is_integer(column.type) and pa.types.is_integer(target.type))
-                or (pa.types.is_floating(target.type) and (pa.types.is_floating(column.type)
-                                                           or pa.types.is_integer(column.type)))
-                or (pa.types.is_timestamp(column.type) and pa.types.is_timestamp(target.type))
-                or (pa.types.is_string(target.type) and pa.types.is_large_string(column.type))
-            )
-            if not compatible:
+            if not _castable(column.type, target.type):
                 raise QualityGateError(feature_set, [
                     f"column {target.name}: expected {target.type} but the transform returned {column.type}"])
             try:
-                # Floats may narrow (float64 -> float32); integers must fit exactly.
-                safe = not pa.types.is_floating(target.type)
+                # Floats may narrow (float64 -> float32, in arrays too); integers must fit exactly.
+                element = target.type.value_type if pa.types.is_list(target.type) else target.type
+                safe = not pa.types.is_floating(element)
                 column = column.cast(target.type, safe=safe)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise QualityGateError(feature_set, [f"column {target.name}: cannot convert to {target.type}: {exc}"]
                                        ) from exc
         columns.append(column)
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _castable(given: pa.DataType, target: pa.DataType) -> bool:
+    """Whether the transform's column type converts to the contract's without changing what values mean."""
+    if pa.types.is_list(target):
+        return ((pa.types.is_list(given) or pa.types.is_large_list(given))
+                and (given.value_type == target.value_type or _castable(given.value_type, target.value_type)))
+    return ((pa.types.is_integer(given) and pa.types.is_integer(target))
+            or (pa.types.is_floating(target) and (pa.types.is_floating(given) or pa.types.is_integer(given)))
+            or (pa.types.is_timestamp(given) and pa.types.is_timestamp(target))
+            or (pa.types.is_string(target) and pa.types.is_large_string(given)))
 
 
 def _sql_literal(value: Any) -> str:
@@ -216,12 +223,16 @@ def quality_gate(con: Any, contract: FeatureSetContract) -> tuple[list[str], dic
     required: list[tuple[str, bool, Constraints | None]] = [(key, False, None), (ts, False, None)]
     required += [(f.name, f.nullable, f.constraints) for f in contract.features]
     floats = {f.name for f in contract.features if f.dtype in FLOAT_DTYPES}
+    arrays = {f.name: f for f in contract.features if is_array(f.dtype)}
     for name, nullable, constraints in required:
         # NaN and ±inf are no values: they count as nulls (Feast serves NaN as null) and never set min/max.
         finite = f'WHERE isfinite("{name}")' if name in floats else ""
         nulls, low, high = con.execute(
             f'SELECT (SELECT count(*) FROM built) - count("{name}"), min("{name}"), max("{name}") '
             f"FROM built {finite}").fetchone()
+        if name in arrays:  # an array has no min or max; its length and elements are checked below
+            low = high = None
+            failures += _array_scan(con, key, arrays[name])
         stats["columns"][name] = {"null_count": nulls, "min": _jsonable(low), "max": _jsonable(high)}
         if nulls and not nullable:
             failures.append(f"column {name}: {nulls} null value(s) in a non-nullable column")
@@ -253,6 +264,54 @@ def quality_gate(con: Any, contract: FeatureSetContract) -> tuple[list[str], dic
     return failures, stats
 
 
+def _array_problems(feature: Feature, bad_rows: int, example: Any, key: str, kind: str) -> str:
+    if kind == "dims":
+        return (f"column {feature.name}: {bad_rows} row(s) whose length is not dims {feature.dims} (e.g. "
+                f"{key}={example}); every {feature.dtype} must have {feature.dims} elements")
+    what = "null or non-finite" if element_dtype(feature.dtype) in FLOAT_DTYPES else "null"
+    return (f"column {feature.name}: {bad_rows} row(s) with {what} elements (e.g. {key}={example}); fix the "
+            "source or set nullable_elements: true in the contract")
+
+
+def _array_scan(con: Any, key: str, feature: Feature) -> list[str]:
+    """The scan's array rules: every non-null array has ``dims`` elements; no null (for floats, no NaN or ±inf)
+    elements unless ``nullable_elements``."""
+    name, failures = f'"{feature.name}"', []
+    if feature.dims is not None:
+        bad, example = con.execute(f'SELECT count(*), min("{key}") FROM built WHERE {name} IS NOT NULL AND '
+                                   f"len({name}) != {feature.dims}").fetchone()
+        if bad:
+            failures.append(_array_problems(feature, bad, example, key, "dims"))
+    if not feature.nullable_elements:
+        kept = (f"list_count(list_filter({name}, lambda x: isfinite(x)))"
+                if element_dtype(feature.dtype) in FLOAT_DTYPES else f"list_count({name})")
+        bad, example = con.execute(f'SELECT count(*), min("{key}") FROM built WHERE {name} IS NOT NULL AND '
+                                   f"len({name}) != {kept}").fetchone()
+        if bad:
+            failures.append(_array_problems(feature, bad, example, key, "elements"))
+    return failures
+
+
+def array_rows(feature: Feature, column: pa.Array) -> dict[str, np.ndarray]:
+    """Per row of ``column`` (an array feature), whether it breaks ``dims`` and whether it holds null elements
+    (for floats also NaN and ±inf), as the scan decides."""
+    import pyarrow.compute as pc
+
+    rows: dict[str, np.ndarray] = {}
+    if feature.dims is not None:
+        lengths = pc.list_value_length(column)
+        rows["dims"] = pc.not_equal(lengths, feature.dims).fill_null(False).to_numpy(zero_copy_only=False)
+    if not feature.nullable_elements:
+        values = pc.list_flatten(column)
+        bad = (pc.invert(pc.is_finite(values)) if pa.types.is_floating(values.type) else pc.is_null(values))
+        bad_elements = bad.fill_null(True).to_numpy(zero_copy_only=False)
+        parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+        flagged = np.zeros(len(column), dtype=bool)
+        flagged[parents[bad_elements]] = True
+        rows["elements"] = flagged
+    return rows
+
+
 class GateStatistics:
     """The quality gate computed while the staged batches are written (one pass: the file is not read again).
 
@@ -264,6 +323,9 @@ class GateStatistics:
     def __init__(self, contract: FeatureSetContract) -> None:
         self.contract = contract
         self.floats = {f.name for f in contract.features if f.dtype in FLOAT_DTYPES}
+        self.arrays = {f.name: f for f in contract.features if is_array(f.dtype)}
+        self.array_counts: dict[tuple[str, str], int] = {}  # (feature, "dims" | "elements") -> rows
+        self.array_example: dict[tuple[str, str], Any] = {}  # the smallest offending key, as the scan says
         self.key, self.ts = contract.entity.join_key, contract.timestamp_field
         self.checks: list[tuple[str, bool, Constraints | None]] = [(self.key, False, None), (self.ts, False, None)]
         self.checks += [(f.name, f.nullable, f.constraints) for f in contract.features]
@@ -294,6 +356,9 @@ class GateStatistics:
             self.nulls[name] += column.null_count
             if column.null_count == len(column):
                 continue
+            if name in self.arrays:
+                self._check_array(self.arrays[name], column, batch.column(self.key))
+                continue
             bounds = pc.min_max(column)
             low, high = bounds["min"].as_py(), bounds["max"].as_py()
             self.low[name] = low if name not in self.low or self.low[name] is None else min(self.low[name], low)
@@ -315,6 +380,17 @@ class GateStatistics:
                     self.outside_example[name] = smallest if seen is None else min(seen, smallest)
                 self.outside[name] = self.outside.get(name, 0) + count
         self._count_keys(batch)
+
+    def _check_array(self, feature: Feature, column: pa.Array, keys: pa.Array) -> None:
+        import pyarrow.compute as pc
+
+        for kind, flagged in array_rows(feature, column).items():
+            count = int(flagged.sum())
+            if count:
+                smallest = pc.min(keys.filter(pa.array(flagged))).as_py()
+                seen = self.array_example.get((feature.name, kind))
+                self.array_example[(feature.name, kind)] = smallest if seen is None else min(seen, smallest)
+                self.array_counts[(feature.name, kind)] = self.array_counts.get((feature.name, kind), 0) + count
 
     def _count_keys(self, batch: pa.RecordBatch) -> None:
         """Entities (key changes) and duplicated (key, time) groups, vectorized over adjacent pairs; the previous
@@ -357,6 +433,10 @@ class GateStatistics:
                                       "max": _jsonable(high)}
             if self.nulls[name] and not nullable:
                 failures.append(f"column {name}: {self.nulls[name]} null value(s) in a non-nullable column")
+            for kind in ("dims", "elements"):
+                if self.array_counts.get((name, kind)):
+                    failures.append(_array_problems(self.arrays[name], self.array_counts[(name, kind)],
+                                                    self.array_example[(name, kind)], self.key, kind))
             if constraints is None:
                 continue
             if self.below.get(name):
@@ -501,6 +581,9 @@ def profile_columns(con: Any, contract: FeatureSetContract) -> dict[str, dict[st
     profile: dict[str, dict[str, Any]] = {}
     for feature in contract.features:
         name = f'"{feature.name}"'
+        if is_array(feature.dtype):
+            profile[feature.name] = _array_profile(con, feature)
+            continue
         if feature.dtype in ("string", "bool"):
             top = con.execute(f"SELECT CAST({name} AS VARCHAR) AS v, count(*) AS c FROM built WHERE {name} IS NOT NULL "
                               f"GROUP BY v ORDER BY c DESC, v LIMIT {TOP_VALUES}").fetchall()
@@ -516,6 +599,23 @@ def profile_columns(con: Any, contract: FeatureSetContract) -> dict[str, dict[st
         profile[feature.name] = {"kind": "numeric", "values": count, "mean": _finite(mean),
                                  "stddev": _finite(stddev), "quantiles": [float(q) for q in quantiles or []]}
     return profile
+
+
+def _array_profile(con: Any, feature: Feature) -> dict[str, Any]:
+    """An array is profiled by its length and, for numbers, by the distribution of its L2 norm (an embedding's
+    drift shows in its norm, not in quantiles of single elements): ``quantiles`` are the norm's (or, for strings
+    and bools, the length's) percentiles, what drift compares."""
+    name = f'"{feature.name}"'
+    numeric = element_dtype(feature.dtype) not in ("string", "bool")
+    # The norm over finite elements (an empty array's is 0); DOUBLE so float32 squares do not overflow.
+    norm = (f"coalesce(sqrt(list_sum(list_transform(list_filter({name}, lambda x: isfinite(x)), "
+            "lambda x: CAST(x AS DOUBLE) * CAST(x AS DOUBLE)))), 0)" if numeric else f"len({name})")
+    count, mean, stddev, quantiles, low, high, length = con.execute(
+        f"SELECT count(*), avg(v), stddev_samp(v), quantile_disc(v, {QUANTILES}), min(n), max(n), avg(n) "
+        f"FROM (SELECT {norm} AS v, len({name}) AS n FROM built WHERE {name} IS NOT NULL)").fetchone()
+    return {"kind": "array", "measure": "l2_norm" if numeric else "length", "values": count,
+            "mean": _finite(mean), "stddev": _finite(stddev), "quantiles": [float(q) for q in quantiles or []],
+            "length": {"min": low, "max": high, "mean": _finite(length)}}
 
 
 def _finite(value: Any) -> float | None:

@@ -27,8 +27,29 @@ from feature_platform.errors import CompatibilityError, ContractError, ContractE
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,46}$"
 SafeName = Annotated[str, Field(pattern=NAME_PATTERN)]
 
-DType = Literal["int32", "int64", "float32", "float64", "string", "bool", "timestamp"]
+DType = Literal["int32", "int64", "float32", "float64", "string", "bool", "timestamp",
+                "array<int32>", "array<int64>", "array<float32>", "array<float64>", "array<string>", "array<bool>"]
 DTYPES: tuple[str, ...] = DType.__args__  # type: ignore[attr-defined]
+NUMERIC_DTYPES = ("int32", "int64", "float32", "float64")
+
+
+def is_array(dtype: str) -> bool:
+    """An array feature (an embedding, a list of ids): ``array<element>``."""
+    return dtype.startswith("array<")
+
+
+def element_dtype(dtype: str) -> str:
+    """The element type of ``array<element>``."""
+    return dtype[len("array<"):-1]
+
+
+# Feast's type of each dtype, as ``str(feast.types.X)`` spells it (arrays: ``Array(Float32)``).
+_FEAST_SCALARS = {"int32": "Int32", "int64": "Int64", "float32": "Float32", "float64": "Float64",
+                  "string": "String", "bool": "Bool", "timestamp": "UnixTimestamp"}
+FEAST_TYPE_NAMES: dict[str, str] = {
+    dtype: f"Array({_FEAST_SCALARS[element_dtype(dtype)]})" if is_array(dtype) else _FEAST_SCALARS[dtype]
+    for dtype in DTYPES}
+DTYPE_OF_FEAST_TYPE: dict[str, str] = {name: dtype for dtype, name in FEAST_TYPE_NAMES.items()}
 EntityDType = Literal["int64", "string"]
 SourceDType = Literal["int32", "int64", "float32", "float64", "string", "bool", "timestamp", "timestamptz", "date"]
 
@@ -87,13 +108,21 @@ class Feature(StrictModel):
     pii: bool = Field(default=False, description="personal data: masked in exports and training sets unless the "
                                                  "reader's team is in access.pii_readers")
     monitoring: FeatureMonitoring | None = None
+    dims: int | None = Field(default=None, ge=1, le=65536, description="an array's length (an embedding's "
+                             "dimensions): the quality gate refuses any other")
+    nullable_elements: bool = Field(default=False, description="an array may hold null elements (refused "
+                                    "otherwise); online, Feast drops them (strings: empty)")
 
     @model_validator(mode="after")
     def _constraints_fit_dtype(self) -> Feature:
         c = self.constraints
-        numeric = self.dtype in ("int32", "int64", "float32", "float64")
-        if c and (c.min is not None or c.max is not None) and not numeric:
+        if c and (c.min is not None or c.max is not None) and self.dtype not in NUMERIC_DTYPES:
             raise ValueError(f"min/max constraints need a numeric dtype, not {self.dtype}")
+        if c and is_array(self.dtype):
+            raise ValueError(f"constraints apply to scalar features, not {self.dtype}; use dims for its length")
+        if not is_array(self.dtype) and (self.dims is not None or self.nullable_elements):
+            raise ValueError(f"dims and nullable_elements are for array dtypes (array<float32>, ...), not "
+                             f"{self.dtype}")
         return self
 
 
@@ -295,7 +324,11 @@ class FeatureSetContract(StrictModel):
             "timestamp_field": self.timestamp_field,
             "ttl_seconds": self.ttl_seconds,
             "features": sorted(
-                ({"name": f.name, "dtype": f.dtype, "nullable": f.nullable} for f in self.features),
+                # An array's shape is its dims and element nullability (written only for arrays: the hashes of
+                # scalar contracts stay as they were).
+                ({"name": f.name, "dtype": f.dtype, "nullable": f.nullable,
+                  **({"dims": f.dims, "nullable_elements": f.nullable_elements} if is_array(f.dtype) else {})}
+                 for f in self.features),
                 key=lambda f: f["name"],
             ),
         }
@@ -1005,6 +1038,11 @@ def diff_contracts(old: FeatureSetContract, new: FeatureSetContract) -> list[Cha
         before, after = old_features[name], new_features[name]
         if before.dtype != after.dtype:
             changes.append(Change(True, f"feature {name} retyped {before.dtype} -> {after.dtype}"))
+        if before.dims != after.dims:
+            changes.append(Change(True, f"feature {name} dims {before.dims} -> {after.dims}"))
+        if before.nullable_elements != after.nullable_elements:
+            changes.append(Change(after.nullable_elements, f"feature {name} nullable_elements "
+                                                           f"{before.nullable_elements} -> {after.nullable_elements}"))
         if before.nullable != after.nullable:
             changes.append(Change(after.nullable, f"feature {name} nullable {before.nullable} -> {after.nullable}"))
         if before.description != after.description or before.constraints != after.constraints:

@@ -35,13 +35,11 @@ from feast.online_response import OnlineResponse
 from pydantic import PrivateAttr
 
 from feature_platform import feast_modes
+from feature_platform.contracts import DTYPE_OF_FEAST_TYPE  # Feast type -> dtype: what the build wrote
 from feature_platform.offline import JoinPart, point_in_time_join_many
 
 OFFLINE_STORE, ONLINE_STORES = feast_modes.OFFLINE_STORE, feast_modes.ONLINE_STORES
 
-# Feast's types -> the contracts' dtypes (what the build wrote, so what the join returns).
-FEAST_DTYPES = {"Int32": "int32", "Int64": "int64", "Float32": "float32", "Float64": "float64", "String": "string",
-                "Bool": "bool", "UnixTimestamp": "timestamp"}
 
 
 class PlatformOfflineStoreConfig(DaskOfflineStoreConfig):
@@ -103,8 +101,8 @@ def _part(view: Any, features: list[str], full_feature_names: bool) -> JoinPart:
     if len(keys) != 1:
         raise ValueError(f"{view.name}: the platform's offline store joins views with one join key; "
                          f"it has {len(keys)}")
-    key_dtype = FEAST_DTYPES.get(str(keys[0].dtype), "string")
-    dtypes = {f.name: FEAST_DTYPES[str(f.dtype)] for f in view.features}
+    key_dtype = DTYPE_OF_FEAST_TYPE.get(str(keys[0].dtype), "string")
+    dtypes = {f.name: DTYPE_OF_FEAST_TYPE[str(f.dtype)] for f in view.features}
     name = view.projection.name_to_use() if view.projection else view.name
     return JoinPart(view=view.name, join_key=keys[0].name, key_dtype=key_dtype,
                     timestamp_field=source.timestamp_field,

@@ -48,7 +48,7 @@ class FeatureFigures:
     dtype: str
     null_rate: float
     previous_null_rate: float | None = None
-    drift_measure: str = ""  # "psi" or "category_share"
+    drift_measure: str = ""  # "psi", "category_share", or for arrays "psi_l2_norm" / "psi_length"
     drift: float | None = None
     drift_threshold: float | None = None
     drifted: bool = False
@@ -207,8 +207,8 @@ def compare_builds(contract: FeatureSetContract, newest: dict[str, Any], previou
             figure.drift_measure = "category_share"
             figure.drift = category_share_change(before, after)
             default = limits.category_share_threshold
-        else:
-            figure.drift_measure = "psi"
+        else:  # numbers by their percentiles; arrays by their L2 norm's (or length's) percentiles
+            figure.drift_measure = f"psi_{after['measure']}" if after.get("kind") == "array" else "psi"
             figure.drift = psi(before.get("quantiles", []), after.get("quantiles", []))
             default = limits.drift_threshold
         figure.drift_threshold = own.drift_threshold if own and own.drift_threshold is not None else default
@@ -395,7 +395,7 @@ def plot_drift(report: ViewReport, figure_: FeatureFigures) -> str:
     profiles = report.profiles[figure_.feature]
     figure, axes = _figure(f"{report.feature_view}.{figure_.feature}: {figure_.drift_measure} "
                            f"{figure_.drift:.3f}")
-    if figure_.drift_measure == "psi":
+    if figure_.drift_measure.startswith("psi"):
         for label, profile in (("previous", profiles["previous"]), ("newest", profiles["newest"])):
             quantiles = profile.get("quantiles") or []
             axes.plot(quantiles, np.linspace(0, 1, len(quantiles)), label=label)

@@ -15,7 +15,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from feature_platform.contracts import FeatureSetContract
+from feature_platform.contracts import FeatureSetContract, element_dtype, is_array
 from feature_platform.environments import EnvironmentContract
 
 API_VERSION = "v3.2.0"
@@ -53,9 +53,20 @@ def _quality(feature: Any) -> list[dict[str, Any]]:
     return rules
 
 
-def _property(name: str, dtype: str, description: str, required: bool, **extra: Any) -> dict[str, Any]:
-    prop = {"name": name, "logicalType": LOGICAL_TYPES[dtype], "physicalType": PHYSICAL_TYPES[dtype],
-            "physicalName": name, "description": description or name, "required": required}
+def _property(name: str, dtype: str, description: str, required: bool, dims: int | None = None,
+              nullable_elements: bool = False, **extra: Any) -> dict[str, Any]:
+    if is_array(dtype):  # a Parquet list column: ODCS's array, its items typed, its length fixed by dims
+        element = element_dtype(dtype)
+        prop: dict[str, Any] = {
+            "name": name, "logicalType": "array", "physicalType": f"LIST<{PHYSICAL_TYPES[element]}>",
+            "physicalName": name, "description": description or name, "required": required,
+            "items": {"name": "element", "logicalType": LOGICAL_TYPES[element],
+                      "physicalType": PHYSICAL_TYPES[element], "required": not nullable_elements}}
+        if dims is not None:
+            prop["logicalTypeOptions"] = {"minItems": dims, "maxItems": dims}
+    else:
+        prop = {"name": name, "logicalType": LOGICAL_TYPES[dtype], "physicalType": PHYSICAL_TYPES[dtype],
+                "physicalName": name, "description": description or name, "required": required}
     prop.update({k: v for k, v in extra.items() if v not in (None, [], {})})
     return prop
 
@@ -74,8 +85,8 @@ def to_odcs(contract: FeatureSetContract, environments: list[EnvironmentContract
     ]
     for feature in contract.features:
         properties.append(_property(
-            feature.name, feature.dtype, feature.description, not feature.nullable,
-            classification="restricted" if feature.name in pii else "internal",
+            feature.name, feature.dtype, feature.description, not feature.nullable, feature.dims,
+            feature.nullable_elements, classification="restricted" if feature.name in pii else "internal",
             tags=["pii"] if feature.name in pii else None, quality=_quality(feature) or None))
     document: dict[str, Any] = {
         "apiVersion": API_VERSION,

@@ -184,10 +184,18 @@ def point_in_time_join_many(entity_df: Any, parts: list[JoinPart], fs: Any) -> A
     out = entity_df.reset_index(drop=True).copy()
     for part in parts:
         for feature, name in zip(part.features, part.names, strict=True):
-            series = joined.column(name).cast(ARROW_TYPES[part.dtypes[feature]]).to_pandas(
-                types_mapper=nullable_types)
-            out[name] = series.array  # .array keeps nullable and tz-aware dtypes (.values would drop them)
+            out[name] = pandas_values(joined.column(name).cast(ARROW_TYPES[part.dtypes[feature]]))
     return out
+
+
+def pandas_values(column: pa.ChunkedArray | pa.Array) -> Any:
+    """A column as pandas values in its contract type: nullable integers and bools, UTC timestamps, and arrays
+    as Python lists (not numpy arrays, which compare element-wise and serialize oddly)."""
+    import pandas as pd
+
+    if pa.types.is_list(column.type):
+        return pd.array(column.to_pylist(), dtype=object)
+    return column.to_pandas(types_mapper=nullable_types).array  # .array keeps nullable and tz-aware dtypes
 
 
 def nullable_types(arrow_type: pa.DataType) -> Any:

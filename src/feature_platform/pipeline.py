@@ -126,8 +126,10 @@ def export(settings: Settings, feature_set: str, version: int | None = None, bui
            caller: Any = None) -> tuple[Any, dict[str, Any]]:
     """A build's rows (default: the version's latest) as a DataFrame for ``caller``: refused unless its team may
     read the view, PII features masked unless it may see them. Returns (frame, provenance)."""
+    import pandas as pd
+
     from feature_platform import governance
-    from feature_platform.offline import nullable_types
+    from feature_platform.offline import pandas_values
 
     env = settings.environment()
     contract = settings.contracts().get(feature_set, version)
@@ -136,7 +138,8 @@ def export(settings: Settings, feature_set: str, version: int | None = None, bui
     store = object_store(settings, env)
     build_id = build_id or builds.read_pointer(store, feature_set, contract.version_label)["build_id"]
     metadata = builds.read_metadata(store, contract, build_id)
-    frame = builds.read_build_table(store, metadata).to_pandas(types_mapper=nullable_types)
+    table = builds.read_build_table(store, metadata)
+    frame = pd.DataFrame({name: pandas_values(table.column(name)) for name in table.column_names})
     provenance = {"feature_set": feature_set, "version": contract.version_label, "build_id": build_id,
                   "schema_hash": metadata["schema_hash"], "data": metadata["data"]}
     return governance.release(settings, env, frame, caller, "export", provenance, [governance.ReadPart(

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from feature_platform import build as builds
-from feature_platform.contracts import FeatureSetContract
+from feature_platform.contracts import FeatureSetContract, element_dtype, is_array
 from feature_platform.errors import ConfigError
 from feature_platform.store import ObjectStore
 
@@ -134,10 +134,34 @@ _PLAIN_TYPES: dict[str, set[type]] = {
     "int64": {int, type(None)}, "float32": {float, int, type(None)}, "float64": {float, int, type(None)}}
 
 
+def _array_column(contract: FeatureSetContract, name: str, dtype: str, values: list[Any]) -> pa.Array:
+    """An array feature: each value a list (or null) of the element type, typed as the build types them."""
+    element = element_dtype(dtype)
+    allowed = _PLAIN_TYPES[element]
+    for row, value in enumerate(values):
+        if value is None:
+            continue
+        if not isinstance(value, list | tuple) or not set(map(type, value)) <= allowed:
+            bad = value if not isinstance(value, list | tuple) else next(v for v in value if type(v) not in allowed)
+            raise _reject(contract, name, row, f"{bad!r} is not {dtype if bad is value else element} (an "
+                                               f"{dtype} is a list of {element})")
+    try:
+        return pa.array(values, builds.ARROW_TYPES[dtype])
+    except (pa.ArrowInvalid, OverflowError) as exc:
+        for row, value in enumerate(values):
+            try:
+                pa.array([value], builds.ARROW_TYPES[dtype])
+            except (pa.ArrowInvalid, OverflowError):
+                raise _reject(contract, name, row, f"an element does not fit {element}") from exc
+        raise _reject(contract, name, None, str(exc)) from exc
+
+
 def _column(contract: FeatureSetContract, name: str, dtype: str, values: list[Any]) -> pa.Array:
     """``values`` as the build would type them: integers exactly, floats from numbers, strings, booleans."""
     if dtype == "timestamp":
         return _timestamp_feature(contract, name, values)
+    if is_array(dtype):
+        return _array_column(contract, name, dtype, values)
     target = builds.ARROW_TYPES[dtype]
     if set(map(type, values)) <= _PLAIN_TYPES[dtype]:  # the common push: no value needs a look (C speed)
         try:
@@ -218,6 +242,14 @@ def check(contract: FeatureSetContract, table: pa.Table, future_tolerance: timed
             row = _first(pc.is_null(column, nan_is_null=True) if floating else pc.is_null(column))
             raise _reject(contract, feature.name, row, "not pushed, and the contract says it is not nullable"
                           if missing else "null, and the contract says it is not nullable")
+        if is_array(feature.dtype) and column.null_count < len(column):
+            for kind, flagged in builds.array_rows(feature, column).items():
+                if flagged.any():
+                    row = int(np.flatnonzero(flagged)[0])
+                    raise _reject(contract, feature.name, row, f"has {len(column[row])} elements, not dims "
+                                                               f"{feature.dims}" if kind == "dims" else
+                                  "holds null (or non-finite) elements, and the contract does not allow them "
+                                  "(nullable_elements)")
         constraints = feature.constraints
         if constraints is None or column.null_count == len(column):
             continue

@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from feature_platform import build as builds
-from feature_platform.contracts import ContractSet, FeatureSetContract
+from feature_platform.contracts import FEAST_TYPE_NAMES, ContractSet, FeatureSetContract, element_dtype, is_array
 from feature_platform.environments import EnvironmentContract, Settings
 from feature_platform.errors import (
     PointerMissingError,
@@ -23,8 +23,13 @@ DEFINITION_TAG = TAG_PREFIX + "definition_hash"
 
 
 
-FEAST_TYPES = {"int32": "Int32", "int64": "Int64", "float32": "Float32", "float64": "Float64",
-               "string": "String", "bool": "Bool", "timestamp": "UnixTimestamp"}
+def feast_type(dtype: str) -> Any:
+    """Feast's type object of a contract dtype (``array<float32>`` -> ``Array(Float32)``)."""
+    from feast import types as feast_types
+
+    if is_array(dtype):
+        return feast_types.Array(feast_type(element_dtype(dtype)))
+    return getattr(feast_types, FEAST_TYPE_NAMES[dtype])
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,6 @@ def definition_hash(contract: FeatureSetContract, pointer: dict[str, Any]) -> st
 def feature_view(contract: FeatureSetContract, pointer: dict[str, Any], entity: Any,
                  s3_endpoint: str | None) -> Any:
     from feast import FeatureView, Field, FileSource, PushSource
-    from feast import types as feast_types
 
     data = str(pointer["data"])
     source: Any = FileSource(
@@ -58,9 +62,8 @@ def feature_view(contract: FeatureSetContract, pointer: dict[str, Any], entity: 
         timestamp_field=contract.timestamp_field,
         s3_endpoint_override=s3_endpoint if data.startswith("s3://") else None,
     )
-    schema = [Field(name=contract.entity.join_key, dtype=getattr(feast_types, FEAST_TYPES[contract.entity.dtype]))]
-    schema += [Field(name=f.name, dtype=getattr(feast_types, FEAST_TYPES[f.dtype]), description=f.description)
-               for f in contract.features]
+    schema = [Field(name=contract.entity.join_key, dtype=feast_type(contract.entity.dtype))]
+    schema += [Field(name=f.name, dtype=feast_type(f.dtype), description=f.description) for f in contract.features]
     tags = {**contract.tags,
             TAG_PREFIX + "feature_set": contract.name,
             TAG_PREFIX + "version": contract.version_label,

@@ -28,6 +28,15 @@ def _pushed_since(build_time: Any, online_time: Any) -> bool:
 
 
 def values_close(a: Any, b: Any, dtype: str) -> bool:
+    if dtype.startswith("array<") and a is not None and b is not None:
+        # Element by element (offline an array may come back as numpy), a null element offline as Feast writes
+        # it online: NaN for floats, "" for strings, False for bools, left out of integer arrays.
+        element = dtype[len("array<"):-1]
+        stand_in = {"float32": math.nan, "float64": math.nan, "string": "", "bool": False}.get(element)
+        offline = [stand_in if x is None else x for x in a if x is not None or stand_in is not None]
+        online = list(b)
+        return len(offline) == len(online) and all(values_close(x, y, element)
+                                                   for x, y in zip(offline, online, strict=True))
     if isinstance(a, float) and math.isnan(a):
         a = None  # NaN is stored as null online, as Feast does
     if isinstance(b, float) and math.isnan(b):

@@ -15,6 +15,7 @@ the wire format of these few scalar fields is small and fixed (tag byte, then fi
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -194,10 +195,79 @@ def _unix_seconds(array: pa.Array) -> np.ndarray:
     return seconds
 
 
+# Value's list fields (string_list_val = 12 ... bool_list_val = 17) as field keys of wire type 2, per element.
+LIST_KEYS = {"string": b"\x62", "int32": b"\x6a", "int64": b"\x72", "float64": b"\x7a", "float32": b"\x82\x01",
+             "bool": b"\x8a\x01"}
+_PACKED = {"float32": "<f4", "float64": "<f8"}
+
+
+def _length_delimited(key: bytes, payload: bytes) -> bytes:
+    return key + (bytes((len(payload),)) if len(payload) < 128 else _varint(len(payload))) + payload
+
+
+def _element_bytes(element: str, values: pa.Array) -> list[bytes]:
+    """Each element of a list column's values as it appears inside the list message: fixed width for floats, a
+    varint for integers and bools (packed, no tags), and for strings a field of its own."""
+    if element == "string":
+        return [_length_delimited(b"\x0a", (v or "").encode()) for v in values.to_pylist()]  # Feast: None -> ""
+    if element in _PACKED:
+        raw = pc.cast(values, pa.float64()).fill_null(math.nan).to_numpy(zero_copy_only=False).astype(
+            _PACKED[element]).tobytes()
+        width = 4 if element == "float32" else 8
+        return [raw[i:i + width] for i in range(0, len(raw), width)]
+    numbers = pc.cast(values, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+    return [row[1:] for row in _rows(*_varint_matrix(numbers, 0x00))]
+
+
+def encode_list_values(dtype: str, array: pa.Array) -> list[bytes]:
+    """Serialized ``feast.types.Value`` of each array (``array<element>``) as Feast's writer makes it: the list
+    field of the element type holding one packed field 1 (strings: one field 1 each); an empty array is the
+    empty list message; a null array the empty Value; null elements as the comment below says."""
+    element = dtype[len("array<"):-1]
+    key = LIST_KEYS[element]
+    offsets = array.offsets.to_numpy(zero_copy_only=False)
+    values = array.values  # indexed by the offsets (the whole child, even for a slice)
+    valid = array.is_valid().to_numpy(zero_copy_only=False) if array.null_count else None
+    out: list[bytes] = []
+    if element in _PACKED and not values.null_count:  # embeddings: one buffer, cut per row
+        width = 4 if element == "float32" else 8
+        # A view of the little-endian buffer (no copy on this machine's byte order): each row is copied once,
+        # into its Value.
+        numbers = np.ascontiguousarray(pc.cast(values, pa.float32() if width == 4 else pa.float64()).to_numpy(
+            zero_copy_only=False), dtype=_PACKED[element])
+        raw = numbers.view(np.uint8).data
+        heads: dict[int, bytes] = {}
+        for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+            size = (end - start) * width
+            head = heads.get(size)
+            if head is None:
+                inner_head = b"\x0a" + _varint(size) if size else b""
+                head = heads[size] = key + _varint(len(inner_head) + size) + inner_head
+            out.append(head + raw[start * width:end * width])
+    else:
+        pieces = _element_bytes(element, values)
+        # Null elements as Feast's writer leaves them: NaN for floats, False for bools, "" for strings; an
+        # integer array cannot hold one (Feast's own writer refuses it), so it is left out.
+        present = (values.is_valid().to_numpy(zero_copy_only=False)
+                   if values.null_count and element in ("int32", "int64") else None)
+        for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+            row = pieces[start:end] if present is None else [
+                piece for piece, ok in zip(pieces[start:end], present[start:end], strict=True) if ok]
+            payload = b"".join(row)
+            inner = payload if element == "string" else (_length_delimited(b"\x0a", payload) if payload else b"")
+            out.append(_length_delimited(key, inner))
+    if valid is not None:
+        for index in np.flatnonzero(~valid).tolist():
+            out[index] = b""
+    return out
+
+
 def encode_values(dtype: str, array: pa.Array) -> list[bytes]:
     """Serialized ``feast.types.Value`` of each element; nulls are the empty Value (b"")."""
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
+    if dtype.startswith("array<"):
+        return encode_list_values(dtype, array)
     if dtype == "string":
         return _strings(array)
     valid = array.is_valid().to_numpy(zero_copy_only=False) if array.null_count else None
@@ -262,7 +332,7 @@ def _signed(value: int, bits: int = 64) -> int:
 
 
 def decode_value(data: bytes | None) -> Any:
-    """A serialized ``feast.types.Value`` of a scalar contract dtype -> Python value (None for null).
+    """A serialized ``feast.types.Value`` of a contract dtype -> Python value (None for null; arrays: lists).
 
     Timestamps come back as whole epoch seconds (int); callers format them.
     """
@@ -284,7 +354,49 @@ def decode_value(data: bytes | None) -> Any:
         if tag == TAG_UNIX_TS and value == NULL_TIMESTAMP_SECONDS:
             return None
         return value
+    if tag in _LIST_FIELDS and (tag < 0x80 or data[1:2] == b"\x01"):  # fields 12-15; 16, 17 take two bytes
+        decoded = _decode_list(data)
+        if decoded is not None:
+            return decoded
     return _decode_with_protobuf(data)
+
+
+# The first byte of each list field's key -> the element's packed layout (strings: None, one field each).
+_LIST_FIELDS = {0x62: "string", 0x6A: "varint", 0x72: "varint", 0x7A: "<f8", 0x82: "<f4", 0x8A: "bool"}
+
+
+def _decode_list(data: bytes) -> list[Any] | None:
+    """An array written as Feast writes it (one packed field 1; strings one field 1 each) -> a list; None for
+    another layout (protobuf reads it)."""
+    kind = _LIST_FIELDS[data[0]]
+    size, pos = _read_varint(data, 2 if data[0] & 0x80 else 1)
+    end = pos + size
+    if end != len(data):
+        return None
+    if kind == "string":
+        out = []
+        while pos < end:
+            if data[pos] != 0x0A:
+                return None
+            length, pos = _read_varint(data, pos + 1)
+            out.append(data[pos:pos + length].decode())
+            pos += length
+        return out
+    if pos == end:
+        return []
+    if data[pos] != 0x0A:
+        return None
+    length, pos = _read_varint(data, pos + 1)
+    if pos + length != end:
+        return None
+    payload = data[pos:end]
+    if kind in ("<f4", "<f8"):
+        return np.frombuffer(payload, dtype=kind).tolist()
+    numbers = []
+    while pos < end:
+        raw, pos = _read_varint(data, pos)
+        numbers.append(_signed(raw))
+    return [bool(n) for n in numbers] if kind == "bool" else numbers
 
 
 def _decode_with_protobuf(data: bytes) -> Any:
@@ -293,7 +405,10 @@ def _decode_with_protobuf(data: bytes) -> Any:
 
     value = Value.FromString(data)
     which = value.WhichOneof("val")
-    return None if which in (None, "null_val") else getattr(value, which)
+    if which in (None, "null_val"):
+        return None
+    found = getattr(value, which)
+    return list(found.val) if which.endswith("_list_val") else found
 
 
 _DOUBLE = struct.Struct("<d")

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from feature_platform.contracts import DTYPE_OF_FEAST_TYPE
 from feature_platform.errors import AccessDenied
 from feature_platform.governance import ANONYMOUS, PII_READERS_TAG, PII_TAG, Caller, caller_from_bearer, may_read
 from feature_platform.online import reader
@@ -40,8 +41,6 @@ from feature_platform.online.layout import FeaturePlan, ViewPlan, parse_entity_v
 
 log = logging.getLogger("feature_platform.server")
 
-FEAST_DTYPES = {"Int32": "int32", "Int64": "int64", "Float32": "float32", "Float64": "float64",
-                "String": "string", "Bool": "bool", "UnixTimestamp": "timestamp"}
 EPOCH = "1970-01-01T00:00:00Z"
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -94,7 +93,7 @@ class Catalog:
 
 
 def _feast_dtype(field_: Any) -> str | None:
-    return FEAST_DTYPES.get(str(field_.dtype))
+    return DTYPE_OF_FEAST_TYPE.get(str(field_.dtype))
 
 
 def build_catalog(store: Any) -> Catalog:

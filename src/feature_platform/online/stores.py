@@ -466,7 +466,9 @@ class _ValueTypes(dict[str, Any]):
     def __missing__(self, dtype: str) -> Any:
         from feast.value_type import ValueType
 
-        self[dtype] = getattr(ValueType, _FEAST_VALUE_TYPES_BY_NAME[dtype])
+        element = dtype[len("array<"):-1] if dtype.startswith("array<") else None
+        self[dtype] = getattr(ValueType, _FEAST_VALUE_TYPES_BY_NAME[element] + "_LIST" if element
+                              else _FEAST_VALUE_TYPES_BY_NAME[dtype])
         return self[dtype]
 
 
