@@ -83,3 +83,29 @@ def wait_healthy(port: int, seconds: float = 120) -> Any:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def start_platform_server(settings: Any) -> tuple[subprocess.Popen, int]:
+    """``featurectl serve`` for the bench environment of ``settings`` on a free port (not yet healthy)."""
+    import sys
+
+    port = free_port()
+    process = subprocess.Popen([str(Path(sys.executable).parent / "featurectl"), "serve", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, **settings.values,
+                                    "FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
+                                    "FEATURE_PLATFORM_HOME": str(settings.home), "FEATURE_PLATFORM_ENV": "bench"})
+    return process, port
+
+
+def stop_server(process: subprocess.Popen | None) -> None:
+    if process is not None:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def report(name: str, figures: dict[str, Any]) -> None:
+    """Write the figures to bench/results/<name>.json and print them."""
+    path = write_results(name, figures)
+    print(json.dumps(figures, indent=2))
+    print(f"results: {path}")

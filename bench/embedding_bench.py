@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RedisProcess, free_port, wait_healthy, write_results
+from _common import RedisProcess, report, start_platform_server, stop_server, wait_healthy
 from materialize_bench import peak_rss_mb
 from serving_bench import make_contracts, stats
 
@@ -141,12 +140,7 @@ def main() -> None:
 
         plan = plan_contract("bench", settings.contracts().get("bench_features"))
         fields = [*plan.fields]
-        port = free_port()
-        server = subprocess.Popen([str(Path(sys.executable).parent / "featurectl"), "serve", "--port", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  env={**os.environ, **settings.values,
-                                       "FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
-                                       "FEATURE_PLATFORM_HOME": str(settings.home), "FEATURE_PLATFORM_ENV": "bench"})
+        server, port = start_platform_server(settings)
         connection = wait_healthy(port)
         rng = np.random.default_rng(2)
         requests = [[int(i) for i in rng.integers(1, args.entities + 1, 100)] for _ in range(args.reads)]
@@ -174,13 +168,9 @@ def main() -> None:
         figures["read_100_platform_http"] = stats(timings["platform"])
         figures["read_100_over_floor_p99"] = round(figures["read_100_platform_http"]["p99_ms"]  # type: ignore[index]
                                                    / figures["read_100_floor"]["p99_ms"], 2)  # type: ignore[index]
-        path = write_results("embedding", figures)
-        print(json.dumps(figures, indent=2))
-        print(f"results: {path}")
+        report("embedding", figures)
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+        stop_server(server)
         redis.stop()
 
 

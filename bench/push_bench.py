@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RedisProcess, free_port, percentile, wait_healthy, write_results
+from _common import RedisProcess, percentile, report, start_platform_server, stop_server, wait_healthy
 from serving_bench import CONTRACT, FEATURES, make_contracts, make_raw, stats
 
 from feature_platform import pipeline
@@ -59,12 +57,7 @@ def main() -> None:
         from feature_platform.online.materialize import hset_commands
 
         plan = plan_contract("bench", settings.contracts().get("bench_features"))
-        port = free_port()
-        server = subprocess.Popen([str(Path(sys.executable).parent / "featurectl"), "serve", "--port", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  env={**os.environ, **settings.values,
-                                       "FEATURE_PLATFORM_CONTRACTS": str(settings.contracts_dir),
-                                       "FEATURE_PLATFORM_HOME": str(settings.home), "FEATURE_PLATFORM_ENV": "bench"})
+        server, port = start_platform_server(settings)
         connection = wait_healthy(port)
 
         rng = np.random.default_rng(3)
@@ -166,13 +159,9 @@ def main() -> None:
         elapsed = time.monotonic() - began
         figures["sustained_4_clients_rows_per_s"] = round(counter["rows"] / elapsed)
         figures["sustained_4_clients_pushes_per_s"] = round(counter["pushes"] / elapsed)
-        path = write_results("push", figures)
-        print(json.dumps(figures, indent=2))
-        print(f"results: {path}")
+        report("push", figures)
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+        stop_server(server)
         redis.stop()
 
 
