@@ -26,10 +26,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RedisProcess, percentile, report, start_platform_server, stop_server, wait_healthy
-from serving_bench import CONTRACT, FEATURES, make_contracts, make_raw, stats
-
-from feature_platform import pipeline
-from feature_platform.environments import Settings
+from serving_bench import CONTRACT, FEATURES, loaded, stats
 
 SOURCE = "bench_features_v1_push"
 
@@ -44,14 +41,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="push-bench-"))
     server = None
     try:
-        make_contracts(tmp / "contracts", {**CONTRACT, "push": True})
-        settings = Settings.from_env({"FEATURE_PLATFORM_REDIS_ADDRESS": redis.address},
-                                     contracts_dir=tmp / "contracts", home=tmp / "home", env_name="bench")
-        env = settings.environment()
-        make_raw(pipeline.raw_store(settings, env), args.entities, args.entities, tmp)
-        pipeline.build_and_promote(settings, "bench_features")
-        pipeline.apply(settings)
-        pipeline.materialize(settings)
+        settings = loaded(redis.address, tmp, args.entities, args.entities, {**CONTRACT, "push": True})
 
         from feature_platform.online.layout import plan_contract
         from feature_platform.online.materialize import hset_commands

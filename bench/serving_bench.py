@@ -54,6 +54,18 @@ def make_contracts(root: Path, contract: dict | None = None) -> None:
     (root / "environments/bench.yaml").write_text(yaml.safe_dump(ENVIRONMENT))
 
 
+def loaded(redis_address: str, tmp: Path, rows: int, entities: int, contract: dict | None = None) -> Settings:
+    """The bench environment in ``tmp``: contracts, raw rows, a promoted build, applied and materialized."""
+    make_contracts(tmp / "contracts", contract)
+    settings = Settings.from_env({"FEATURE_PLATFORM_REDIS_ADDRESS": redis_address},
+                                 contracts_dir=tmp / "contracts", home=tmp / "home", env_name="bench")
+    make_raw(pipeline.raw_store(settings, settings.environment()), rows, entities, tmp)
+    pipeline.build_and_promote(settings, "bench_features")
+    pipeline.apply(settings)
+    pipeline.materialize(settings)  # materialize figures: bench/materialize_bench.py
+    return settings
+
+
 def make_raw(raw: ObjectStore, rows: int, entities: int, tmp: Path) -> None:
     rng = np.random.default_rng(1)
     per_entity = rows // entities
@@ -83,15 +95,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     servers: list[subprocess.Popen] = []
     try:
-        make_contracts(tmp / "contracts")
-        settings = Settings.from_env({"FEATURE_PLATFORM_REDIS_ADDRESS": redis.address},
-                                     contracts_dir=tmp / "contracts", home=tmp / "home", env_name="bench")
+        settings = loaded(redis.address, tmp, args.rows, args.entities)
         env = settings.environment()
-        make_raw(pipeline.raw_store(settings, env), args.rows, args.entities, tmp)
-        pipeline.build_and_promote(settings, "bench_features")
-        pipeline.apply(settings)
-
-        pipeline.materialize(settings)  # materialize figures: bench/materialize_bench.py
 
         from feast.infra.online_stores.helpers import _mmh3, _redis_key
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
