@@ -35,7 +35,7 @@ def floor(contract, raw, target: Path) -> float:
     con.register("source", ds.dataset([e["path"].removeprefix("s3://") for e in snapshot], format="parquet",
                                       filesystem=raw.fs))
     con.execute(f"SET threads = {builds.execution_threads(con, contract.source.sql)}")
-    key, ts = contract.entity.join_key, contract.timestamp_field
+    key, ts = contract.join_keys[0], contract.timestamp_field
     start = time.perf_counter()
     con.execute(f"COPY (SELECT * FROM ({contract.source.sql}) ORDER BY \"{key}\", \"{ts}\") TO '{target}' "
                 "(FORMAT parquet, COMPRESSION zstd)")

@@ -147,7 +147,7 @@ def main() -> None:
 
         def floor(ids: list[int]) -> list[list[float]]:
             pipe = redis.client.pipeline(transaction=False)
-            for key in plan.keys(ids):
+            for key in plan.keys([ids]):
                 pipe.hmget(key, fields)
             return [list(Value.FromString(reply[0]).float_list_val.val) for reply in pipe.execute()]
 

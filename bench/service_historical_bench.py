@@ -60,7 +60,7 @@ def run_platform(root: Path) -> None:
     from feature_platform.offline import JoinPart, point_in_time_join_many, read_entity_file
 
     entities = read_entity_file(root / "entities.parquet")
-    parts = [JoinPart(name, "customer_id", "int64", "event_timestamp", ttl, str(root / f"{name}.parquet"),
+    parts = [JoinPart(name, {"customer_id": "int64"}, "event_timestamp", ttl, str(root / f"{name}.parquet"),
                       {f"{name}_f": "float64", f"{name}_n": "int64", f"{name}_s": "string"},
                       [f"{name}_f", f"{name}_n", f"{name}_s"]) for name, ttl, _ in SETS]
     frame = point_in_time_join_many(entities, parts, None)

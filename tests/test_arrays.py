@@ -170,7 +170,7 @@ def test_arrays_online_offline_pushed_and_byte_equal_to_feast(dev_settings) -> N
                                   f"{env.online_store.db}", password=settings.values.get(
                                       "FEATURE_PLATFORM_REDIS_PASSWORD"))
     plan = plan_contract(env.feast_project, settings.contracts().get("item_vectors", 1))
-    ours, feasts = (client.hgetall(plan.keys([item])[0]) for item in (1, 1001))
+    ours, feasts = (client.hgetall(plan.keys([[item]])[0]) for item in (1, 1001))
     assert ours and ours == feasts
 
     entities = pd.DataFrame({"item_id": [1, 4, 77], "event_timestamp": [AS_OF, AS_OF, AS_OF]})

@@ -117,7 +117,7 @@ def test_newest_row_per_entity_streams_across_batch_boundaries() -> None:
     table = pa.table({"k": keys, "ts": stamps, "v": [f"{k}{t}" for k, t in zip(keys, stamps, strict=True)]})
     for size in (1, 2, 3, 5, 100):
         batches = table.to_batches(max_chunksize=size)
-        out = pa.Table.from_batches(list(engine.newest_per_entity(iter(batches), "k")))
+        out = pa.Table.from_batches(list(engine.newest_per_entity(iter(batches), ["k"])))
         assert out.column("k").to_pylist() == ["a", "b", "c", "d"], size
         assert out.column("v").to_pylist() == ["a4", "b5", "c12", "d14"], size
 

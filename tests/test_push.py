@@ -387,7 +387,7 @@ def test_a_pushed_row_is_byte_equal_to_feasts_own_write(dev_settings) -> None:
                                   f"{env.online_store.db}", password=dev_settings.values.get(
                                       "FEATURE_PLATFORM_REDIS_PASSWORD"))
     plan = plan_contract(env.feast_project, dev_settings.contracts().get("merchant_risk", 1))
-    ours, feasts = (client.hgetall(plan.keys([name])[0]) for name in ("ours", "feasts"))
+    ours, feasts = (client.hgetall(plan.keys([[name]])[0]) for name in ("ours", "feasts"))
     assert ours and ours == feasts
 
 

@@ -69,10 +69,8 @@ def arrow_schema(contract: FeatureSetContract) -> pa.Schema:
     Every field is nullable here: nullability is enforced by the quality gate, which can say which column and
     how many rows, instead of the Parquet writer's bare refusal.
     """
-    fields = [
-        pa.field(contract.entity.join_key, ARROW_TYPES[contract.entity.dtype]),
-        pa.field(contract.timestamp_field, TIMESTAMP_TYPE),
-    ]
+    fields = [pa.field(key, ARROW_TYPES[dtype]) for key, dtype in contract.key_dtypes.items()]
+    fields.append(pa.field(contract.timestamp_field, TIMESTAMP_TYPE))
     fields += [pa.field(f.name, ARROW_TYPES[f.dtype]) for f in contract.features]
     return pa.schema(fields)
 
@@ -214,13 +212,14 @@ def _sql_literal(value: Any) -> str:
 
 def quality_gate(con: Any, contract: FeatureSetContract) -> tuple[list[str], dict[str, Any]]:
     """Check the staged rows (DuckDB view ``built``) against the contract; returns (failures, statistics)."""
-    key, ts = contract.entity.join_key, contract.timestamp_field
+    keys, ts = contract.join_keys, contract.timestamp_field
     failures: list[str] = []
     row_count = con.execute("SELECT count(*) FROM built").fetchone()[0]
     if row_count == 0:
         return [f"the transform returned no rows from source table {contract.source.table}"], {"row_count": 0}
     stats: dict[str, Any] = {"row_count": row_count, "columns": {}}
-    required: list[tuple[str, bool, Constraints | None]] = [(key, False, None), (ts, False, None)]
+    required: list[tuple[str, bool, Constraints | None]] = [(key, False, None) for key in keys]
+    required.append((ts, False, None))
     required += [(f.name, f.nullable, f.constraints) for f in contract.features]
     floats = {f.name for f in contract.features if f.dtype in FLOAT_DTYPES}
     arrays = {f.name: f for f in contract.features if is_array(f.dtype)}
@@ -232,7 +231,7 @@ def quality_gate(con: Any, contract: FeatureSetContract) -> tuple[list[str], dic
             f"FROM built {finite}").fetchone()
         if name in arrays:  # an array has no min or max; its length and elements are checked below
             low = high = None
-            failures += _array_scan(con, key, arrays[name])
+            failures += _array_scan(con, keys, arrays[name])
         stats["columns"][name] = {"null_count": nulls, "min": _jsonable(low), "max": _jsonable(high)}
         if nulls and not nullable:
             failures.append(f"column {name}: {nulls} null value(s) in a non-nullable column")
@@ -252,43 +251,79 @@ def quality_gate(con: Any, contract: FeatureSetContract) -> tuple[list[str], dic
                 f'SELECT count(*), min("{name}") FROM built WHERE "{name}" NOT IN ({allowed})').fetchone()
             if bad:
                 failures.append(f"column {name}: {bad} row(s) outside allowed_values (e.g. {example!r})")
-    duplicates, example = con.execute(
-        f'SELECT count(*), min("{key}") FROM (SELECT "{key}" FROM built GROUP BY "{key}", "{ts}" '
-        "HAVING count(*) > 1)").fetchone()
+    listed = _quoted(keys)
+    grouped = f'SELECT {listed} FROM built GROUP BY {listed}, "{ts}" HAVING count(*) > 1'
+    duplicates = con.execute(f"SELECT count(*) FROM ({grouped})").fetchone()[0]
     if duplicates:
-        failures.append(f"columns ({key}, {ts}): {duplicates} duplicate key(s) (e.g. {key}={example}); "
-                        "each entity may have one row per event timestamp")
+        example = con.execute(f"{grouped} ORDER BY {listed} LIMIT 1").fetchone()
+        failures.append(_duplicates_problem(keys, ts, duplicates, example))
     stats["event_time_min"] = stats["columns"][ts]["min"]
     stats["event_time_max"] = stats["columns"][ts]["max"]
-    stats["entity_count"] = con.execute(f'SELECT count(DISTINCT "{key}") FROM built').fetchone()[0]
+    stats["entity_count"] = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {listed} FROM built)").fetchone()[0]
     return failures, stats
 
 
-def _array_problems(feature: Feature, bad_rows: int, example: Any, key: str, kind: str) -> str:
+def _quoted(columns: list[str]) -> str:
+    return ", ".join(f'"{c}"' for c in columns)
+
+
+def key_example(keys: list[str], values: tuple[Any, ...] | None) -> str:
+    """An entity in a message: ``customer_id=1`` (``customer_id=1, merchant_id=m-7`` for a composite key)."""
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, values or (None,) * len(keys), strict=True))
+
+
+def _duplicates_problem(keys: list[str], ts: str, count: int, example: tuple[Any, ...] | None) -> str:
+    return (f"columns ({', '.join(keys)}, {ts}): {count} duplicate key(s) (e.g. {key_example(keys, example)}); "
+            "each entity may have one row per event timestamp")
+
+
+def _smallest_key(rows: pa.RecordBatch | pa.Table, keys: list[str]) -> tuple[Any, ...] | None:
+    """The smallest entity key among ``rows`` (by the key columns in order, nulls last), as the scan's
+    ``ORDER BY keys LIMIT 1`` picks it: the same example whatever the batch order."""
+    if rows.num_rows == 0:
+        return None
+    first = rows.select(keys).sort_by([(k, "ascending") for k in keys]).slice(0, 1).to_pylist()[0]
+    return tuple(first[k] for k in keys)
+
+
+def _nulls_last(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple((value is None, value) for value in key)
+
+
+def _smaller_key(seen: tuple[Any, ...] | None, new: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    if seen is None or new is None:
+        return seen or new
+    return min(seen, new, key=_nulls_last)
+
+
+def _array_problems(feature: Feature, bad_rows: int, example: tuple[Any, ...] | None, keys: list[str],
+                    kind: str) -> str:
+    entity = key_example(keys, example)
     if kind == "dims":
         return (f"column {feature.name}: {bad_rows} row(s) whose length is not dims {feature.dims} (e.g. "
-                f"{key}={example}); every {feature.dtype} must have {feature.dims} elements")
+                f"{entity}); every {feature.dtype} must have {feature.dims} elements")
     what = "null or non-finite" if element_dtype(feature.dtype) in FLOAT_DTYPES else "null"
-    return (f"column {feature.name}: {bad_rows} row(s) with {what} elements (e.g. {key}={example}); fix the "
+    return (f"column {feature.name}: {bad_rows} row(s) with {what} elements (e.g. {entity}); fix the "
             "source or set nullable_elements: true in the contract")
 
 
-def _array_scan(con: Any, key: str, feature: Feature) -> list[str]:
+def _array_scan(con: Any, keys: list[str], feature: Feature) -> list[str]:
     """The scan's array rules: every non-null array has ``dims`` elements; no null (for floats, no NaN or ±inf)
     elements unless ``nullable_elements``."""
-    name, failures = f'"{feature.name}"', []
+    name, failures, listed = f'"{feature.name}"', [], _quoted(keys)
+    rules = []
     if feature.dims is not None:
-        bad, example = con.execute(f'SELECT count(*), min("{key}") FROM built WHERE {name} IS NOT NULL AND '
-                                   f"len({name}) != {feature.dims}").fetchone()
-        if bad:
-            failures.append(_array_problems(feature, bad, example, key, "dims"))
+        rules.append(("dims", f"len({name}) != {feature.dims}"))
     if not feature.nullable_elements:
         kept = (f"list_count(list_filter({name}, lambda x: isfinite(x)))"
                 if element_dtype(feature.dtype) in FLOAT_DTYPES else f"list_count({name})")
-        bad, example = con.execute(f'SELECT count(*), min("{key}") FROM built WHERE {name} IS NOT NULL AND '
-                                   f"len({name}) != {kept}").fetchone()
+        rules.append(("elements", f"len({name}) != {kept}"))
+    for kind, broken in rules:
+        where = f"WHERE {name} IS NOT NULL AND {broken}"
+        bad = con.execute(f"SELECT count(*) FROM built {where}").fetchone()[0]
         if bad:
-            failures.append(_array_problems(feature, bad, example, key, "elements"))
+            example = con.execute(f"SELECT {listed} FROM built {where} ORDER BY {listed} LIMIT 1").fetchone()
+            failures.append(_array_problems(feature, bad, example, keys, kind))
     return failures
 
 
@@ -326,8 +361,9 @@ class GateStatistics:
         self.arrays = {f.name: f for f in contract.features if is_array(f.dtype)}
         self.array_counts: dict[tuple[str, str], int] = {}  # (feature, "dims" | "elements") -> rows
         self.array_example: dict[tuple[str, str], Any] = {}  # the smallest offending key, as the scan says
-        self.key, self.ts = contract.entity.join_key, contract.timestamp_field
-        self.checks: list[tuple[str, bool, Constraints | None]] = [(self.key, False, None), (self.ts, False, None)]
+        self.keys, self.ts = contract.join_keys, contract.timestamp_field
+        self.checks: list[tuple[str, bool, Constraints | None]] = [(k, False, None) for k in self.keys]
+        self.checks.append((self.ts, False, None))
         self.checks += [(f.name, f.nullable, f.constraints) for f in contract.features]
         self.rows = 0
         self.entities = 0
@@ -339,8 +375,8 @@ class GateStatistics:
         self.outside: dict[str, int] = {}
         self.outside_example: dict[str, Any] = {}
         self.duplicates = 0
-        self.duplicate_example: Any = None
-        self._last: tuple[pa.Array, pa.Array] | None = None  # (key, ts) of the previous batch's last row
+        self.duplicate_example: tuple[Any, ...] | None = None
+        self._last: pa.RecordBatch | None = None  # the previous batch's last row (keys, ts)
         self._last_was_duplicate = False
 
     def update(self, batch: pa.RecordBatch) -> None:
@@ -357,7 +393,7 @@ class GateStatistics:
             if column.null_count == len(column):
                 continue
             if name in self.arrays:
-                self._check_array(self.arrays[name], column, batch.column(self.key))
+                self._check_array(self.arrays[name], column, batch)
                 continue
             bounds = pc.min_max(column)
             low, high = bounds["min"].as_py(), bounds["max"].as_py()
@@ -381,15 +417,13 @@ class GateStatistics:
                 self.outside[name] = self.outside.get(name, 0) + count
         self._count_keys(batch)
 
-    def _check_array(self, feature: Feature, column: pa.Array, keys: pa.Array) -> None:
-        import pyarrow.compute as pc
-
+    def _check_array(self, feature: Feature, column: pa.Array, batch: pa.RecordBatch) -> None:
         for kind, flagged in array_rows(feature, column).items():
             count = int(flagged.sum())
             if count:
-                smallest = pc.min(keys.filter(pa.array(flagged))).as_py()
+                smallest = _smallest_key(batch.filter(pa.array(flagged)), self.keys)
                 seen = self.array_example.get((feature.name, kind))
-                self.array_example[(feature.name, kind)] = smallest if seen is None else min(seen, smallest)
+                self.array_example[(feature.name, kind)] = _smaller_key(seen, smallest)
                 self.array_counts[(feature.name, kind)] = self.array_counts.get((feature.name, kind), 0) + count
 
     def _count_keys(self, batch: pa.RecordBatch) -> None:
@@ -397,29 +431,34 @@ class GateStatistics:
         batch's last row is prepended so runs that cross a batch boundary count once."""
         import pyarrow.compute as pc
 
-        keys, stamps = batch.column(self.key), batch.column(self.ts)
+        rows = batch.select([*self.keys, self.ts])
         carried = self._last is not None
         if carried:
-            last_key, last_stamp = self._last  # type: ignore[misc]
-            keys = pa.concat_arrays([last_key, keys])
-            stamps = pa.concat_arrays([last_stamp, stamps])
+            last = self._last
+            assert last is not None
+            rows = pa.RecordBatch.from_arrays([pa.concat_arrays([last.column(i), rows.column(i)])
+                                               for i in range(rows.num_columns)], schema=rows.schema)
         else:
             self.entities += 1  # the very first row starts an entity
-        if len(keys) > 1:
-            same_key = pc.equal(keys[1:], keys[:-1]).fill_null(False).to_numpy(zero_copy_only=False)
-            same_time = pc.equal(stamps[1:], stamps[:-1]).fill_null(False).to_numpy(zero_copy_only=False)
-            duplicate = same_key & same_time
+        count = rows.num_rows
+        if count > 1:
+            def same(name: str) -> np.ndarray:  # row i+1 equals row i
+                column = rows.column(name)
+                return pc.equal(column.slice(1), column.slice(0, count - 1)).fill_null(False).to_numpy(
+                    zero_copy_only=False)
+
+            same_key = np.logical_and.reduce([same(k) for k in self.keys])
+            duplicate = same_key & same(self.ts)
             before = np.concatenate([[self._last_was_duplicate if carried else False], duplicate[:-1]])
             starts = duplicate & ~before  # each duplicated (entity, time) group once, as GROUP BY would
             self.entities += int((~same_key).sum())
             found = int(starts.sum())
-            if found:  # the smallest duplicated key, as the scan's min() reports it
-                smallest = pc.min(keys[1:].filter(pa.array(starts))).as_py()
-                seen = self.duplicate_example
-                self.duplicate_example = smallest if seen is None else min(seen, smallest)
+            if found:  # the smallest duplicated key, as the scan reports it
+                smallest = _smallest_key(rows.slice(1).filter(pa.array(starts)), self.keys)
+                self.duplicate_example = _smaller_key(self.duplicate_example, smallest)
             self.duplicates += found
             self._last_was_duplicate = bool(duplicate[-1])
-        self._last = (keys[len(keys) - 1:], stamps[len(stamps) - 1:])
+        self._last = rows.slice(count - 1, 1)
 
     def result(self) -> tuple[list[str], dict[str, Any]]:
         contract = self.contract
@@ -436,7 +475,7 @@ class GateStatistics:
             for kind in ("dims", "elements"):
                 if self.array_counts.get((name, kind)):
                     failures.append(_array_problems(self.arrays[name], self.array_counts[(name, kind)],
-                                                    self.array_example[(name, kind)], self.key, kind))
+                                                    self.array_example[(name, kind)], self.keys, kind))
             if constraints is None:
                 continue
             if self.below.get(name):
@@ -449,8 +488,7 @@ class GateStatistics:
                 failures.append(f"column {name}: {self.outside[name]} row(s) outside allowed_values "
                                 f"(e.g. {self.outside_example[name]!r})")
         if self.duplicates:
-            failures.append(f"columns ({self.key}, {self.ts}): {self.duplicates} duplicate key(s) (e.g. "
-                            f"{self.key}={self.duplicate_example}); each entity may have one row per event timestamp")
+            failures.append(_duplicates_problem(self.keys, self.ts, self.duplicates, self.duplicate_example))
         stats["event_time_min"] = stats["columns"][self.ts]["min"]
         stats["event_time_max"] = stats["columns"][self.ts]["max"]
         stats["entity_count"] = self.entities
@@ -529,7 +567,6 @@ def _transform_to_file(raw: ObjectStore, snapshot: list[dict[str, Any]], contrac
     except Exception as exc:
         raise BuildError(f"{contract.name}: cannot open source {raw.url(contract.source.table)}: {exc}") from exc
     schema = arrow_schema(contract)
-    key, ts = contract.entity.join_key, contract.timestamp_field
     naive = _naive_timestamp_columns(source, contract, raw)
     con = _duckdb()
     try:
@@ -544,7 +581,8 @@ def _transform_to_file(raw: ObjectStore, snapshot: list[dict[str, Any]], contrac
             _check_columns(columns, schema, contract.name)
             threads = execution_threads(con, contract.source.sql)
             con.execute(f"SET threads = {threads}")
-            ordered = f'SELECT * FROM ({contract.source.sql}) ORDER BY "{key}", "{ts}"'
+            order = _quoted([*contract.join_keys, contract.timestamp_field])
+            ordered = f"SELECT * FROM ({contract.source.sql}) ORDER BY {order}"
             reader = con.sql(ordered).to_arrow_reader(BATCH_ROWS)
         except duckdb.Error as exc:
             first_line = str(exc).strip().splitlines()[0]
@@ -752,7 +790,7 @@ def finalize_build(contract: FeatureSetContract, store: ObjectStore, raw: Object
         "columns": stats["columns"],
         "data": store.url(f"{prefix}/{DATA_FILE}"),
         # Rows sorted by entity then event time: materialization streams the newest row per entity from it.
-        "sorted_by": [contract.entity.join_key, contract.timestamp_field],
+        "sorted_by": [*contract.join_keys, contract.timestamp_field],
         "build_format": BUILD_FORMAT,
         "threads": staged.get("threads"),
         "source": {"table": contract.source.table, "uri": raw.url(contract.source.table),

@@ -441,7 +441,8 @@ def cmd_online(args: Args) -> int:
     from feature_platform.feast_bridge import read_online, read_online_service
 
     if not args.feature_service and (not args.feature_set or not args.keys):
-        raise ConfigError("online takes FEATURE_SET KEY [KEY ...], or --feature-service NAME JOIN_KEY=VALUE ...")
+        raise ConfigError("online takes FEATURE_SET KEY [KEY ...] (JOIN_KEY=VALUE ... for a composite key), or "
+                          "--feature-service NAME JOIN_KEY=VALUE ...")
     with _waiting(args, "reading the online store"):
         if args.feature_service:
             rows = read_online_service(_settings(args), args.feature_service, _entity_arguments(
@@ -1106,7 +1107,8 @@ def build_cli() -> click.Group:
              opt("--url", required=True, help="base URL, e.g. http://feature-platform-server:6566"), _common())
 
     _command(cli, "online", cmd_online,
-             "print online values of a feature set, or of a model's feature service, for entity keys",
+             "print online values of a feature set, or of a model's feature service, for entity keys (a composite "
+             "key: customer_id=1 merchant_id=m-7, one of each key per row)",
              arg("feature_set", required=False), arg("keys", nargs=-1),
              opt("--feature-service", metavar="NAME", help="a model's feature service (contracts/feature_services);"
                                                           " keys are then JOIN_KEY=VALUE, one per key and row"),

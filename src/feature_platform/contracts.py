@@ -51,6 +51,7 @@ FEAST_TYPE_NAMES: dict[str, str] = {
     for dtype in DTYPES}
 DTYPE_OF_FEAST_TYPE: dict[str, str] = {name: dtype for dtype, name in FEAST_TYPE_NAMES.items()}
 EntityDType = Literal["int64", "string"]
+MAX_ENTITIES = 4  # key columns of one feature set (pairs, triples; more is a modelling smell)
 SourceDType = Literal["int32", "int64", "float32", "float64", "string", "bool", "timestamp", "timestamptz", "date"]
 
 T = TypeVar("T")
@@ -216,7 +217,9 @@ class FeatureSetContract(StrictModel):
     version: int = Field(ge=1)
     description: str = Field(min_length=1)
     owner: str = Field(min_length=1)
-    entity: Entity
+    # The entity key: one entity (``entity:``), or several for pair features (``entities:``, customer x merchant;
+    # Feast's several entities on one view). Written either way; held as a list, in the declared order.
+    entities: list[Entity] = Field(min_length=1, max_length=MAX_ENTITIES)
     timestamp_field: SafeName
     ttl: str
     online: bool = True
@@ -236,6 +239,27 @@ class FeatureSetContract(StrictModel):
     source: Source
     features: list[Feature] = Field(min_length=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_entity_or_several(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "entity" not in data:
+            return data
+        if "entities" in data:
+            raise ValueError("declare the key as `entity:` (one) or `entities:` (several), not both")
+        data = dict(data)
+        data["entities"] = [data.pop("entity")]
+        return data
+
+    @field_validator("entities")
+    @classmethod
+    def _distinct_entities(cls, entities: list[Entity]) -> list[Entity]:
+        for what in ("name", "join_key"):
+            names = [getattr(e, what) for e in entities]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"entity {what} {', '.join(twice)} is listed twice; each key column once")
+        return entities
+
     @field_validator("ttl")
     @classmethod
     def _ttl_is_duration(cls, value: str) -> str:
@@ -245,16 +269,15 @@ class FeatureSetContract(StrictModel):
     @field_validator("timestamp_field")
     @classmethod
     def _timestamp_is_not_the_key(cls, value: str, info: ValidationInfo) -> str:
-        entity = info.data.get("entity")
-        if entity is not None and entity.join_key == value:
-            raise ValueError(f"{value!r} is the entity's join_key; the event timestamp needs its own column")
+        if value in {e.join_key for e in info.data.get("entities") or []}:
+            raise ValueError(f"{value!r} is an entity's join_key; the event timestamp needs its own column")
         return value
 
     @field_validator("features")
     @classmethod
     def _unique_columns(cls, features: list[Feature], info: ValidationInfo) -> list[Feature]:
-        entity, timestamp = info.data.get("entity"), info.data.get("timestamp_field")
-        reserved = {c for c in (entity.join_key if entity else None, timestamp) if c}
+        timestamp = info.data.get("timestamp_field")
+        reserved = {e.join_key for e in info.data.get("entities") or []} | ({timestamp} if timestamp else set())
         seen: set[str] = set()
         for index, feature in enumerate(features):
             if feature.name in reserved:
@@ -313,14 +336,30 @@ class FeatureSetContract(StrictModel):
         return f"{self.name}_{self.version_label}"
 
     @property
+    def join_keys(self) -> list[str]:
+        """The entity key's columns, in the declared order (builds sort by them, then by event time)."""
+        return [e.join_key for e in self.entities]
+
+    @property
+    def key_dtypes(self) -> dict[str, str]:
+        """join key -> dtype, in the declared order."""
+        return {e.join_key: e.dtype for e in self.entities}
+
+    @property
+    def composite(self) -> bool:
+        return len(self.entities) > 1
+
+    @property
     def columns(self) -> list[str]:
-        return [self.entity.join_key, self.timestamp_field, *(f.name for f in self.features)]
+        return [*self.join_keys, self.timestamp_field, *(f.name for f in self.features)]
 
     def schema_dict(self) -> dict[str, Any]:
         """The part of the contract that defines the data's shape; see :func:`schema_hash`."""
+        keys = [{"name": e.name, "join_key": e.join_key, "dtype": e.dtype} for e in self.entities]
         return {
             "name": self.name,
-            "entity": {"name": self.entity.name, "join_key": self.entity.join_key, "dtype": self.entity.dtype},
+            # One entity keeps the form it always had, so the hashes of released single-key contracts stand.
+            **({"entities": keys} if self.composite else {"entity": keys[0]}),
             "timestamp_field": self.timestamp_field,
             "ttl_seconds": self.ttl_seconds,
             "features": sorted(
@@ -539,6 +578,8 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 def _explain(error: dict[str, Any], model: type[BaseModel]) -> str:
     kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "missing" and tuple(error["loc"]) == ("entities",):
+        return "required field is missing; add `entity:` (or `entities:`, a list, for a key of several columns)"
     if kind == "missing":
         return "required field is missing; add it"
     if kind == "extra_forbidden":
@@ -568,8 +609,20 @@ def validate_model(model: type[M], data: dict[str, Any], file: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = [ContractError(file, _field_path(e["loc"]), _explain(dict(e), model)) for e in exc.errors()]
+        errors = [ContractError(file, _field_path(_as_written(e["loc"], data)), _explain(dict(e), model))
+                  for e in exc.errors()]
         raise ContractErrors(errors) from exc
+
+
+def _as_written(loc: tuple[Any, ...], data: dict[str, Any]) -> tuple[Any, ...]:
+    """A feature set's single ``entity:`` is held as ``entities[0]``; errors name the field the file has."""
+    if loc[:1] != ("entities",):
+        return loc
+    if "entity" in data and "entities" not in data:
+        return ("entity", *loc[2:])
+    if "entity" not in data and "entities" not in data:
+        return ("entity",)  # neither: name the usual form (the message says both)
+    return loc
 
 
 _GIT_PATH = re.compile(r"(?:^|/)feature_sets/(?P<name>[^/]+)/v(?P<version>\d+)\.ya?ml$")
@@ -875,22 +928,26 @@ def _check_entities_agree(contracts: ContractSet) -> list[ContractError]:
     first: dict[str, tuple[Entity, str]] = {}
     errors = []
     for key, contract in sorted(contracts.feature_sets.items(), key=lambda item: (not released(item[0]), item[0])):
-        entity = contract.entity
-        if entity.name in first:
-            seen, file = first[entity.name]
-            if (seen.join_key, seen.dtype) != (entity.join_key, entity.dtype):
-                errors.append(ContractError(
-                    contracts.files[key], "entity",
-                    f"entity {entity.name!r} is declared with join_key {entity.join_key}/{entity.dtype} here but "
-                    f"{seen.join_key}/{seen.dtype} in {file}; one entity has one join key and type"))
-        else:
-            first[entity.name] = (entity, contracts.files[key])
+        for entity in contract.entities:
+            if entity.name in first:
+                seen, file = first[entity.name]
+                if (seen.join_key, seen.dtype) != (entity.join_key, entity.dtype):
+                    errors.append(ContractError(
+                        contracts.files[key], "entity" if not contract.composite else "entities",
+                        f"entity {entity.name!r} is declared with join_key {entity.join_key}/{entity.dtype} here "
+                        f"but {seen.join_key}/{seen.dtype} in {file}; one entity has one join key and type"))
+            else:
+                first[entity.name] = (entity, contracts.files[key])
     return errors
 
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema of the feature-set contract format (for editors and CI)."""
     schema = FeatureSetContract.model_json_schema()
+    # The model holds the key as a list; a file writes one entity (`entity:`) or several (`entities:`).
+    schema["properties"]["entity"] = {"$ref": "#/$defs/Entity"}
+    schema["required"] = [name for name in schema["required"] if name != "entities"]
+    schema["oneOf"] = [{"required": ["entity"]}, {"required": ["entities"]}]
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "feature-platform FeatureSet contract"
     return schema
@@ -1012,14 +1069,22 @@ class Change:
     what: str
 
 
+def _key_shape(contract: FeatureSetContract) -> list[tuple[str, str, str]]:
+    return [(e.name, e.join_key, e.dtype) for e in contract.entities]
+
+
+def _key_label(contract: FeatureSetContract) -> str:
+    return " + ".join(f"{e.name}/{e.join_key}/{e.dtype}" for e in contract.entities)
+
+
 def diff_contracts(old: FeatureSetContract, new: FeatureSetContract) -> list[Change]:
     """Classify each difference between two versions as breaking (for readers or the store) or compatible."""
     changes: list[Change] = []
     if old.name != new.name:
         changes.append(Change(True, f"feature set renamed {old.name} -> {new.name}"))
-    if old.entity.model_dump(exclude={"description"}) != new.entity.model_dump(exclude={"description"}):
-        changes.append(Change(True, f"entity changed {old.entity.name}/{old.entity.join_key}/{old.entity.dtype} "
-                                    f"-> {new.entity.name}/{new.entity.join_key}/{new.entity.dtype}"))
+    if _key_shape(old) != _key_shape(new):
+        changes.append(Change(True, f"entity changed {_key_label(old)} -> {_key_label(new)} (a key added, "
+                                    "removed, renamed or retyped: old rows no longer address the same entities)"))
     if old.timestamp_field != new.timestamp_field:
         changes.append(Change(True, f"timestamp_field changed {old.timestamp_field} -> {new.timestamp_field}"))
     if old.ttl_seconds != new.ttl_seconds:

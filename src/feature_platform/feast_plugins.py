@@ -97,15 +97,13 @@ class PlatformRetrievalJob(RetrievalJob):
 def _part(view: Any, features: list[str], full_feature_names: bool) -> JoinPart:
     """What the join needs of one Feast feature view (or its projection in a feature service)."""
     source = view.batch_source
-    keys = [column for column in view.entity_columns]
-    if len(keys) != 1:
-        raise ValueError(f"{view.name}: the platform's offline store joins views with one join key; "
-                         f"it has {len(keys)}")
-    key_dtype = DTYPE_OF_FEAST_TYPE.get(str(keys[0].dtype), "string")
+    if not view.entity_columns:
+        raise ValueError(f"{view.name}: the platform's offline store joins views on their join keys; it has none")
+    # Every join key (a composite key joins on all of them).
+    keys = {column.name: DTYPE_OF_FEAST_TYPE.get(str(column.dtype), "string") for column in view.entity_columns}
     dtypes = {f.name: DTYPE_OF_FEAST_TYPE[str(f.dtype)] for f in view.features}
     name = view.projection.name_to_use() if view.projection else view.name
-    return JoinPart(view=view.name, join_key=keys[0].name, key_dtype=key_dtype,
-                    timestamp_field=source.timestamp_field,
+    return JoinPart(view=view.name, keys=keys, timestamp_field=source.timestamp_field,
                     ttl_seconds=int(view.ttl.total_seconds()) if view.ttl else 0,
                     data_path=source.path, dtypes={f: dtypes[f] for f in features},
                     names=[f"{name}__{f}" if full_feature_names else f for f in features])

@@ -113,7 +113,7 @@ def load_view(settings: Settings, env: EnvironmentContract, object_store: Object
         finally:
             bar.close()
         old = [_metadata_if_kept(object_store, contract, b) for b in sorted(previous - {build_id})]
-        departed = engine.departed_keys(object_store.fs, metadata, [m for m in old if m], plan.join_key)
+        departed = engine.departed_keys(object_store.fs, metadata, [m for m in old if m], plan.join_keys)
         deleted = online.delete(departed)
     record = {"feature_view": contract.feature_view_name, "build_id": build_id, "start": start.isoformat(),
               "end": end.isoformat(), "rows": metadata["row_count"], "entities": metadata.get("entity_count"),

@@ -76,13 +76,12 @@ def to_odcs(contract: FeatureSetContract, environments: list[EnvironmentContract
     """``promoted`` maps an environment name to the Parquet file of the version's promoted build there; a
     server entry names that file, so data-contract tools can test the document as written."""
     pii = set(contract.pii_features)
-    key = contract.entity
-    properties = [
-        _property(key.join_key, key.dtype, key.description or f"{key.name} key", True, primaryKey=True,
-                  primaryKeyPosition=1, businessName=key.name),
-        _property(contract.timestamp_field, "timestamp", "event time of the feature values", True,
-                  primaryKey=True, primaryKeyPosition=2),
-    ]
+    # The primary key: every join key (a composite key has several), then the event time.
+    properties = [_property(key.join_key, key.dtype, key.description or f"{key.name} key", True, primaryKey=True,
+                            primaryKeyPosition=position, businessName=key.name)
+                  for position, key in enumerate(contract.entities, start=1)]
+    properties.append(_property(contract.timestamp_field, "timestamp", "event time of the feature values", True,
+                                primaryKey=True, primaryKeyPosition=len(contract.entities) + 1))
     for feature in contract.features:
         properties.append(_property(
             feature.name, feature.dtype, feature.description, not feature.nullable, feature.dims,
@@ -112,11 +111,12 @@ def to_odcs(contract: FeatureSetContract, environments: list[EnvironmentContract
                   for team in contract.reader_teams],
         "schema": [{"name": contract.feature_view_name, "logicalType": "object", "physicalType": "table",
                     "physicalName": "features.parquet", "description": contract.description,
-                    "dataGranularityDescription": f"one row per {key.name} and event time",
+                    "dataGranularityDescription": f"one row per {' and '.join(e.name for e in contract.entities)}"
+                                                  " and event time",
                     "properties": properties,
                     "quality": [{"type": "library", "metric": "duplicateValues", "mustBe": 0,
                                  "dimension": "uniqueness",
-                                 "arguments": {"properties": [key.join_key, contract.timestamp_field]},
+                                 "arguments": {"properties": [*contract.join_keys, contract.timestamp_field]},
                                  "description": "one row per entity and event time (quality gate)"}]}],
         "slaProperties": [{"property": "retention", "value": contract.ttl_seconds // 86400 or 1, "unit": "d",
                            "description": f"feature values are valid for {contract.ttl} (Feast TTL)"},

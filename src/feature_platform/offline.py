@@ -69,8 +69,7 @@ class JoinPart:
     (with their contract dtypes) and their output names. Made from a contract or from Feast's FeatureView."""
 
     view: str
-    join_key: str
-    key_dtype: str
+    keys: dict[str, str]  # join key -> dtype (several: a composite key, joined on all of them)
     timestamp_field: str
     ttl_seconds: int
     data_path: str
@@ -87,16 +86,15 @@ class JoinPart:
     def of(cls, contract: FeatureSetContract, data_path: str, features: list[str], names: list[str],
            pushed: tuple[str, ...] = (), pushed_through: datetime | None = None) -> JoinPart:
         dtypes = {f.name: f.dtype for f in contract.features}
-        return cls(contract.feature_view_name, contract.entity.join_key, contract.entity.dtype,
-                   contract.timestamp_field, contract.ttl_seconds, data_path, {f: dtypes[f] for f in features},
-                   names, pushed, pushed_through)
+        return cls(contract.feature_view_name, contract.key_dtypes, contract.timestamp_field,
+                   contract.ttl_seconds, data_path, {f: dtypes[f] for f in features}, names, pushed, pushed_through)
 
 
 def _entity_table(entity_df: Any, parts: list[JoinPart]) -> pa.Table:
     """The join columns of the entity frame (each join key once), typed like the builds, plus the row number."""
     import pandas as pd
 
-    keys = {p.join_key: p.key_dtype for p in parts}
+    keys = {key: dtype for p in parts for key, dtype in p.keys.items()}
     missing = [c for c in (*keys, ENTITY_TIMESTAMP) if c not in entity_df.columns]
     if missing:
         raise ConfigError(f"the entity frame needs the columns {', '.join(keys)} and {ENTITY_TIMESTAMP}; missing "
@@ -142,7 +140,7 @@ def point_in_time_join_many(entity_df: Any, parts: list[JoinPart], fs: Any) -> A
     import duckdb
 
     entities = _entity_table(entity_df, parts)
-    key_column = {key: f"k{i}" for i, key in enumerate(dict.fromkeys(p.join_key for p in parts))}
+    key_column = {key: f"k{i}" for i, key in enumerate(dict.fromkeys(k for p in parts for k in p.keys))}
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
@@ -153,8 +151,9 @@ def point_in_time_join_many(entity_df: Any, parts: list[JoinPart], fs: Any) -> A
             con.register(f"build{i}", ds.dataset(part.data_path, format="parquet", filesystem=fs))
             columns = ", ".join(f'"{f}"' for f in part.features)
             # Timestamps compared as naive UTC on both sides (the build stores UTC).
-            rows = (f'SELECT "{part.join_key}" AS __k, timezone(\'UTC\', "{part.timestamp_field}") AS __ts, '
-                    f'{columns}')
+            keys = [f"__k{j}" for j in range(len(part.keys))]  # a composite key joins on every column
+            renamed = ", ".join(f'"{key}" AS {alias}' for key, alias in zip(part.keys, keys, strict=True))
+            rows = f'SELECT {renamed}, timezone(\'UTC\', "{part.timestamp_field}") AS __ts, {columns}'
             if part.pushed:
                 # Pushed rows join with the build's; at one key and event time the pushed row wins, and of two
                 # pushes the later.
@@ -162,13 +161,15 @@ def point_in_time_join_many(entity_df: Any, parts: list[JoinPart], fs: Any) -> A
                 cutoff = part.pushed_through
                 through = "" if cutoff is None else (
                     f" WHERE \"__pushed_at\" <= '{cutoff.astimezone(UTC).isoformat()}'::TIMESTAMPTZ")
-                ctes.append(f"f{i} AS (SELECT __k, __ts, {columns} FROM ({rows}, 0 AS __src, "
+                ctes.append(f"f{i} AS (SELECT {', '.join(keys)}, __ts, {columns} FROM ({rows}, 0 AS __src, "
                             f"NULL::TIMESTAMP AS __at FROM build{i} UNION ALL {rows}, 1 AS __src, "
                             f'timezone(\'UTC\', "__pushed_at") AS __at FROM pushed{i}{through}) '
-                            "QUALIFY row_number() OVER (PARTITION BY __k, __ts ORDER BY __src DESC, __at DESC) = 1)")
+                            f"QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)}, __ts "
+                            "ORDER BY __src DESC, __at DESC) = 1)")
             else:
                 ctes.append(f"f{i} AS ({rows} FROM build{i})")
-            joins.append(f"ASOF LEFT JOIN f{i} ON e.{key_column[part.join_key]} = f{i}.__k AND e.ts >= f{i}.__ts")
+            on = " AND ".join(f"e.{key_column[k]} = f{i}.__k{j}" for j, k in enumerate(part.keys))
+            joins.append(f"ASOF LEFT JOIN f{i} ON {on} AND e.ts >= f{i}.__ts")
             # A TTL of 0 is Feast's "no limit".
             valid = f"f{i}.__ts IS NOT NULL" + (f" AND f{i}.__ts >= e.ts - INTERVAL {part.ttl_seconds} SECOND"
                                                  if part.ttl_seconds else "")

@@ -219,7 +219,9 @@ def check_pii(settings: Settings, env: EnvironmentContract) -> tuple[str, list[s
 def check_services(settings: Settings, env: EnvironmentContract) -> tuple[str, list[str]]:
     """Each model's feature service answers online, and a training set built from it (one row per entity, now)
     holds the same values: the loop closes across feature sets too."""
+    import numpy as np
     import pandas as pd
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from feature_platform import feast_bridge, governance
@@ -233,13 +235,20 @@ def check_services(settings: Settings, env: EnvironmentContract) -> tuple[str, l
     for model in contracts.live_services():
         resolved = contracts.resolve(model)
         keys: dict[str, list[Any]] = {}
-        for contract, _ in resolved:  # one entity of each set's served build
-            if contract.entity.join_key in keys:
+        # One entity row served by every set: composite keys first (a pair fixes both of its keys), then each
+        # set's newest entity among those agreeing with the keys already chosen.
+        for contract, _ in sorted(resolved, key=lambda item: -len(item[0].join_keys)):
+            if all(k in keys for k in contract.join_keys):
                 continue
             pointer = builds.read_pointer(store, contract.name, contract.version_label)
             with store.fs.open(str(pointer["data"]).removeprefix("s3://"), "rb") as handle:
-                first = pq.ParquetFile(handle).read_row_group(0, columns=[contract.entity.join_key])
-            keys[contract.entity.join_key] = [first.column(0)[first.num_rows - 1].as_py()]
+                rows = pq.read_table(handle, columns=contract.join_keys)
+            agrees = np.ones(rows.num_rows, dtype=bool)
+            for key in (k for k in contract.join_keys if k in keys):
+                agrees &= rows.column(key).to_numpy(zero_copy_only=False) == keys[key][0]
+            agreeing = rows.filter(pa.array(agrees))
+            chosen = (agreeing if agreeing.num_rows else rows).slice(-1).to_pylist()[0]
+            keys.update({k: [chosen[k]] for k in contract.join_keys if k not in keys})
         online = feast_bridge.read_online_service(settings, model.name, keys, version=model.version, env=env,
                                                   full_feature_names=True)[0]
         entities = pd.DataFrame({**keys, "event_timestamp": [pd.Timestamp.now(tz="UTC")]})

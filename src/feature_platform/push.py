@@ -201,23 +201,25 @@ def to_table(contract: FeatureSetContract, df: dict[str, list[Any]]) -> pa.Table
     """A push body's ``df`` (column -> values) as the build's Arrow schema; features not pushed are null."""
     if not isinstance(df, dict) or not df:
         raise PushRejected(f"push to {push_source_name(contract)}: df must map columns to lists of values")
-    key, stamp = contract.entity.join_key, contract.timestamp_field
+    keys, stamp = contract.key_dtypes, contract.timestamp_field
     dtypes = {f.name: f.dtype for f in contract.features}
     for name in df:
-        if name not in (key, stamp, *dtypes):
+        if name not in (*keys, stamp, *dtypes):
             raise _reject(contract, name, None, f"not a column of {contract.feature_view_name} (columns: "
                                                 f"{', '.join(contract.columns)})")
-    for name in (key, stamp):
+    for name in (*keys, stamp):
         if name not in df:
-            raise _reject(contract, name, None, "missing; every pushed row needs its key and event time")
+            what = "its key" if len(keys) == 1 else f"every key ({', '.join(keys)})"
+            raise _reject(contract, name, None, f"missing; every pushed row needs {what} and event time")
     lengths = {name: len(v) if isinstance(v, list) else -1 for name, v in df.items()}
     if min(lengths.values()) < 0 or len(set(lengths.values())) > 1:
         raise PushRejected(f"push to {push_source_name(contract)}: every column of df must be a list of the same "
                            f"length; got {lengths}; nothing was written")
-    rows = lengths[key]
+    rows = lengths[stamp]
     if rows == 0:
         raise PushRejected(f"push to {push_source_name(contract)}: df has no rows; nothing was written")
-    columns = {key: _column(contract, key, contract.entity.dtype, df[key]), stamp: _timestamps(contract, df[stamp])}
+    columns = {key: _column(contract, key, dtype, df[key]) for key, dtype in keys.items()}
+    columns[stamp] = _timestamps(contract, df[stamp])
     for name, dtype in dtypes.items():
         columns[name] = (_column(contract, name, dtype, df[name]) if name in df
                          else pa.nulls(rows, builds.ARROW_TYPES[dtype]))
@@ -228,8 +230,8 @@ def check(contract: FeatureSetContract, table: pa.Table, future_tolerance: timed
           pushed: set[str] | None = None) -> None:
     """The build's quality rules on pushed rows: keys and event times present, non-nullable features present,
     constraints, and no event further in the future than the environment's tolerance."""
-    key, stamp = contract.entity.join_key, contract.timestamp_field
-    for name in (key, stamp):
+    stamp = contract.timestamp_field
+    for name in (*contract.join_keys, stamp):
         if table.column(name).null_count:
             row = _first(pc.is_null(table.column(name)).combine_chunks())
             raise _reject(contract, name, row, "null; every pushed row needs its key and event time")
@@ -277,18 +279,20 @@ def check(contract: FeatureSetContract, table: pa.Table, future_tolerance: timed
                                                f"{future_tolerance}; fix the producer's clock or units")
 
 
-def newest_per_entity(table: pa.Table, key: str, stamp: str) -> pa.Table:
+def newest_per_entity(table: pa.Table, keys: list[str], stamp: str) -> pa.Table:
     """Each entity's newest row (of equal event times, the last pushed), as the online store keeps one row."""
-    if pc.count_distinct(table.column(key)).as_py() == table.num_rows:
+    if table.num_rows == 0:
+        return table
+    if len(keys) == 1 and pc.count_distinct(table.column(keys[0])).as_py() == table.num_rows:
         return table  # one row per entity already (the common push)
     indexed = table.append_column("__i", pa.array(range(table.num_rows), pa.int64()))
-    ordered = indexed.sort_by([(key, "ascending"), (stamp, "ascending"), ("__i", "ascending")])
-    keys = ordered.column(key).combine_chunks()
-    if ordered.num_rows == 0:
-        return table
-    last = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1))
-    keep = pa.concat_arrays([last, pa.array([True])])
-    return ordered.filter(keep).drop_columns(["__i"])
+    ordered = indexed.sort_by([*((k, "ascending") for k in keys), (stamp, "ascending"), ("__i", "ascending")])
+    last = np.zeros(ordered.num_rows, dtype=bool)
+    last[-1] = True
+    for key in keys:  # a row is its entity's newest where the next row has another key
+        column = ordered.column(key).combine_chunks()
+        last[:-1] |= pc.not_equal(column.slice(1), column.slice(0, len(column) - 1)).to_numpy(zero_copy_only=False)
+    return ordered.filter(pa.array(last)).drop_columns(["__i"])
 
 
 def record_offline(store: ObjectStore, contract: FeatureSetContract, table: pa.Table) -> str:
@@ -330,8 +334,8 @@ def compact(store: ObjectStore, contract: FeatureSetContract) -> dict[str, Any]:
     import pyarrow.dataset as ds
 
     table = ds.dataset(files, format="parquet", filesystem=store.fs, schema=pushed_schema(contract)).to_table()
-    key, stamp = contract.entity.join_key, contract.timestamp_field
-    ordered = table.sort_by([(key, "ascending"), (stamp, "ascending"), (PUSHED_AT, "ascending")])
+    ordered = table.sort_by([*((k, "ascending") for k in contract.join_keys),
+                             (contract.timestamp_field, "ascending"), (PUSHED_AT, "ascending")])
     sink = pa.BufferOutputStream()
     pq.write_table(ordered, sink, compression="zstd")
     newest = files[-1].rsplit("/", 1)[-1].removesuffix(".parquet")
@@ -422,7 +426,7 @@ def push(settings: Any, env: Any, contract: FeatureSetContract, df: dict[str, li
             raise PushRejected(f"push to {push_source_name(contract)}: {contract.feature_view_name} is not served "
                                "online (online: false); push to offline")
         backend = online or online_store(settings, env)
-        newest = newest_per_entity(table, contract.entity.join_key, contract.timestamp_field)
+        newest = newest_per_entity(table, contract.join_keys, contract.timestamp_field)
         # A pushed row is a whole row of the view: features it leaves out are null, online as offline.
         written, skipped = backend.push_rows(plan_contract(env.feast_project, contract), newest,
                                              [f.name for f in contract.features], feast_store)

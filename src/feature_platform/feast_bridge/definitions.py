@@ -13,6 +13,7 @@ from typing import Any
 
 from feature_platform import build as builds
 from feature_platform.contracts import FEAST_TYPE_NAMES, ContractSet, FeatureSetContract, element_dtype, is_array
+from feature_platform.contracts import Entity as ContractEntity
 from feature_platform.environments import EnvironmentContract, Settings
 from feature_platform.errors import (
     PointerMissingError,
@@ -51,7 +52,7 @@ def definition_hash(contract: FeatureSetContract, pointer: dict[str, Any]) -> st
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def feature_view(contract: FeatureSetContract, pointer: dict[str, Any], entity: Any,
+def feature_view(contract: FeatureSetContract, pointer: dict[str, Any], entities: list[Any],
                  s3_endpoint: str | None) -> Any:
     from feast import FeatureView, Field, FileSource, PushSource
 
@@ -62,7 +63,7 @@ def feature_view(contract: FeatureSetContract, pointer: dict[str, Any], entity: 
         timestamp_field=contract.timestamp_field,
         s3_endpoint_override=s3_endpoint if data.startswith("s3://") else None,
     )
-    schema = [Field(name=contract.entity.join_key, dtype=feast_type(contract.entity.dtype))]
+    schema = [Field(name=key, dtype=feast_type(dtype)) for key, dtype in contract.key_dtypes.items()]
     schema += [Field(name=f.name, dtype=feast_type(f.dtype), description=f.description) for f in contract.features]
     tags = {**contract.tags,
             TAG_PREFIX + "feature_set": contract.name,
@@ -77,7 +78,7 @@ def feature_view(contract: FeatureSetContract, pointer: dict[str, Any], entity: 
         source = PushSource(name=push_source_name(contract), batch_source=source)
     return FeatureView(
         name=contract.feature_view_name,
-        entities=[entity],
+        entities=entities,  # several for a composite key: Feast keys the view by all their join keys
         ttl=timedelta(seconds=contract.ttl_seconds),
         schema=schema,
         online=contract.online,
@@ -104,9 +105,8 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
     missing = []
     selected = [c for c in contracts.live() if not feature_sets or c.name in feature_sets]
     for contract in selected:
-        e = contract.entity
-        if e.name not in entities:
-            entities[e.name] = feast_entity(contract)
+        for e in contract.entities:
+            entities.setdefault(e.name, feast_entity(e))
         try:
             if pins and contract.feature_view_name in pins:
                 pointer = builds.find_build(store, contract.name, pins[contract.feature_view_name])
@@ -115,8 +115,8 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
         except PointerMissingError:
             missing.append(f"{contract.name} {contract.version_label}")
             continue
-        views[contract.feature_view_name] = feature_view(contract, pointer, entities[e.name],
-                                                         settings.s3_endpoint_url)
+        own = [entities[e.name] for e in contract.entities]
+        views[contract.feature_view_name] = feature_view(contract, pointer, own, settings.s3_endpoint_url)
     if missing:
         raise PointerMissingError(missing, store.url())
     # One service per contract version, so a model pins the version it was trained on; a moving alias named
@@ -144,8 +144,8 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
                 except PointerMissingError:  # not built yet: the apply of the set built last registers it
                     models.remove(model)
                     break
-                entity = entities.get(contract.entity.name) or feast_entity(contract)
-                context[contract.feature_view_name] = feature_view(contract, pointer, entity, settings.s3_endpoint_url)
+                own = [entities.get(e.name) or feast_entity(e) for e in contract.entities]
+                context[contract.feature_view_name] = feature_view(contract, pointer, own, settings.s3_endpoint_url)
     services += [model_service(contracts, model, context) for model in models]
     from feature_platform.governance import permissions
 
@@ -154,10 +154,9 @@ def definitions(settings: Settings, env: EnvironmentContract, contracts: Contrac
                        permissions(env, contracts, served, models))
 
 
-def feast_entity(contract: FeatureSetContract) -> Any:
+def feast_entity(e: ContractEntity) -> Any:
     from feast import Entity, ValueType
 
-    e = contract.entity
     return Entity(name=e.name, join_keys=[e.join_key], description=e.description,
                   value_type=ValueType.INT64 if e.dtype == "int64" else ValueType.STRING)
 

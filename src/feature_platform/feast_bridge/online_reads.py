@@ -26,22 +26,34 @@ if TYPE_CHECKING:
 
 
 
-def _parse_key(contract: FeatureSetContract, key: Any) -> Any:
+def entity_ids(contract: FeatureSetContract, entities: dict[str, list[Any]], reader: str | None = None
+               ) -> list[Any]:
+    """The rows' entity ids from one column of values per join key (more columns may be given: a service's
+    other sets' keys): the value for one join key, a tuple in join key order for a composite key. A missing
+    key or a value of the wrong type is a ConfigError naming the key."""
     from feature_platform.online.layout import parse_entity_value
 
-    try:
-        return parse_entity_value(contract.entity.dtype, key)
-    except ValueError as exc:
-        raise ConfigError(f"{contract.entity.join_key} is {contract.entity.dtype}; {key!r} is not valid: {exc}"
-                          ) from exc
+    columns = []
+    for key, dtype in contract.key_dtypes.items():
+        if key not in entities:
+            keyed = " + ".join(contract.join_keys)
+            rows = " ".join(f"{k}=VALUE" for k in contract.join_keys)
+            raise ConfigError(f"{reader or contract.feature_view_name} reads {contract.feature_view_name}, keyed by "
+                              f"{keyed}: the join key {key} is missing; give {rows} for each row")
+        try:
+            columns.append([parse_entity_value(dtype, value) for value in entities[key]])
+        except ValueError as exc:
+            raise ConfigError(f"{key} is {dtype}: {exc}") from exc
+    return columns[0] if len(columns) == 1 else list(zip(*columns, strict=True))
 
 
 def view_read(settings: Settings, env: EnvironmentContract, store: FeatureStore, contract: FeatureSetContract,
-              values: list[Any], enforce_ttl: bool = True) -> Any:
-    """One contract version's online values for join-key ``values``, from the environment's online store."""
+              ids: list[Any], enforce_ttl: bool = True) -> Any:
+    """One contract version's online values for entity ``ids`` (see :func:`entity_ids`), from the
+    environment's online store."""
     backend = online_store(settings, env)
     try:
-        return backend.read(plan_contract(env.feast_project, contract), values, enforce_ttl, store)
+        return backend.read(plan_contract(env.feast_project, contract), ids, enforce_ttl, store)
     except backend.unavailable_errors() as exc:
         raise OnlineStoreUnavailable(f"online store unreachable: {one_line(exc)}") from exc
     except PlatformError:
@@ -50,12 +62,12 @@ def view_read(settings: Settings, env: EnvironmentContract, store: FeatureStore,
         raise FeastError(f"online read of {contract.feature_view_name} failed: {one_line(exc)}") from exc
 
 
-def rows_of(contract: FeatureSetContract, values: list[Any], read: Any) -> list[dict[str, Any]]:
-    """Per entity: join key, each feature, ``event_timestamp`` (UTC, None when not found) and ``status``
+def rows_of(contract: FeatureSetContract, ids: list[Any], read: Any) -> list[dict[str, Any]]:
+    """Per entity: its join keys, each feature, ``event_timestamp`` (UTC, None when not found) and ``status``
     (NOT_FOUND, OUTSIDE_MAX_AGE, or PRESENT when the entity's row is served)."""
     out = []
-    for i, value in enumerate(values):
-        row: dict[str, Any] = {contract.entity.join_key: value}
+    for i, value in enumerate(ids):
+        row: dict[str, Any] = dict(zip(contract.join_keys, value if contract.composite else (value,), strict=True))
         for j, feature in enumerate(read.features):
             cell = read.values[j][i]
             if feature.dtype == "timestamp" and isinstance(cell, int):
@@ -69,15 +81,33 @@ def rows_of(contract: FeatureSetContract, values: list[Any], read: Any) -> list[
     return out
 
 
-def read_online(settings: Settings, feature_set: str, keys: list[Any], version: int | None = None,
-                env: EnvironmentContract | None = None, enforce_ttl: bool = True) -> list[dict[str, Any]]:
+def read_online(settings: Settings, feature_set: str, keys: list[Any] | dict[str, list[Any]],
+                version: int | None = None, env: EnvironmentContract | None = None, enforce_ttl: bool = True
+                ) -> list[dict[str, Any]]:
+    """Online rows of one feature set: ``keys`` are values of its join key, ``JOIN_KEY=VALUE`` strings (the
+    command line's; per row one of each key), or {join key: values} (one value per row; every join key of a
+    composite key)."""
     env = env or settings.environment()
     contracts = settings.contracts()
     contract = contracts.get(feature_set, version)
-    values = [_parse_key(contract, k) for k in keys]
+    if not isinstance(keys, dict) and keys and all(
+            isinstance(k, str) and "=" in k and k.partition("=")[0] in contract.join_keys for k in keys):
+        pairs: dict[str, list[Any]] = {}  # the command line's customer_id=1 merchant_id=m-7 (per row)
+        for pair in keys:
+            key, _, value = pair.partition("=")
+            pairs.setdefault(key, []).append(value)
+        keys = pairs
+    if not isinstance(keys, dict):
+        if contract.composite:
+            asked = " ".join(f"{k}=VALUE" for k in contract.join_keys)
+            raise ConfigError(f"{contract.feature_view_name} is keyed by {' + '.join(contract.join_keys)}: give "
+                              f"{asked} for each row")
+        keys = {contract.join_keys[0]: list(keys)}
+    _same_lengths(keys)
+    ids = entity_ids(contract, keys)
     store = open_store(settings, env)
     registered = check_registry_matches(store, [contract])
-    rows = rows_of(contract, values, view_read(settings, env, store, contract, values, enforce_ttl))
+    rows = rows_of(contract, ids, view_read(settings, env, store, contract, ids, enforce_ttl))
     unfinished = _load_unfinished(settings, env, store, contract, registered)
     return [{**row, "status": _flagged(row["status"], unfinished)} for row in rows]
 
@@ -102,30 +132,29 @@ def read_online_service(settings: Settings, service: str, entities: dict[str, li
     contracts = settings.contracts()
     model = contracts.service(service, version)
     resolved = contracts.resolve(model)
-    lengths = {len(v) for v in entities.values()}
-    if len(lengths) > 1:
-        raise ConfigError("every join key needs one value per entity row; got " +
-                          ", ".join(f"{k}: {len(v)}" for k, v in entities.items()))
-    rows_count = lengths.pop()
-    for contract, _ in resolved:
-        if contract.entity.join_key not in entities:
-            raise ConfigError(f"{model.service_name} reads {contract.feature_view_name}, keyed by "
-                              f"{contract.entity.join_key}: give {contract.entity.join_key}=VALUE for each row")
+    rows_count = _same_lengths(entities)
+    ids = [entity_ids(contract, entities, model.service_name) for contract, _ in resolved]
     store = open_store(settings, env)
     registered = check_registry_matches(store, [c for c, _ in resolved])
     output = service_columns(resolved, full_feature_names)
     rows: list[dict[str, Any]] = [{} for _ in range(rows_count)]
-    for (contract, names), columns in zip(resolved, output, strict=True):
-        key = contract.entity.join_key
-        values = [_parse_key(contract, v) for v in entities[key]]
-        read = rows_of(contract, values, view_read(settings, env, store, contract, values))
+    for (contract, names), columns, keys in zip(resolved, output, ids, strict=True):
+        read = rows_of(contract, keys, view_read(settings, env, store, contract, keys))
         unfinished = _load_unfinished(settings, env, store, contract, registered)
         for row, got in zip(rows, read, strict=True):
-            row[key] = got[key]
+            row.update((key, got[key]) for key in contract.join_keys)
             for name, column in zip(names, columns, strict=True):
                 row[column] = got[name]
             row.setdefault("__statuses", {})[contract.feature_view_name] = _flagged(got["status"], unfinished)
     return [{**{k: v for k, v in row.items() if k != "__statuses"}, "statuses": row["__statuses"]} for row in rows]
+
+
+def _same_lengths(entities: dict[str, list[Any]]) -> int:
+    lengths = {len(v) for v in entities.values()}
+    if len(lengths) > 1:
+        raise ConfigError("every join key needs one value per entity row; got " +
+                          ", ".join(f"{k}: {len(v)}" for k, v in entities.items()))
+    return lengths.pop() if lengths else 0
 
 
 def online_record(settings: Settings, env: EnvironmentContract, store: FeatureStore | None,

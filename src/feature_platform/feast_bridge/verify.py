@@ -65,26 +65,28 @@ def _as_utc(value: Any) -> datetime | None:
 def _sample_newest(object_store: ObjectStore, metadata: dict[str, Any], plan: Any, sample: int
                    ) -> tuple[list[dict[str, Any]], Any]:
     """About ``sample`` entities' newest rows, evenly spread over the build, streamed (bounded memory however
-    large the view), and a key that is in no build (it must read NOT_FOUND)."""
+    large the view), and an entity id that is in no build (it must read NOT_FOUND)."""
     import pyarrow.compute as pc
 
     from feature_platform.online import materialize as engine
 
     step = max(1, int(metadata.get("entity_count") or 0) // max(sample, 1))
     expected: list[dict[str, Any]] = []
-    largest = 0
+    largest = dict.fromkeys(plan.join_keys, 0)
     seen = 0
     for batch in engine.newest_rows(object_store.fs, metadata, plan):
         first = (-seen) % step
         positions = list(range(first, batch.num_rows, step))
         if positions and len(expected) < sample:
             expected += batch.take(positions).to_pylist()[:sample - len(expected)]
-        if plan.entity_dtype == "int64" and batch.num_rows:
-            largest = max(largest, int(pc.max(batch.column(plan.join_key)).as_py() or 0))
+        for key, dtype in zip(plan.join_keys, plan.key_dtypes, strict=True):
+            if dtype == "int64" and batch.num_rows:
+                largest[key] = max(largest[key], int(pc.max(batch.column(key)).as_py() or 0))
         seen += batch.num_rows
-    probe: Any = (largest + 1_000_003 if plan.entity_dtype == "int64"
-                  else "feature-platform-absent-" + hashlib.sha256(str(metadata["build_id"]).encode()).hexdigest()[:12])
-    return expected, probe
+    absent = "feature-platform-absent-" + hashlib.sha256(str(metadata["build_id"]).encode()).hexdigest()[:12]
+    probe = tuple(largest[key] + 1_000_003 if dtype == "int64" else absent
+                  for key, dtype in zip(plan.join_keys, plan.key_dtypes, strict=True))
+    return expected, probe if plan.composite else probe[0]
 
 
 def verify(settings: Settings, env: EnvironmentContract | None = None, sample: int = 20,
@@ -111,9 +113,10 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
         metadata = builds.read_metadata(object_store, contract, build_id)
         expected, probe = _sample_newest(object_store, metadata, plan_contract(env.feast_project, contract),
                                          sample)
-        keys = [row[contract.entity.join_key] for row in expected]
+        keys = [tuple(row[k] for k in contract.join_keys) if contract.composite else row[contract.join_keys[0]]
+                for row in expected]
         online = rows_of(contract, [*keys, probe],
-                       view_read(settings, env, store, contract, [*keys, probe], enforce_ttl=False))
+                         view_read(settings, env, store, contract, [*keys, probe], enforce_ttl=False))
         absent_row = online.pop()  # the probe key
         mismatches = []
         for want, got in zip(expected, online, strict=True):
@@ -121,8 +124,8 @@ def verify(settings: Settings, env: EnvironmentContract | None = None, sample: i
                 continue  # a row pushed after the build's: newer than what the build can say
             for feature in contract.features:
                 if not values_close(want[feature.name], got[feature.name], feature.dtype):
-                    mismatches.append(f"{contract.entity.join_key}={want[contract.entity.join_key]} "
-                                      f"{feature.name}: online {got[feature.name]!r} != offline "
+                    entity = ", ".join(f"{k}={want[k]}" for k in contract.join_keys)
+                    mismatches.append(f"{entity} {feature.name}: online {got[feature.name]!r} != offline "
                                       f"{want[feature.name]!r}")
         missing = sum(1 for row in online if row["status"] == "NOT_FOUND")
         stamps = [s for r in online if (s := _as_utc(r["event_timestamp"])) is not None]

@@ -48,14 +48,14 @@ def check_server(url: str, contracts: ContractSet, token: str | None = None) -> 
             continue
         contract = live[-1]
         features = [f"{contract.feature_view_name}:{f.name}" for f in contract.features]
-        body = {"features": features, "entities": {contract.entity.join_key: [PROBE[contract.entity.dtype]]}}
+        body = {"features": features, "entities": {key: [PROBE[dtype]] for key, dtype in contract.key_dtypes.items()}}
         status, answer = _call(f"{url}/get-online-features", body, token=token)
         if status != 200:
             problems.append(f"{contract.feature_view_name}: /get-online-features answered HTTP {status}: {answer}")
             continue
         names = answer.get("metadata", {}).get("feature_names", [])
         results = answer.get("results", [])
-        expected = [contract.entity.join_key, *(f.name for f in contract.features)]
+        expected = [*contract.join_keys, *(f.name for f in contract.features)]
         if names != expected or any(len(r.get("values", [])) != 1 or len(r.get("statuses", [])) != 1
                                     for r in results) or len(results) != len(expected):
             problems.append(f"{contract.feature_view_name}: response does not have Feast's shape "

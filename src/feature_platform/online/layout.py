@@ -3,7 +3,8 @@
 What Feast 0.67 writes to Redis for a feature view ``view`` (entity key serialization v3), and what this module
 reproduces byte for byte (``tests/test_online_layout.py`` compares with Feast's own functions):
 
-- key: ``serialize_entity_key(EntityKey(join_keys=[k], entity_values=[v]))`` followed by the project name;
+- key: ``serialize_entity_key(EntityKey(join_keys=[k, ...], entity_values=[v, ...]))`` followed by the project
+  name; several join keys (a composite key) are serialized sorted by name, the names first, then the values;
 - one hash per key, shared by every view of that entity; per view the fields ``mmh3("view:feature")`` (4 bytes,
   Feast's ``_mmh3``) holding a serialized ``feast.types.Value`` and ``_ts:view`` holding a serialized
   ``google.protobuf.Timestamp``;
@@ -55,16 +56,37 @@ def ts_field(view: str) -> bytes:
 # ------------------------------------------------------------------------------------------------ entity keys
 
 
-def key_prefix(join_key: str) -> bytes:
-    """Serialized entity key up to the value: one join key, its name."""
-    name = join_key.encode()
-    return struct.pack("<III", 1, VALUE_TYPE_STRING, len(name)) + name
+def key_prefix(join_keys: Sequence[str]) -> bytes:
+    """Serialized entity key up to the values: the number of join keys and their names, sorted (Feast sorts
+    several keys by name; the values follow in the same order)."""
+    out = [struct.pack("<I", len(join_keys))]
+    for name in sorted(join_keys):
+        data = name.encode()
+        out.append(struct.pack("<II", VALUE_TYPE_STRING, len(data)) + data)
+    return b"".join(out)
+
+
+def _value_pieces(dtype: str, values: Sequence[Any] | pa.Array | pa.ChunkedArray | np.ndarray) -> list[bytes]:
+    """Each value of one join key as the serialized key holds it: value type, size, bytes."""
+    if dtype == "int64":
+        array = (values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array | pa.ChunkedArray)
+                 else np.asarray(values, dtype=np.int64)).astype("<i8")
+        packed = np.empty(len(array), dtype=[("type", "<u4"), ("size", "<u4"), ("value", "<i8")])
+        packed["type"], packed["size"], packed["value"] = VALUE_TYPE_INT64, 8, array
+        raw = packed.tobytes()
+        return [raw[i:i + 16] for i in range(0, len(raw), 16)]
+    head = struct.Struct("<II")
+    out = []
+    for value in (values.to_pylist() if isinstance(values, pa.Array | pa.ChunkedArray) else values):
+        data = str(value).encode()
+        out.append(head.pack(VALUE_TYPE_STRING, len(data)) + data)
+    return out
 
 
 def entity_keys(join_key: str, dtype: str, values: Sequence[Any] | pa.Array | np.ndarray, project: str
                 ) -> list[bytes]:
-    """Redis keys of ``values`` exactly as Feast's ``_redis_key`` makes them (v3 serialization)."""
-    prefix, suffix = key_prefix(join_key), project.encode()
+    """Redis keys of ``values`` (one join key) exactly as Feast's ``_redis_key`` makes them (v3 serialization)."""
+    prefix, suffix = key_prefix([join_key]), project.encode()
     if dtype == "int64":
         array = (values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array | pa.ChunkedArray)
                  else np.asarray(values, dtype=np.int64)).astype("<i8")
@@ -78,12 +100,19 @@ def entity_keys(join_key: str, dtype: str, values: Sequence[Any] | pa.Array | np
         matrix[:, len(prefix) + 16:] = np.frombuffer(suffix, dtype=np.uint8)
         raw = matrix.tobytes()
         return [raw[i:i + width] for i in range(0, len(raw), width)]
-    out = []
-    head = struct.Struct("<II")
-    for value in (values.to_pylist() if isinstance(values, pa.Array | pa.ChunkedArray) else values):
-        data = str(value).encode()
-        out.append(prefix + head.pack(VALUE_TYPE_STRING, len(data)) + data + suffix)
-    return out
+    return [prefix + piece + suffix for piece in _value_pieces(dtype, values)]
+
+
+def composite_keys(join_keys: Sequence[str], dtypes: Sequence[str], columns: Sequence[Any], project: str
+                   ) -> list[bytes]:
+    """Redis keys of rows given as one column per join key (in ``join_keys`` order), as Feast's ``_redis_key``
+    makes them for an entity key of several join keys: the names sorted, then the values in that order."""
+    if len(join_keys) == 1:
+        return entity_keys(join_keys[0], dtypes[0], columns[0], project)
+    order = sorted(range(len(join_keys)), key=lambda i: join_keys[i])
+    prefix, suffix = key_prefix(join_keys), project.encode()
+    pieces = [_value_pieces(dtypes[i], columns[i]) for i in order]
+    return [b"".join((prefix, *row, suffix)) for row in zip(*pieces, strict=True)]
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -491,8 +520,8 @@ class ViewPlan:
 
     view: str
     project: str
-    join_key: str
-    entity_dtype: str
+    join_keys: tuple[str, ...]   # the entity key's columns (several: a composite key)
+    key_dtypes: tuple[str, ...]  # per join key
     timestamp_field: str
     ttl_seconds: int
     features: tuple[FeaturePlan, ...]
@@ -506,8 +535,27 @@ class ViewPlan:
         """Every hash field this view owns: its features, then its timestamp."""
         return [f.field for f in self.features] + [self.ts_field]
 
-    def keys(self, values: Sequence[Any] | pa.Array | np.ndarray) -> list[bytes]:
-        return entity_keys(self.join_key, self.entity_dtype, values, self.project)
+    @property
+    def composite(self) -> bool:
+        return len(self.join_keys) > 1
+
+    def keys(self, columns: Sequence[Any]) -> list[bytes]:
+        """Redis keys of rows given as one column per join key (lists, Arrow or numpy arrays)."""
+        return composite_keys(self.join_keys, self.key_dtypes, columns, self.project)
+
+    def keys_of(self, table: pa.Table | pa.RecordBatch) -> list[bytes]:
+        """Redis keys of a table's rows (it holds the join key columns)."""
+        return self.keys([table.column(k) for k in self.join_keys])
+
+    def entity_ids(self, columns: Sequence[Sequence[Any]]) -> list[Any]:
+        """One hashable id per row: the value for one join key, a tuple of values for several."""
+        return list(columns[0]) if len(columns) == 1 else list(zip(*columns, strict=True))
+
+    def id_columns(self, ids: Sequence[Any]) -> list[list[Any]]:
+        """The inverse of :meth:`entity_ids`: one column per join key."""
+        if not self.composite:
+            return [list(ids)]
+        return [list(column) for column in zip(*ids, strict=True)] if ids else [[] for _ in self.join_keys]
 
     def feature(self, name: str) -> FeaturePlan:
         for feature in self.features:
@@ -516,16 +564,17 @@ class ViewPlan:
         raise KeyError(name)
 
 
-def plan_view(project: str, view: str, join_key: str, entity_dtype: str, timestamp_field: str, ttl_seconds: int,
+def plan_view(project: str, view: str, keys: dict[str, str], timestamp_field: str, ttl_seconds: int,
               features: Sequence[tuple[str, str]]) -> ViewPlan:
-    return ViewPlan(view=view, project=project, join_key=join_key, entity_dtype=entity_dtype,
+    """``keys``: join key -> dtype, in the contract's order."""
+    return ViewPlan(view=view, project=project, join_keys=tuple(keys), key_dtypes=tuple(keys.values()),
                     timestamp_field=timestamp_field, ttl_seconds=ttl_seconds,
                     features=tuple(FeaturePlan(name, dtype, mmh3_field(view, name)) for name, dtype in features))
 
 
 def plan_contract(project: str, contract: Any) -> ViewPlan:
     """The plan of one contract version (a ``FeatureSetContract``)."""
-    return plan_view(project, contract.feature_view_name, contract.entity.join_key, contract.entity.dtype,
-                     contract.timestamp_field, contract.ttl_seconds, [(f.name, f.dtype) for f in contract.features])
+    return plan_view(project, contract.feature_view_name, contract.key_dtypes, contract.timestamp_field,
+                     contract.ttl_seconds, [(f.name, f.dtype) for f in contract.features])
 
 

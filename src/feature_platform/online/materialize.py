@@ -10,7 +10,7 @@ HSETs, and (3) removes this view's fields from the hashes of entities that are n
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +82,13 @@ def _read_ahead(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         reader.join()
 
 
-def newest_per_entity(batches: Iterator[pa.RecordBatch], join_key: str) -> Iterator[pa.RecordBatch]:
-    """Newest row of each entity from batches sorted by (entity, event time): the last row of each key run.
+def _row_key(batch: pa.RecordBatch, join_keys: Sequence[str], row: int) -> tuple[Any, ...]:
+    return tuple(batch.column(k)[row].as_py() for k in join_keys)
+
+
+def newest_per_entity(batches: Iterator[pa.RecordBatch], join_keys: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """Newest row of each entity from batches sorted by (entity key columns, event time): the last row of each
+    key run (a run ends where any join key changes).
 
     The last row of a batch is held back until the next batch shows whether its run continues. Where every
     row is its entity's newest (one row per entity), the batch is passed on as a slice: no copy.
@@ -93,12 +98,12 @@ def newest_per_entity(batches: Iterator[pa.RecordBatch], join_key: str) -> Itera
         rows = batch.num_rows
         if rows == 0:
             continue
-        keys = batch.column(join_key)
-        if carry is not None and carry.column(join_key)[0].as_py() != keys[0].as_py():
+        if carry is not None and _row_key(carry, join_keys, 0) != _row_key(batch, join_keys, 0):
             yield carry  # its run ended with the previous batch
         last = np.zeros(rows, dtype=bool)
-        if rows > 1:
-            last[:-1] = pc.not_equal(keys.slice(0, rows - 1), keys.slice(1)).to_numpy(zero_copy_only=False)
+        for key in join_keys if rows > 1 else ():
+            keys = batch.column(key)
+            last[:-1] |= pc.not_equal(keys.slice(0, rows - 1), keys.slice(1)).to_numpy(zero_copy_only=False)
         carry = batch.slice(rows - 1, 1)
         if last[:-1].all():
             if rows > 1:
@@ -109,7 +114,7 @@ def newest_per_entity(batches: Iterator[pa.RecordBatch], join_key: str) -> Itera
         yield carry
 
 
-def _newest_unsorted(fs: Any, path: str, join_key: str, timestamp_field: str, columns: list[str]
+def _newest_unsorted(fs: Any, path: str, join_keys: Sequence[str], timestamp_field: str, columns: list[str]
                      ) -> Iterator[pa.RecordBatch]:
     """Builds written before builds were sorted: DuckDB picks the newest row per entity, spilling to disk."""
     import duckdb
@@ -118,7 +123,8 @@ def _newest_unsorted(fs: Any, path: str, join_key: str, timestamp_field: str, co
     con.execute("SET memory_limit = '1GB'")
     con.register("build", ds.dataset(path, format="parquet", filesystem=fs))
     selected = ", ".join(f'"{c}"' for c in columns)
-    reader = con.sql(f'SELECT {selected} FROM build QUALIFY row_number() OVER (PARTITION BY "{join_key}" '
+    partition = ", ".join(f'"{k}"' for k in join_keys)
+    reader = con.sql(f'SELECT {selected} FROM build QUALIFY row_number() OVER (PARTITION BY {partition} '
                      f'ORDER BY "{timestamp_field}" DESC) = 1').to_arrow_reader(BATCH_ROWS)
     try:
         yield from reader
@@ -129,10 +135,10 @@ def _newest_unsorted(fs: Any, path: str, join_key: str, timestamp_field: str, co
 def newest_rows(fs: Any, metadata: dict[str, Any], plan: ViewPlan) -> Iterator[pa.RecordBatch]:
     """The newest row of every entity of one build, in batches of at most ``BATCH_ROWS``."""
     path = str(metadata["data"]).removeprefix("s3://")
-    columns = [plan.join_key, plan.timestamp_field, *(f.name for f in plan.features)]
-    if metadata.get("sorted_by") == [plan.join_key, plan.timestamp_field]:
-        return newest_per_entity(_sorted_batches(fs, path, columns), plan.join_key)
-    return _newest_unsorted(fs, path, plan.join_key, plan.timestamp_field, columns)
+    columns = [*plan.join_keys, plan.timestamp_field, *(f.name for f in plan.features)]
+    if metadata.get("sorted_by") == [*plan.join_keys, plan.timestamp_field]:
+        return newest_per_entity(_sorted_batches(fs, path, columns), plan.join_keys)
+    return _newest_unsorted(fs, path, plan.join_keys, plan.timestamp_field, columns)
 
 
 SLOTS = 16384  # Redis Cluster hash slots
@@ -165,29 +171,22 @@ class Shard:
         return (slots * self.count // SLOTS) == self.index
 
 
-def only_shard(plan: ViewPlan, shard: Shard | None, batches: Iterator[pa.RecordBatch], column: str | None = None
+def only_shard(plan: ViewPlan, shard: Shard | None, batches: Iterator[pa.RecordBatch]
                ) -> Iterator[pa.RecordBatch]:
-    """The rows of ``batches`` whose entity belongs to ``shard`` (all of them without one)."""
+    """The rows of ``batches`` (holding the join key columns) whose entity belongs to ``shard`` (all of them
+    without one)."""
     for batch in batches:
         if shard is None:
             yield batch
             continue
-        keys = plan.keys(batch.column(column or plan.join_key))
-        kept = batch.filter(pa.array(shard.mask(keys)))
+        kept = batch.filter(pa.array(shard.mask(plan.keys_of(batch))))
         if kept.num_rows:
-            yield kept
-
-
-def only_shard_keys(plan: ViewPlan, shard: Shard | None, arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
-    for array in arrays:
-        kept = array if shard is None else array.filter(pa.array(shard.mask(plan.keys(array))))
-        if len(kept):
             yield kept
 
 
 def hset_commands(plan: ViewPlan, batch: pa.RecordBatch) -> tuple[list[bytes], list[list[bytes]]]:
     """The keys and, per field of ``plan.fields``, the value of each key: exactly what Feast's writer HSETs."""
-    keys = plan.keys(batch.column(plan.join_key))
+    keys = plan.keys_of(batch)
     columns = [encode_values(f.dtype, batch.column(f.name)) for f in plan.features]
     columns.append(encode_event_timestamps(batch.column(plan.timestamp_field)))
     return keys, columns
@@ -286,9 +285,10 @@ def _write_cluster(client: Any, fields: list[bytes], keys: list[bytes], columns:
         pipe.execute()
 
 
-def departed_keys(fs: Any, new_metadata: dict[str, Any], old_metadatas: list[dict[str, Any]], join_key: str
-                  ) -> Iterator[pa.Array]:
-    """Entity keys present in any of the old builds but not in the new one, in batches (DuckDB anti-join)."""
+def departed_keys(fs: Any, new_metadata: dict[str, Any], old_metadatas: list[dict[str, Any]],
+                  join_keys: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """Entity keys present in any of the old builds but not in the new one, in batches of the join key columns
+    (DuckDB anti-join over every key column)."""
     import duckdb
 
     old = [m for m in old_metadatas if m["build_id"] != new_metadata["build_id"]]
@@ -301,16 +301,15 @@ def departed_keys(fs: Any, new_metadata: dict[str, Any], old_metadatas: list[dic
                                              filesystem=fs))
         con.register("old_builds", ds.dataset([str(m["data"]).removeprefix("s3://") for m in old],
                                               format="parquet", filesystem=fs))
-        reader = con.sql(f'SELECT DISTINCT "{join_key}" AS k FROM old_builds '
-                         f'EXCEPT SELECT DISTINCT "{join_key}" AS k FROM new_build ORDER BY k'
-                         ).to_arrow_reader(DELETE_BATCH)
-        for batch in reader:
-            yield batch.column(0)
+        keys = ", ".join(f'"{k}"' for k in join_keys)
+        reader = con.sql(f"SELECT DISTINCT {keys} FROM old_builds EXCEPT SELECT DISTINCT {keys} FROM new_build "
+                         f"ORDER BY {keys}").to_arrow_reader(DELETE_BATCH)
+        yield from reader
     finally:
         con.close()
 
 
-def delete_view_fields(client: Any, plan: ViewPlan, keys: Iterator[pa.Array]) -> int:
+def delete_view_fields(client: Any, plan: ViewPlan, keys: Iterator[pa.RecordBatch]) -> int:
     """Remove this view's fields from each key's hash (Redis drops a hash when its last field goes), so other
     views sharing the hash keep theirs. Returns how many entities held this view."""
     removed = 0
@@ -318,7 +317,7 @@ def delete_view_fields(client: Any, plan: ViewPlan, keys: Iterator[pa.Array]) ->
     ts_field = plan.ts_field
     for batch in keys:
         pipe = client.pipeline(transaction=False)
-        for key in plan.keys(batch):
+        for key in plan.keys_of(batch):
             pipe.hexists(key, ts_field)
             pipe.hdel(key, *fields)
         replies = pipe.execute()

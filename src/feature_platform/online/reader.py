@@ -53,10 +53,11 @@ class Reads:
         return b"".join(head + _bulk(key) + tail for key in self.keys)
 
 
-def plan_reads(plan: ViewPlan, features: Sequence[FeaturePlan], entity_values: Sequence[Any]) -> Reads:
+def plan_reads(plan: ViewPlan, features: Sequence[FeaturePlan], entity_ids: Sequence[Any]) -> Reads:
+    """``entity_ids``: per requested row, the join key's value (a tuple of values for a composite key)."""
     distinct: dict[Any, int] = {}
-    order = [distinct.setdefault(value, len(distinct)) for value in entity_values]
-    return Reads(order, plan.keys(list(distinct)), [f.field for f in features] + [plan.ts_field])
+    order = [distinct.setdefault(value, len(distinct)) for value in entity_ids]
+    return Reads(order, plan.keys(plan.id_columns(list(distinct))), [f.field for f in features] + [plan.ts_field])
 
 
 def fetch(client: Any, reads: Sequence[Reads]) -> list[Any]:
@@ -181,11 +182,11 @@ def decode_reads(plan: ViewPlan, features: Sequence[FeaturePlan], order: list[in
                     event_micros=stamps if identity else [stamps[i] for i in order])
 
 
-def read_view(client: Any, plan: ViewPlan, entity_values: Sequence[Any], features: Sequence[FeaturePlan] | None = None,
+def read_view(client: Any, plan: ViewPlan, entity_ids: Sequence[Any], features: Sequence[FeaturePlan] | None = None,
               enforce_ttl: bool = True, now: int | None = None) -> ViewRead:
-    """Read one view for ``entity_values`` (already of the join key's type)."""
+    """Read one view for ``entity_ids`` (of the join key's type; tuples in join key order for a composite key)."""
     features = list(features or plan.features)
-    reads = plan_reads(plan, features, entity_values)
+    reads = plan_reads(plan, features, entity_ids)
     return decode_reads(plan, features, reads.order, fetch(client, [reads]), now or now_micros(), enforce_ttl)
 
 
@@ -199,11 +200,11 @@ def _glob_escape(data: bytes) -> bytes:
 
 
 def count_entities(client: Any, plan: ViewPlan, scan_count: int = 10_000) -> int:
-    """How many entities hold this view online: keys of the view's join key and project whose hash has the
+    """How many entities hold this view online: keys of the view's join keys and project whose hash has the
     view's ``_ts`` field (one SCAN of the database, HEXISTS pipelined)."""
     from feature_platform.online.layout import key_prefix
 
-    pattern = _glob_escape(key_prefix(plan.join_key)) + b"*" + _glob_escape(plan.project.encode())
+    pattern = _glob_escape(key_prefix(plan.join_keys)) + b"*" + _glob_escape(plan.project.encode())
     total = 0
     batch: list[bytes] = []
 

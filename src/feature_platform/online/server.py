@@ -107,14 +107,14 @@ def build_catalog(store: Any) -> Catalog:
         join_keys: list[str] = [entities[name].join_key for name in view.entities if name in entities]
         types = {f.name: _feast_dtype(f) for f in view.features}
         key_types = {f.name: _feast_dtype(f) for f in view.entity_columns}
-        if len(join_keys) != 1 or key_types.get(join_keys[0]) not in ("int64", "string"):
-            unplannable[view.name] = "the planner serves one int64 or string join key"
+        if not join_keys or any(key_types.get(k) not in ("int64", "string") for k in join_keys):
+            unplannable[view.name] = "the planner serves int64 and string join keys"
             continue
         if None in types.values():
             unplannable[view.name] = "a feature type the planner does not encode"
             continue
         ttl = int(view.ttl.total_seconds()) if view.ttl else 0
-        views[view.name] = plan_view(project, view.name, join_keys[0], key_types[join_keys[0]] or "string",
+        views[view.name] = plan_view(project, view.name, {k: key_types[k] or "string" for k in join_keys},
                                      view.batch_source.timestamp_field if view.batch_source else "", ttl,
                                      [(f.name, types[f.name] or "") for f in view.features])  # None: refused above
     for view in registry.list_on_demand_feature_views(project, allow_cache=True):
@@ -446,14 +446,18 @@ class FeatureServer:
         queued = []
         for view, features in groups:
             plan = catalog.views[view]
-            if plan.join_key not in request.entities:
-                raise RequestError(422, f"entities: {view} needs the entity column {plan.join_key!r}")
-            try:
-                values = parse_entity_values(plan.entity_dtype, request.entities[plan.join_key])
-            except ValueError as exc:
-                raise RequestError(422, f"entities.{plan.join_key}: {exc}") from exc
+            columns = []
+            for key, dtype in zip(plan.join_keys, plan.key_dtypes, strict=True):
+                if key not in request.entities:
+                    given = ", ".join(request.entities) or "none"
+                    raise RequestError(422, f"entities: {view} is keyed by {' + '.join(plan.join_keys)}; the entity "
+                                            f"column {key!r} is missing (given: {given})")
+                try:
+                    columns.append(parse_entity_values(dtype, request.entities[key]))
+                except ValueError as exc:
+                    raise RequestError(422, f"entities.{key}: {exc}") from exc
             wanted = [plan.feature(f) for f in features]
-            queued.append((plan, wanted, reader.plan_reads(plan, wanted, values)))
+            queued.append((plan, wanted, reader.plan_reads(plan, wanted, plan.entity_ids(columns))))
         replies = reader.fetch_shared(self.client, [reads for _, _, reads in queued])
         now = reader.now_micros()
         names = list(request.entities)
@@ -760,7 +764,8 @@ def create_app() -> App:
 
 
 def _warm_key(plan: ViewPlan) -> Any:
-    return 0 if plan.entity_dtype == "int64" else ""
+    values = tuple(0 if dtype == "int64" else "" for dtype in plan.key_dtypes)
+    return values if plan.composite else values[0]
 
 
 def serve_argv(host: str, port: int, workers: int, graceful_seconds: int = 20) -> list[str]:

@@ -31,7 +31,7 @@ from feature_platform.environments import Backend, EnvironmentContract, RedisCon
 from feature_platform.errors import ConfigError, FeastError
 from feature_platform.online import materialize as engine
 from feature_platform.online import reader
-from feature_platform.online.layout import ViewPlan, decode_timestamp_micros, entity_keys
+from feature_platform.online.layout import ViewPlan, composite_keys, decode_timestamp_micros
 from feature_platform.online.materialize import Shard, framed
 from feature_platform.online.redis_client import SOCKET_TIMEOUT_SECONDS, connect
 
@@ -75,18 +75,20 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def _sample_newest(fs: Any, metadata: dict[str, Any], join_key: str, timestamp: str, count: int
-                   ) -> tuple[list[Any], list[int]]:
-    """Up to ``count`` entities spread evenly over the build, with each one's newest event time (epoch µs)."""
+def _sample_newest(fs: Any, metadata: dict[str, Any], plan: ViewPlan, count: int
+                   ) -> tuple[list[list[Any]], list[int]]:
+    """Up to ``count`` entities spread evenly over the build (one column per join key), with each one's newest
+    event time (epoch µs)."""
+    keys, timestamp = list(plan.join_keys), plan.timestamp_field
     with fs.open(str(metadata["data"]).removeprefix("s3://"), "rb") as handle:
-        table = pq.read_table(handle, columns=[join_key, timestamp])
-    newest = table.group_by(join_key).aggregate([(timestamp, "max")]).sort_by(join_key)
+        table = pq.read_table(handle, columns=[*keys, timestamp])
+    newest = table.group_by(keys).aggregate([(timestamp, "max")]).sort_by([(k, "ascending") for k in keys])
     if newest.num_rows == 0:
-        return [], []
+        return [[] for _ in keys], []
     step = max(newest.num_rows // count, 1)
     picked = newest.take(list(range(0, newest.num_rows, step))[:count])
     micros = picked.column(f"{timestamp}_max").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-    return picked.column(join_key).to_pylist(), micros.to_pylist()
+    return [picked.column(k).to_pylist() for k in keys], micros.to_pylist()
 
 
 class OnlineTarget(ABC):
@@ -106,7 +108,7 @@ class OnlineTarget(ABC):
               progress: Callable[[int], None]) -> int: ...
 
     @abstractmethod
-    def delete(self, keys: Iterator[pa.Array]) -> int: ...
+    def delete(self, keys: Iterator[pa.RecordBatch]) -> int: ...
 
     @abstractmethod
     def holds(self, fs: Any, metadata: dict[str, Any]) -> bool: ...
@@ -146,8 +148,9 @@ class OnlineStore(Backend):
         """How many entities hold this view right now."""
 
     @abstractmethod
-    def read(self, plan: ViewPlan, values: Sequence[Any], enforce_ttl: bool, feast_store: Any) -> reader.ViewRead:
-        """One view's values for join-key ``values``, with the platform's statuses and TTL rule."""
+    def read(self, plan: ViewPlan, ids: Sequence[Any], enforce_ttl: bool, feast_store: Any) -> reader.ViewRead:
+        """One view's values for entity ``ids`` (see ``ViewPlan.entity_ids``), with the platform's statuses
+        and TTL rule."""
 
     @abstractmethod
     def push_rows(self, plan: ViewPlan, table: pa.Table, features: list[str], feast_store: Any,
@@ -217,8 +220,8 @@ class RedisOnlineStore(OnlineStore):
     def count(self, plan: ViewPlan) -> int:
         return reader.count_entities(self.client, plan)
 
-    def read(self, plan: ViewPlan, values: Sequence[Any], enforce_ttl: bool, feast_store: Any) -> reader.ViewRead:
-        return reader.read_view(self.client, plan, values, enforce_ttl=enforce_ttl)
+    def read(self, plan: ViewPlan, ids: Sequence[Any], enforce_ttl: bool, feast_store: Any) -> reader.ViewRead:
+        return reader.read_view(self.client, plan, ids, enforce_ttl=enforce_ttl)
 
     def push_rows(self, plan: ViewPlan, table: pa.Table, features: list[str], feast_store: Any,
                   replace_equal: bool = False) -> tuple[int, int]:
@@ -282,14 +285,14 @@ class SqliteOnlineStore(OnlineStore):
         except sqlite3.Error:
             return 0
 
-    def read(self, plan: ViewPlan, values: Sequence[Any], enforce_ttl: bool, feast_store: Any) -> reader.ViewRead:
+    def read(self, plan: ViewPlan, ids: Sequence[Any], enforce_ttl: bool, feast_store: Any) -> reader.ViewRead:
         try:
-            return _feast_view_read(feast_store, plan, values, enforce_ttl)
+            return _feast_view_read(feast_store, plan, ids, enforce_ttl)
         except sqlite3.OperationalError as exc:
             if "no such table" not in str(exc):
                 raise
             # The store file was deleted or replaced: nothing is served (verify reports it; materialize refills).
-            return not_found(plan, values)
+            return not_found(plan, ids)
 
 
     def push_rows(self, plan: ViewPlan, table: pa.Table, features: list[str], feast_store: Any,
@@ -298,22 +301,23 @@ class SqliteOnlineStore(OnlineStore):
         from feast.type_map import python_values_to_proto_values
         from feast.value_type import ValueType
 
-        values = table.column(plan.join_key).to_pylist()
         target = SqliteTarget(self.path, f"{self.env.feast_project}_{plan.view}", feast_store, plan)
-        stored = target.stored_micros(values)
+        stored = target.stored_micros([table.column(k).to_pylist() for k in plan.join_keys])
         newer = _strictly_newer(table.column(plan.timestamp_field), stored, replace_equal)
         rows = table.filter(pa.array(newer))
         if not rows.num_rows:
             return 0, table.num_rows
-        key_type = ValueType.INT64 if plan.entity_dtype == "int64" else ValueType.STRING
-        keys = python_values_to_proto_values(rows.column(plan.join_key).to_pylist(), key_type)
+        key_columns = [python_values_to_proto_values(rows.column(k).to_pylist(),
+                                                     ValueType.INT64 if dtype == "int64" else ValueType.STRING)
+                       for k, dtype in zip(plan.join_keys, plan.key_dtypes, strict=True)]
         columns = {name: rows.column(name).to_pylist() for name in features}
         dtypes = {f.name: f.dtype for f in plan.features}
         protos = {name: python_values_to_proto_values(column, _FEAST_VALUE_TYPES[dtypes[name]])
                   for name, column in columns.items()}
         stamps = rows.column(plan.timestamp_field).to_pylist()
-        data = [(EntityKeyProto(join_keys=[plan.join_key], entity_values=[key]),
-                 {name: protos[name][i] for name in features}, stamps[i], None) for i, key in enumerate(keys)]
+        data = [(EntityKeyProto(join_keys=list(plan.join_keys), entity_values=list(key)),
+                 {name: protos[name][i] for name in features}, stamps[i], None)
+                for i, key in enumerate(zip(*key_columns, strict=True))]
         view = feast_store.get_feature_view(plan.view)
         # Feast's own writer, as `feast materialize` and Feast's push write the store: byte for byte its layout.
         feast_store.provider.online_store.online_write_batch(feast_store.config, view, data, None)
@@ -485,21 +489,23 @@ def online_store(settings: Settings, env: EnvironmentContract,
     return BACKENDS[type(env.online_store)](settings, env, socket_timeout)
 
 
-def not_found(plan: ViewPlan, values: Sequence[Any]) -> reader.ViewRead:
+def not_found(plan: ViewPlan, ids: Sequence[Any]) -> reader.ViewRead:
     return reader.ViewRead(plan=plan, features=list(plan.features),
-                           values=[[None] * len(values) for _ in plan.features],
-                           statuses=[[reader.NOT_FOUND] * len(values) for _ in plan.features],
-                           event_micros=[None] * len(values))
+                           values=[[None] * len(ids) for _ in plan.features],
+                           statuses=[[reader.NOT_FOUND] * len(ids) for _ in plan.features],
+                           event_micros=[None] * len(ids))
 
 
-def _feast_view_read(store: Any, plan: ViewPlan, values: Sequence[Any], enforce_ttl: bool) -> reader.ViewRead:
+def _feast_view_read(store: Any, plan: ViewPlan, ids: Sequence[Any], enforce_ttl: bool) -> reader.ViewRead:
     """Feast's own online read with the platform's semantics: NOT_FOUND entities get a null timestamp, and the
     TTL is enforced."""
     from feast.type_map import feast_value_type_to_python_type
 
     refs = [f"{plan.view}:{f.name}" for f in plan.features]
     with contextlib.nullcontext() if enforce_ttl else feast_modes.ttl_not_enforced():
-        response = store.get_online_features(features=refs, entity_rows=[{plan.join_key: v} for v in values])
+        columns = plan.id_columns(ids)
+        rows = [dict(zip(plan.join_keys, values, strict=True)) for values in zip(*columns, strict=True)]
+        response = store.get_online_features(features=refs, entity_rows=rows)
     by_name = dict(zip(response.proto.metadata.feature_names.val, response.proto.results, strict=True))
     results = [by_name[f.name] for f in plan.features]
     status_names = {0: "INVALID", 1: reader.PRESENT, 2: reader.NULL_VALUE, 3: reader.NOT_FOUND,
@@ -507,7 +513,7 @@ def _feast_view_read(store: Any, plan: ViewPlan, values: Sequence[Any], enforce_
     now = reader.now_micros()
     max_age = plan.ttl_seconds * 1_000_000 if enforce_ttl and plan.ttl_seconds > 0 else None
     stamps: list[int | None] = []
-    for i in range(len(values)):
+    for i in range(len(ids)):
         found = [r for r in results if r.statuses[i] != 3]
         stamps.append(max(r.event_timestamps[i].ToMicroseconds() for r in found) if found else None)
     out_values, out_statuses = [], []
@@ -553,7 +559,7 @@ class RedisTarget(OnlineTarget):
     def _not_superseded(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """Each batch without the rows older than what the store holds for their entity (a pushed row)."""
         for batch in batches:
-            stored = self._stored(self.plan.keys(batch.column(self.plan.join_key)))
+            stored = self._stored(self.plan.keys_of(batch))
             micros = batch.column(self.plan.timestamp_field).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
             keep = [old is None or old // 1_000_000 <= new // 1_000_000
                     for new, old in zip(micros.to_pylist(), stored, strict=True)]
@@ -573,29 +579,30 @@ class RedisTarget(OnlineTarget):
             self.build_newest = _micros(metadata["event_time_max"])
         return engine.write_view(self.client, self.plan, rows, progress)
 
-    def delete(self, keys: Iterator[pa.Array]) -> int:
-        keys = engine.only_shard_keys(self.plan, self.shard, keys)
+    def delete(self, keys: Iterator[pa.RecordBatch]) -> int:
+        keys = engine.only_shard(self.plan, self.shard, keys)
         if self.keep_newer and self.build_newest is not None:
             keys = self._pushed_kept(keys, self.build_newest)
         return engine.delete_view_fields(self.client, self.plan, keys)
 
-    def _pushed_kept(self, keys: Iterator[pa.Array], newest: int) -> Iterator[pa.Array]:
+    def _pushed_kept(self, keys: Iterator[pa.RecordBatch], newest: int) -> Iterator[pa.RecordBatch]:
         """Departed entities without those whose stored row is newer than the build (pushed since)."""
         for batch in keys:
-            stored = self._stored(self.plan.keys(batch))
+            stored = self._stored(self.plan.keys_of(batch))
             yield batch.filter(pa.array([old is None or old // 1_000_000 <= newest // 1_000_000 for old in stored]))
 
     def holds(self, fs: Any, metadata: dict[str, Any]) -> bool:
         """Entities spread over the build are present with this build's newest event time: catches an emptied
         or replaced Redis, and one restored from an older snapshot (AOF/RDB) that holds older rows."""
-        values, micros = _sample_newest(fs, metadata, self.plan.join_key, self.plan.timestamp_field,
-                                        PRESENCE_SAMPLE * (self.shard.count if self.shard else 1))
+        columns, micros = _sample_newest(fs, metadata, self.plan,
+                                         PRESENCE_SAMPLE * (self.shard.count if self.shard else 1))
+        keys = self.plan.keys(columns)
         if self.shard:
-            mine = self.shard.mask(self.plan.keys(values))
-            values = [v for v, keep in zip(values, mine, strict=True) if keep]
+            mine = self.shard.mask(keys)
+            keys = [k for k, keep in zip(keys, mine, strict=True) if keep]
             micros = [m for m, keep in zip(micros, mine, strict=True) if keep]
         pipe = self.client.pipeline(transaction=False)
-        for key in self.plan.keys(values):
+        for key in keys:
             pipe.hget(key, self.plan.ts_field)
         found = [decode_timestamp_micros(raw) for raw in pipe.execute()]
         return all(f is not None and f // 1_000_000 == m // 1_000_000 for f, m in zip(found, micros, strict=True))
@@ -663,20 +670,22 @@ class SqliteTarget(OnlineTarget):
             con.execute(f"INSERT OR REPLACE INTO {SQLITE_RECORD_TABLE} VALUES (?, ?)",
                         (self.plan.view, json.dumps(record, sort_keys=True)))
 
-    def _keys(self, values: pa.Array | list[Any]) -> list[bytes]:
-        return entity_keys(self.plan.join_key, self.plan.entity_dtype, values, project="")
+    def _keys(self, columns: Sequence[Any]) -> list[bytes]:
+        """Feast's SQLite rows are keyed by the serialized entity key without a project."""
+        return composite_keys(self.plan.join_keys, self.plan.key_dtypes, columns, project="")
 
-    def delete(self, keys: Iterator[pa.Array]) -> int:
+    def delete(self, keys: Iterator[pa.RecordBatch]) -> int:
         if self.keep_newer and self.build_newest is not None:
             newest = self.build_newest // 1_000_000
             keys = (batch.filter(pa.array([old is None or old // 1_000_000 <= newest
-                                           for old in self.stored_micros(batch.to_pylist())])) for batch in keys)
+                                           for old in self.stored_micros(batch.columns)])) for batch in keys)
         deleted = 0
         with contextlib.closing(sqlite3.connect(self.path)) as con, con:
             con.execute("CREATE TEMP TABLE IF NOT EXISTS departed (k BLOB PRIMARY KEY)")
             for batch in keys:
                 con.execute("DELETE FROM departed")
-                con.executemany("INSERT OR IGNORE INTO departed VALUES (?)", [(k,) for k in self._keys(batch)])
+                con.executemany("INSERT OR IGNORE INTO departed VALUES (?)",
+                                [(k,) for k in self._keys(batch.columns)])
                 deleted += con.execute(f'SELECT count(DISTINCT entity_key) FROM "{self.table}" '
                                        "WHERE entity_key IN (SELECT k FROM departed)").fetchone()[0]
                 con.execute(f'DELETE FROM "{self.table}" WHERE entity_key IN (SELECT k FROM departed)')
@@ -685,9 +694,8 @@ class SqliteTarget(OnlineTarget):
     def holds(self, fs: Any, metadata: dict[str, Any]) -> bool:
         """As on Redis: sampled entities are present with this build's newest event time, so a deleted, emptied
         or older (restored) store file is reloaded."""
-        values, micros = _sample_newest(fs, metadata, self.plan.join_key, self.plan.timestamp_field,
-                                        PRESENCE_SAMPLE)
-        keys = self._keys(values)
+        columns, micros = _sample_newest(fs, metadata, self.plan, PRESENCE_SAMPLE)
+        keys = self._keys(columns)
         if not self.path.exists():
             return not keys
         try:
@@ -704,9 +712,9 @@ class SqliteTarget(OnlineTarget):
                 return False
         return True
 
-    def stored_micros(self, values: list[Any]) -> list[int | None]:
-        """Each entity's stored event time (epoch µs, whole seconds), or None."""
-        keys = self._keys(values)
+    def stored_micros(self, columns: Sequence[Any]) -> list[int | None]:
+        """Each entity's stored event time (epoch µs, whole seconds), or None; one column per join key."""
+        keys = self._keys(columns)
         if not keys or not self.path.exists():
             return [None] * len(keys)
         try:
