@@ -345,6 +345,18 @@ def test_composite_keys_on_sqlite_and_the_command_line(local_settings, capsys) -
     assert [r["status"] for r in rows] == ["NOT_FOUND", "PRESENT", "PRESENT"]
     assert rows[1]["txn_count"] == 42  # the pushed row is newer than the build: kept
 
+    from tests.test_server import Server  # Feast's read path behind the server: a missing key is still a 422
+
+    server = Server(settings)
+    try:
+        status, answer = server.post({"features": [f"{VIEW}:txn_count"], "entities": {"merchant_id": ["m-7"]}})
+        assert status == 422 and "'customer_id' is missing" in answer["detail"], answer
+        status, answer = server.post({"features": [f"{VIEW}:txn_count"],
+                                      "entities": {"merchant_id": ["m-7", "m-7"], "customer_id": [3, 1]}})
+    finally:
+        server.stop()
+    assert status == 200 and answer["results"][2]["values"] == [42, None], answer
+
 
 def test_composite_keys_export_as_odcs_with_a_primary_key_of_several_columns() -> None:
     from feature_platform import odcs

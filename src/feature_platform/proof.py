@@ -247,21 +247,25 @@ def check_services(settings: Settings, env: EnvironmentContract) -> tuple[str, l
             for key in (k for k in contract.join_keys if k in keys):
                 agrees &= rows.column(key).to_numpy(zero_copy_only=False) == keys[key][0]
             agreeing = rows.filter(pa.array(agrees))
-            chosen = (agreeing if agreeing.num_rows else rows).slice(-1).to_pylist()[0]
+            candidates = agreeing if agreeing.num_rows else rows
+            chosen = candidates.slice(candidates.num_rows - 1).to_pylist()[0]
             keys.update({k: [chosen[k]] for k in contract.join_keys if k not in keys})
         online = feast_bridge.read_online_service(settings, model.name, keys, version=model.version, env=env,
                                                   full_feature_names=True)[0]
         entities = pd.DataFrame({**keys, "event_timestamp": [pd.Timestamp.now(tz="UTC")]})
         frame, _ = feast_bridge.historical_service(settings, entities, model.name, version=model.version, env=env,
                                                    caller=caller, full_feature_names=True)
+        dtypes = {f"{c.feature_view_name}__{f.name}": f.dtype for c, _ in resolved for f in c.features}
         columns = [c for c in frame.columns if "__" in c]
 
-        def same(a: Any, b: Any) -> bool:  # a null on one side only is a difference too
-            if pd.isna(a) or pd.isna(b):
-                return bool(pd.isna(a) and pd.isna(b))
-            return values_close(a, b, "float64" if isinstance(a, float) else "other")
+        def same(offline: Any, served: Any, dtype: str) -> bool:  # a null on one side only is a difference too
+            if dtype.startswith("array<"):  # lists compare element by element (pd.isna would too)
+                return (offline is None) == (served is None) and values_close(offline, served, dtype)
+            if pd.isna(offline) or pd.isna(served):
+                return bool(pd.isna(offline) and pd.isna(served))
+            return values_close(offline, served, dtype)
 
-        differing = [c for c in columns if not same(online[c], frame[c].iloc[0])]
+        differing = [c for c in columns if not same(frame[c].iloc[0], online[c], dtypes[c])]
         # The entity comes from each set's served build: NOT_FOUND online means the store lost it.
         missing = [view for view, s in online["statuses"].items() if s == "NOT_FOUND"]
         found = sum(1 for s in online["statuses"].values() if s.startswith("PRESENT"))

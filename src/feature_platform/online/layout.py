@@ -540,7 +540,10 @@ class ViewPlan:
         return len(self.join_keys) > 1
 
     def keys(self, columns: Sequence[Any]) -> list[bytes]:
-        """Redis keys of rows given as one column per join key (lists, Arrow or numpy arrays)."""
+        """Redis keys of rows given as one column per join key (lists, Arrow or numpy arrays); with one join
+        key, its column of values may also be given alone."""
+        if not self.composite and not _one_column_list(columns):
+            columns = [columns]
         return composite_keys(self.join_keys, self.key_dtypes, columns, self.project)
 
     def keys_of(self, table: pa.Table | pa.RecordBatch) -> list[bytes]:
@@ -562,6 +565,12 @@ class ViewPlan:
             if feature.name == name:
                 return feature
         raise KeyError(name)
+
+
+def _one_column_list(value: Any) -> bool:
+    """``[column]`` rather than a column of values (keys are numbers or strings, never sequences)."""
+    return (isinstance(value, list | tuple) and len(value) == 1
+            and isinstance(value[0], list | tuple | pa.Array | pa.ChunkedArray | np.ndarray))
 
 
 def plan_view(project: str, view: str, keys: dict[str, str], timestamp_field: str, ttl_seconds: int,

@@ -438,6 +438,13 @@ class FeatureServer:
 
     def _answer(self, catalog: Catalog, request: OnlineRequest, groups: list[tuple[str, list[str]]] | None
                 ) -> dict[str, Any]:
+        for view, _ in groups or ():  # on every store: Feast's path would read a missing key as NOT_FOUND
+            plan = catalog.views[view]
+            missing = [key for key in plan.join_keys if key not in request.entities]
+            if missing:
+                given = ", ".join(request.entities) or "none"
+                raise RequestError(422, f"entities: {view} is keyed by {' + '.join(plan.join_keys)}; the entity "
+                                        f"column {missing[0]!r} is missing (given: {given})")
         if groups is None or self.client is None:
             if self.feast_fallback is None:
                 raise RequestError(501, "this request needs Feast's path, which is not configured")
@@ -447,11 +454,7 @@ class FeatureServer:
         for view, features in groups:
             plan = catalog.views[view]
             columns = []
-            for key, dtype in zip(plan.join_keys, plan.key_dtypes, strict=True):
-                if key not in request.entities:
-                    given = ", ".join(request.entities) or "none"
-                    raise RequestError(422, f"entities: {view} is keyed by {' + '.join(plan.join_keys)}; the entity "
-                                            f"column {key!r} is missing (given: {given})")
+            for key, dtype in zip(plan.join_keys, plan.key_dtypes, strict=True):  # present: checked above
                 try:
                     columns.append(parse_entity_values(dtype, request.entities[key]))
                 except ValueError as exc:
