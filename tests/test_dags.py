@@ -98,7 +98,8 @@ def test_dagbag_has_one_dag_per_feature_set(airflow_home, contracts_copy) -> Non
     and parsing stays light (no Feast, DuckDB, pyarrow or network clients imported)."""
     bag = _dagbag(airflow_home, {"FEATURE_PLATFORM_CONTRACTS": str(contracts_copy)})
     assert bag["import_errors"] == {}
-    assert sorted(bag["dags"]) == ["feature_set__customer_profile", "feature_set__customer_spend",
+    assert sorted(bag["dags"]) == ["feature_set__customer_category_spend", "feature_set__customer_embedding",
+                                   "feature_set__customer_profile", "feature_set__customer_spend",
                                    "feature_set__driver_hourly_stats"]
     spend = bag["dags"]["feature_set__customer_spend"]
     assert spend["validate_contract"] == ["v1.build", "v2.build"]
@@ -249,8 +250,8 @@ def test_dag_runs_build_promote_serve_and_pass_the_proof(airflow_home, dev_setti
     from feature_platform import audit
 
     actors = {e["actor"] for e in audit.read(dev_settings, dev_settings.environment())}
-    assert {a.split("/")[0] for a in actors} == {f"airflow:feature_set__{name}" for name in  # one run per DAG
-                                                  ("customer_profile", "customer_spend", "driver_hourly_stats")}
+    assert {a.split("/")[0] for a in actors} == {f"airflow:feature_set__{name}"  # one run per DAG
+                                                 for name in dev_settings.contracts().names()}
     assert all(a.split("/")[1].startswith("manual__") for a in actors), actors
     rows = feast_bridge.read_online(dev_settings, "customer_spend", ["1001", "1002", "1003"])
     assert all(r["txn_count_1d"] is not None for r in rows)

@@ -38,7 +38,8 @@ def test_full_loop_online_equals_offline(dev_settings, s3_clean, redis_clean) ->
     seed_raw(dev_settings)
     result = pipeline.run_loop(dev_settings)
     assert {r["feature_view"] for r in result["verify"]} == {
-        "customer_profile_v1", "customer_spend_v1", "customer_spend_v2", "driver_hourly_stats_v1"}
+        "customer_category_spend_v1", "customer_embedding_v1", "customer_profile_v1", "customer_spend_v1",
+        "customer_spend_v2", "driver_hourly_stats_v1"}
     assert all(r["ok"] and r["sampled"] > 0 and r["mismatch_count"] == 0 for r in result["verify"])
     assert registry_head(s3_clean)["ContentLength"] > 0
     assert redis_clean.client(db=0).dbsize() > 0
@@ -146,7 +147,8 @@ def test_sql_registry_on_postgres(dev_settings, contracts_copy, postgres_server,
     pipeline.run_loop(settings)
     with psycopg.connect(postgres_server.url().replace("postgresql+psycopg", "postgresql")) as conn:
         names = {row[0] for row in conn.execute("SELECT feature_view_name FROM feature_views")}
-    assert names == {"customer_profile_v1", "customer_spend_v1", "customer_spend_v2", "driver_hourly_stats_v1"}
+    assert names == {"customer_category_spend_v1", "customer_embedding_v1", "customer_profile_v1", "customer_spend_v1",
+                     "customer_spend_v2", "driver_hourly_stats_v1"}
     assert redis_clean.client(db=1).dbsize() > 0 and redis_clean.client(db=0).dbsize() == 0  # prod's Redis DB
     report = run_proof(settings)
     assert report.ok, [c.evidence for c in report.checks if c.status != "PASS"]

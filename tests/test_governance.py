@@ -346,7 +346,8 @@ def test_contracts_export_as_valid_odcs(tmp_path: Path) -> None:
                             timeout=120)
     assert result.returncode == 0, result.stderr
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["customer_profile_v1.odcs.yaml", "customer_spend_v1.odcs.yaml", "customer_spend_v2.odcs.yaml",
+    assert files == ["customer_category_spend_v1.odcs.yaml", "customer_embedding_v1.odcs.yaml",
+                     "customer_profile_v1.odcs.yaml", "customer_spend_v1.odcs.yaml", "customer_spend_v2.odcs.yaml",
                      "driver_hourly_stats_v1.odcs.yaml", "patient_vitals_v1.odcs.yaml"]
     for name in files:
         document = yaml.safe_load((out / name).read_text())

@@ -100,10 +100,35 @@ def driver_trips(spec: SampleSpec) -> pa.Table:
     })
 
 
+EMBEDDING_DIMS = 16
+
+
+def customer_embeddings(spec: SampleSpec) -> pa.Table:
+    """A 16-dim unit embedding per customer per week over four weeks, as a recommender's training job would
+    write them: a stable direction per customer, drifting a little each week."""
+    rng = np.random.default_rng(spec.seed + 3)
+    count = max(10, int(1000 * spec.scale))
+    ids = np.arange(1001, 1001 + count, dtype=np.int64)
+    base = rng.normal(size=(count, EMBEDDING_DIMS))
+    parts = []
+    for week in range(4):
+        vectors = base + 0.1 * rng.normal(size=base.shape)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        computed = np.datetime64(spec.end.replace(tzinfo=None)) - np.timedelta64(7 * (3 - week), "D")
+        parts.append(pa.table({
+            "customer_id": pa.array(ids),
+            "computed_at": _ts(np.full(count, computed)),
+            "embedding": pa.array(list(np.round(vectors, 6)), pa.list_(pa.float64())),
+            "model": pa.array(np.full(count, f"two-tower-2026w{week + 1}")),
+        }))
+    return pa.concat_tables(parts)
+
+
 TABLES: dict[str, Callable[[SampleSpec], pa.Table]] = {
     "transactions": transactions,
     "customers": customers,
     "driver_trips": driver_trips,
+    "customer_embeddings": customer_embeddings,
 }
 
 
