@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -423,6 +424,9 @@ def airflow_imported_in_process():
     root.setLevel(level)
 
 
+INTERVAL = (datetime(2026, 11, 30, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))  # a daily run's data interval
+
+
 def test_kubernetes_mode_steps_chain_through_xcom(local_settings, tmp_path, airflow_imported_in_process) -> None:
     """What each pod of the kubernetes mode runs, for real: the operators' own (templated) arguments rendered
     with the upstream pods' XCom results, executed as `featurectl step ...` in topological order. Only the pod
@@ -447,7 +451,9 @@ def test_kubernetes_mode_steps_chain_through_xcom(local_settings, tmp_path, airf
     environment.policies["json.dumps_kwargs"] = {"sort_keys": True}
     ran = []
     for task in dag.topological_sort():
-        arguments = [environment.from_string(a).render(ti=TaskInstance(), run_id="manual__kpo") for a in task.arguments]
+        arguments = [environment.from_string(a).render(ti=TaskInstance(), run_id="manual__kpo",
+                                                       data_interval_start=INTERVAL[0], data_interval_end=INTERVAL[1])
+                     for a in task.arguments]
         xcom_file = tmp_path / f"{task.task_id}.json"
         code = main([*arguments, "--xcom-path", str(xcom_file), "--contracts", str(local_settings.contracts_dir),
                      "--home", str(local_settings.home), "--env", "local"])

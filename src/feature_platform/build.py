@@ -877,8 +877,13 @@ def read_metadata(store: ObjectStore, contract: FeatureSetContract, build_id: st
 # --------------------------------------------------------------------------------------- pointers + history
 
 
-def promote(store: ObjectStore, contract: FeatureSetContract, metadata: dict[str, Any]) -> dict[str, Any]:
+def promote(store: ObjectStore, contract: FeatureSetContract, metadata: dict[str, Any], expect_base: bool = False
+            ) -> dict[str, Any]:
     """Point the version's ``latest`` at a complete build, then refresh the feature set's ``latest``.
+
+    ``expect_base``: an incremental build updates the build that was ``latest`` when it was assembled
+    (``base_build_id``); if ``latest`` has moved since, promoting it would drop the other build's partitions, so
+    it is refused (a rollback passes False).
 
     The feature-set pointer always names the promoted build of the highest version that has one, whatever order
     versions are built or promoted in (v2 then v1 leaves it on v2); a lease makes read-decide-write atomic, so
@@ -903,6 +908,15 @@ def promote(store: ObjectStore, contract: FeatureSetContract, metadata: dict[str
     }
     with lease(store.url(f"{contract.name}/{POINTER_FILE}.lock"), store.endpoint_url, POINTER_LOCK_TIMEOUT) as held:
         held.check()
+        if expect_base and "base_build_id" in metadata:
+            try:
+                current = store.read_json(f"{version_key(contract)}/{POINTER_FILE}").get("build_id")
+            except FileNotFoundError:
+                current = None
+            if current not in (metadata["base_build_id"], build_id):
+                raise StoreError(f"{contract.name} {contract.version_label}: build {build_id} updates build "
+                                 f"{metadata['base_build_id']}, but latest is now {current} (another interval was "
+                                 "promoted meanwhile); rebuild the interval so that no partition is lost")
         store.write_json_atomic(f"{version_key(contract)}/{POINTER_FILE}", pointer)
         newest = newest_version_pointer(store, contract.name)
         try:
@@ -982,10 +996,26 @@ def find_build(store: ObjectStore, feature_set: str, build_id: str) -> dict[str,
     raise StoreError(f"{feature_set}: no build {build_id}; see `featurectl versions {feature_set}`")
 
 
-def read_build_table(store: ObjectStore, metadata: dict[str, Any]) -> pa.Table:
+def is_manifest(metadata: dict[str, Any]) -> bool:
+    """An incremental build: a manifest of partitions (``incremental.py``)."""
+    return "partitions" in metadata
+
+
+def data_files(metadata: dict[str, Any]) -> list[str]:
+    """A build's Parquet files as URLs: one for a full build, the manifest's partitions for an incremental one
+    (``incremental.py``), in event-time order."""
+    data = metadata["data"]
+    return [str(d) for d in data] if isinstance(data, list) else [str(data)]
+
+
+def data_paths(metadata: dict[str, Any]) -> list[str]:
+    """:func:`data_files` as paths for the store's filesystem (pyarrow, fsspec)."""
+    return [d.removeprefix("s3://") for d in data_files(metadata)]
+
+
+def read_build_table(store: ObjectStore, metadata: dict[str, Any], columns: list[str] | None = None) -> pa.Table:
     """The exact rows of one build, as recorded in its metadata."""
-    path = str(metadata["data"]).removeprefix("s3://")
-    return pq.read_table(path, filesystem=store.fs)
+    return ds.dataset(data_paths(metadata), format="parquet", filesystem=store.fs).to_table(columns=columns)
 
 
 def collect_garbage(store: ObjectStore, versions: list[FeatureSetContract], keep: int, min_age_seconds: int,
@@ -1020,4 +1050,28 @@ def collect_garbage(store: ObjectStore, versions: list[FeatureSetContract], keep
                 store.delete(build_key(contract, build_id))
             decisions.append({"feature_set": contract.name, "version": label, "build_id": build_id,
                               "reason": reason, "deleted": not dry_run})
+        kept = [b for b in history if b["build_id"] not in {d["build_id"] for d in decisions}]
+        decisions += _collect_partitions(store, contract, kept, min_age_seconds, dry_run, now)
     return decisions
+
+
+def _collect_partitions(store: ObjectStore, contract: FeatureSetContract, kept: list[dict[str, Any]],
+                        min_age_seconds: int, dry_run: bool, now: datetime) -> list[dict[str, Any]]:
+    """Partition files (incremental builds) no kept build names. Young ones are kept: a build being assembled
+    may be about to name them."""
+    prefix = f"{version_key(contract)}/partitions"
+    named = {p["key"] for b in kept for p in b.get("partitions", [])}
+    root = store.path() + "/"
+    out = []
+    for info in store.list_files(prefix, suffix=".parquet"):
+        key = info.path.removeprefix(root)
+        if key in named:
+            continue
+        written = store.modified_at(key)
+        if written is not None and (now - written).total_seconds() < min_age_seconds:
+            continue
+        if not dry_run:
+            store.delete(key)
+        out.append({"feature_set": contract.name, "version": contract.version_label, "build_id": None,
+                    "path": store.url(key), "reason": "partition no kept build names", "deleted": not dry_run})
+    return out

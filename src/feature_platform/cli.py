@@ -256,7 +256,9 @@ def _promoted_builds(settings: Any, environments: list[Any], contract: Any, expl
             continue
         try:
             store = settings.object_store(env)
-            found[env.name] = str(build.read_pointer(store, contract.name, contract.version_label)["data"])
+            data = build.read_pointer(store, contract.name, contract.version_label)["data"]
+            # An incremental build's partitions: their directory (it may also hold partitions of other builds).
+            found[env.name] = data[0].rsplit("/", 1)[0] + "/*.parquet" if isinstance(data, list) else str(data)
         except Exception:  # best effort: not built there yet, or unreachable; the entry names every build
             continue
     return found
@@ -311,21 +313,34 @@ def cmd_build(args: Args) -> int:
     from feature_platform import pipeline
 
     settings = _settings(args)
-    if bool(args.all) == bool(args.feature_set) or (args.all and args.version):
-        raise ConfigError("build: give one FEATURE_SET (optionally --version N), or --all")
+    if bool(args.all) == bool(args.feature_set) or (args.all and (args.version or args.interval)):
+        raise ConfigError("build: give one FEATURE_SET (optionally --version N, --interval START END), or --all")
     if args.all:
         # One process for the catalogue: start-up, contracts and the environment are paid once, not per set.
         results = pipeline.build_all(settings, run_id=args.run_id, progress=_progress(args))
     else:
         results = [pipeline.build_and_promote(settings, args.feature_set, version=args.version,
-                                              run_id=args.run_id, progress=_progress(args))]
+                                              run_id=args.run_id, progress=_progress(args),
+                                              interval=tuple(args.interval) if args.interval else None)]
+    _render(args, results if args.all else results[0], lambda: _print_builds(results))
+    return 0
 
-    def text() -> None:
-        for result in results:
-            print(f"{result['feature_set']} {result['version']}: latest -> build {result['build_id']} "
-                  f"({result['row_count']:,} rows{', reused' if result['reused'] else ''})")
 
-    _render(args, results if args.all else results[0], text)
+def _print_builds(results: list[dict[str, Any]]) -> None:
+    for result in results:
+        built = (f", {len(result['intervals'])} interval(s) built, {result['partitions']} partitions"
+                 if "intervals" in result else "")
+        print(f"{result['feature_set']} {result['version']}: latest -> build {result['build_id']} "
+              f"({result['row_count']:,} rows{built}{', reused' if result['reused'] else ''})")
+
+
+def cmd_backfill(args: Args) -> int:
+    from feature_platform import pipeline
+
+    result = pipeline.build_and_promote(_settings(args), args.feature_set, version=args.version,
+                                        run_id=args.run_id, progress=_progress(args),
+                                        interval=(args.start, args.end), parallel=args.parallel)
+    _render(args, result, lambda: _print_builds([result]))
     return 0
 
 
@@ -826,6 +841,8 @@ def cmd_step(args: Args) -> int:
               if (value := getattr(args, name)) is not None}
     if args.shard:
         inputs["shard"] = args.shard
+    if args.interval:
+        inputs["interval"] = list(args.interval)
     result = pipeline.run_named_step(_settings(args), args.step, args.feature_set, args.version, inputs,
                                      run_id=args.run_id)
     _print_json(result)
@@ -942,7 +959,7 @@ VERSION, DURATION = _Version(), _Duration()
 # `featurectl --help` lists the commands by subject, in this order.
 SUBJECTS: dict[str, list[str]] = {
     "Contracts": ["contracts", "init"],
-    "Builds": ["sample-data", "build", "versions", "rollback", "gc", "push", "compact"],
+    "Builds": ["sample-data", "build", "backfill", "versions", "rollback", "gc", "push", "compact"],
     "Feast and the online store": ["feast-config", "apply", "plan", "materialize", "verify", "serve",
                                    "check-server"],
     "Reading features": ["online", "historical", "export"],
@@ -1057,6 +1074,18 @@ def build_cli() -> click.Group:
              arg("feature_set", required=False),
              opt("--all", is_flag=True, help="every live version of every feature set, in one process"),
              opt("--version", type=VERSION, help="contract version (default: newest)"),
+             opt("--interval", nargs=2, metavar="START END", help="an incremental contract: build the data "
+                 "interval [START, END) (ISO 8601 dates at midnight UTC, or UTC timestamps; END exclusive)"),
+             opt("--run-id", help="the logical run that asked for it (recorded in metadata.json)"),
+             opt("--quiet", is_flag=True, help="no progress lines"), _common())
+    _command(cli, "backfill", cmd_backfill, "rebuild a range of an incremental feature set, in parallel workers, "
+             "and promote latest",
+             arg("feature_set"),
+             opt("--from", "start", required=True, metavar="START", help="ISO 8601 date or UTC timestamp"),
+             opt("--to", "end", required=True, metavar="END", help="exclusive; ISO 8601 date or UTC timestamp"),
+             opt("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
+                 help="worker processes, one contiguous range of partitions each (memory bounded per worker)"),
+             opt("--version", type=VERSION, help="contract version (default: newest)"),
              opt("--run-id", help="the logical run that asked for it (recorded in metadata.json)"),
              opt("--quiet", is_flag=True, help="no progress lines"), _common())
     _command(cli, "versions", cmd_versions, "list the builds of a feature set; * marks latest",
@@ -1156,6 +1185,8 @@ def build_cli() -> click.Group:
              opt("--stats", help="JSON result of the quality_gate step"),
              opt("--written", help="JSON result of the write_version step"),
              opt("--shard", metavar="I/N", help="materialize: only shard I of N"), opt("--run-id"),
+             opt("--interval", nargs=2, metavar="START END", help="build: the run's data interval (incremental "
+                 "contracts)"),
              opt("--xcom", is_flag=True, help="also write the result where KubernetesPodOperator reads XCom"),
              opt("--xcom-path", default="/airflow/xcom/return.json", hidden=True), _common())
     _command(cli, "proof", cmd_proof, "check the whole loop and print PASS/FAIL with evidence",

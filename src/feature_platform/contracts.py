@@ -171,6 +171,49 @@ class Source(StrictModel):
         return sql
 
 
+class BuildMode(StrictModel):
+    """How a build runs. ``full`` (the default): the SQL over the whole raw table, one snapshot. ``incremental``:
+    the SQL per data interval (``$interval_start``/``$interval_end``) over the raw rows of ``[start - lookback,
+    end)`` by ``time_column``; the build keeps the rows whose event time is in ``[start, end)``, written as
+    partitions of ``partition`` each (docs/builds.md#incremental-builds)."""
+
+    mode: Literal["full", "incremental"] = "full"
+    partition: str = "1d"
+    lookback: str | None = None  # e.g. 30d for a 30-day window; none: only the interval's raw rows
+    time_column: SafeName | None = Field(
+        default=None, description="the raw table's event-time column the interval prunes (incremental builds)")
+
+    @field_validator("partition", "lookback")
+    @classmethod
+    def _is_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @model_validator(mode="after")
+    def _incremental_needs_time(self) -> BuildMode:
+        if self.mode == "incremental" and self.time_column is None:
+            raise ValueError("time_column is missing: an incremental build prunes the raw table by event time; "
+                             "name the raw column holding it (e.g. time_column: ts)")
+        seconds = parse_duration(self.partition)
+        if seconds < 3600 or (86400 % seconds and seconds % 86400):
+            raise ValueError(f"partition {self.partition!r}: use whole hours dividing a day (1h, 6h ...) or "
+                             "whole days (1d, 7d)")
+        return self
+
+    @property
+    def incremental(self) -> bool:
+        return self.mode == "incremental"
+
+    @property
+    def partition_seconds(self) -> int:
+        return parse_duration(self.partition)
+
+    @property
+    def lookback_seconds(self) -> int:
+        return parse_duration(self.lookback) if self.lookback else 0
+
+
 TeamName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
 
 
@@ -237,6 +280,7 @@ class FeatureSetContract(StrictModel):
     monitoring: Monitoring = Field(default_factory=Monitoring)
     tags: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")], str] = Field(default_factory=dict)
     source: Source
+    build: BuildMode = Field(default_factory=BuildMode)
     features: list[Feature] = Field(min_length=1)
 
     @model_validator(mode="before")
@@ -380,7 +424,10 @@ class FeatureSetContract(StrictModel):
     def transform_hash(self) -> str:
         """Changes when the rows a build would produce can change (source table or SQL)."""
         zone = {"timezone": self.source.timezone} if self.source.timezone else {}  # unchanged hashes without one
-        payload = json.dumps({"table": self.source.table, "sql": " ".join(self.source.sql.split()), **zone})
+        # Incremental builds: the partitioning and the raw rows the SQL sees change the rows (full: not written).
+        mode = {"build": self.build.model_dump()} if self.build.incremental else {}
+        payload = json.dumps({"table": self.source.table, "sql": " ".join(self.source.sql.split()), **zone, **mode},
+                             sort_keys=bool(mode))
         return hashlib.sha256(payload.encode()).hexdigest()
 
 

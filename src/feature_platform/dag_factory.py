@@ -175,6 +175,10 @@ def run_step(step: str, feature_set: str, version: int | None = None, shard: str
               for name, source in STEP_INPUTS.get(step, {}).items()}
     if shard:
         inputs["shard"] = shard
+    if step == "build" and context.get("data_interval_start") and context.get("data_interval_end"):
+        # The run's data interval: an incremental contract builds exactly it (catch-up and backfills: one
+        # interval per run); a full contract ignores it.
+        inputs["interval"] = [context["data_interval_start"].isoformat(), context["data_interval_end"].isoformat()]
     settings = Settings.from_env()
     actor = f"airflow:{DAG_PREFIX}{feature_set}/{context.get('run_id')}"  # who the audit trail names
     settings = settings.replace(values={**settings.values, "FEATURE_PLATFORM_ACTOR": actor})
@@ -220,6 +224,9 @@ def _operator(config: DagConfig, env: EnvironmentContract, step: str, feature_se
         arguments += [f"--{name}", "{{ ti.xcom_pull(task_ids='" + f"{group}.{source}" + "') | tojson }}"]
     if step == "write_version":
         arguments += ["--run-id", "{{ run_id }}"]
+    if step == "build":  # the run's data interval (incremental contracts build exactly it)
+        arguments += ["--interval", "{{ data_interval_start.isoformat() }}", "{{ data_interval_end.isoformat() }}",
+                      "--run-id", "{{ run_id }}"]
     env_from = ([k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=config.env_from_secret))]
                 if config.env_from_secret else None)
     _, _, resources = env.schedule.policy(step)

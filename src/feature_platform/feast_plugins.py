@@ -20,6 +20,7 @@ Feast loads stores and providers by class path; the generated ``feature_store.ya
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -109,6 +110,19 @@ def _part(view: Any, features: list[str], full_feature_names: bool) -> JoinPart:
                     names=[f"{name}__{f}" if full_feature_names else f for f in features])
 
 
+def _data_files(path: str, filesystem: Any) -> str | list[str]:
+    """A view's source path for the join: its Parquet file, or an incremental build's partitions named by its
+    manifest (``metadata.json``); without the s3:// scheme when read through ``filesystem``."""
+    from feature_platform.build import METADATA_FILE, data_files
+
+    local = path.removeprefix("s3://") if filesystem is not None else path
+    if not path.endswith("/" + METADATA_FILE):
+        return local
+    with (filesystem.open(local) if filesystem is not None else open(local, "rb")) as handle:
+        files = data_files(json.loads(handle.read()))
+    return [f.removeprefix("s3://") if filesystem is not None else f for f in files]
+
+
 def _with_pushed_rows(config: Any, parts: list[JoinPart], views: list[Any]) -> list[JoinPart]:
     """Parts of views that take pushes, with their recorded pushes (as ``featurectl historical`` joins them)."""
     from feature_platform.feast_bridge.definitions import TAG_PREFIX
@@ -157,13 +171,12 @@ class PlatformOfflineStore(DaskOfflineStore):
             wanted.setdefault(view_name, []).append(feature)
         by_name = {(v.projection.name_to_use() if v.projection else v.name): v for v in feature_views}
         parts = [_part(by_name[name], features, full_feature_names) for name, features in wanted.items()]
-        paths = [p.data_path for p in parts]
         endpoint = next((v.batch_source.file_options.s3_endpoint_override for v in feature_views
                          if v.batch_source.file_options.s3_endpoint_override), None) or \
             platform_settings(config).s3_endpoint_url
+        paths = [path for p in parts for path in ([p.data_path] if isinstance(p.data_path, str) else p.data_path)]
         filesystem = _filesystem(paths, endpoint)
-        if filesystem is not None:
-            parts = [JoinPart(**{**p.__dict__, "data_path": p.data_path.removeprefix("s3://")}) for p in parts]
+        parts = [JoinPart(**{**p.__dict__, "data_path": _data_files(str(p.data_path), filesystem)}) for p in parts]
         parts = _with_pushed_rows(config, parts, [by_name[name] for name in wanted])
         frame = entity_df
 

@@ -96,8 +96,23 @@ def load_view(settings: Settings, env: EnvironmentContract, object_store: Object
     # as completely loaded (a restored snapshot, a replaced file or an emptied store does not) and sampled
     # entities hold this build's event times.
     stored = online.recorded() or {}
+    base = _partition_base(object_store, contract, own, stored, metadata) if incremental and not shard else None
     if incremental and loaded and stored == complete_record(build_id) and online.holds(object_store.fs, metadata):
         mode = "incremental"  # this immutable build is completely loaded and still there: nothing to write
+    elif base is not None and online.holds(object_store.fs, base):
+        # Incremental builds, from a completely loaded one: only the entities of the partitions that changed
+        # (their newest rows written, those left with none deleted): the online cost follows the new data.
+        mode = "partitions"
+        view_lease.check()
+        object_store.write_json_atomic(own_key, {**own, "pending_build_ids": sorted({base["build_id"], build_id})})
+        online.record({"build_id": build_id, "state": LOADING})
+        rows, gone = engine.changed_entities(object_store.fs, metadata, base, plan)
+        bar = _Progress(progress, rows.num_rows, contract.feature_view_name)
+        try:
+            written = online.write(object_store.fs, metadata, start, end, bar, iter(rows.to_batches()))
+        finally:
+            bar.close()
+        deleted = online.delete(iter(gone.to_batches()))
     else:
         mode = "full"
         previous = {b for m in (marker, own) for b in [m.get("build_id"), *m.get("pending_build_ids", [])] if b}
@@ -141,6 +156,17 @@ def load_view(settings: Settings, env: EnvironmentContract, object_store: Object
     online.record(complete_record(build_id))
     object_store.write_json_atomic(marker_key(contract), record)
     return record
+
+
+def _partition_base(object_store: ObjectStore, contract: FeatureSetContract, own: dict[str, Any],
+                    stored: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The incremental build the store holds completely, when ``metadata`` is one too (else None)."""
+    held = own.get("build_id")
+    if (not builds.is_manifest(metadata) or not held or held == metadata["build_id"] or own.get("pending_build_ids")
+            or stored != complete_record(held)):
+        return None
+    base = _metadata_if_kept(object_store, contract, held)
+    return base if base is not None and builds.is_manifest(base) else None
 
 
 def _read_json(object_store: ObjectStore, key: str) -> dict[str, Any]:

@@ -72,7 +72,7 @@ class JoinPart:
     keys: dict[str, str]  # join key -> dtype (several: a composite key, joined on all of them)
     timestamp_field: str
     ttl_seconds: int
-    data_path: str
+    data_path: str | list[str]  # the build's Parquet file, or an incremental build's partitions
     dtypes: dict[str, str]  # feature -> contract dtype, in the order taken
     names: list[str]  # output column per feature (plain, or <feature_set>_v<N>__<feature>)
     pushed: tuple[str, ...] = ()  # recorded pushes (push.py): they join with the build, winning ties
@@ -83,7 +83,7 @@ class JoinPart:
         return list(self.dtypes)
 
     @classmethod
-    def of(cls, contract: FeatureSetContract, data_path: str, features: list[str], names: list[str],
+    def of(cls, contract: FeatureSetContract, data_path: str | list[str], features: list[str], names: list[str],
            pushed: tuple[str, ...] = (), pushed_through: datetime | None = None) -> JoinPart:
         dtypes = {f.name: f.dtype for f in contract.features}
         return cls(contract.feature_view_name, contract.key_dtypes, contract.timestamp_field,
@@ -126,7 +126,7 @@ def _entity_table(entity_df: Any, parts: list[JoinPart]) -> pa.Table:
     return pa.table(columns)
 
 
-def point_in_time_join(entity_df: Any, contract: FeatureSetContract, data_path: str, fs: Any,
+def point_in_time_join(entity_df: Any, contract: FeatureSetContract, data_path: str | list[str], fs: Any,
                        pushed: tuple[str, ...] = (), pushed_through: datetime | None = None) -> Any:
     """``entity_df`` with the contract's features as of each row's ``event_timestamp`` (see module doc)."""
     names = [f.name for f in contract.features]

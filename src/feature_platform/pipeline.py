@@ -15,7 +15,7 @@ from typing import Any
 from feature_platform import build as builds
 from feature_platform.contracts import FeatureSetContract
 from feature_platform.environments import EnvironmentContract, Settings
-from feature_platform.errors import ContractError, ContractErrors
+from feature_platform.errors import ConfigError, ContractError, ContractErrors
 from feature_platform.sample_data import SampleSpec, write_sample_data
 from feature_platform.steps import STEP_NAMES
 from feature_platform.store import ObjectStore, sweep_temporary_files, write_file_atomic
@@ -41,15 +41,28 @@ def generate_sample_data(settings: Settings, spec: SampleSpec) -> dict[str, int]
 
 
 def build(settings: Settings, feature_set: str, version: int | None = None, run_id: str | None = None,
-          progress: Progress = _quiet) -> tuple[FeatureSetContract, builds.BuildResult]:
-    """Build (or find the finished build of) one contract version; does not promote."""
+          progress: Progress = _quiet, interval: tuple[Any, Any] | None = None, parallel: int = 1
+          ) -> tuple[FeatureSetContract, builds.BuildResult]:
+    """Build (or find the finished build of) one contract version; does not promote. An incremental contract
+    builds ``interval`` (START, END), split over ``parallel`` workers, or without one every partition of the
+    raw table; a full contract refuses an interval."""
+    from feature_platform import incremental
+
     env = settings.environment()
     contract = settings.contracts().get(feature_set, version)
     settings.writable_contracts(env, [contract])
+    store, raw = object_store(settings, env), raw_store(settings, env)
+    if interval is not None or contract.build.incremental:
+        span = (incremental.interval(contract, *interval) if interval is not None
+                else incremental.raw_span(contract, raw))
+        result = incremental.build_intervals(
+            contract, store, raw, incremental.split(contract, span, parallel), environment=env.name,
+            parallel=parallel, contracts_commit=settings.git_commit(), run_id=run_id, progress=progress,
+            future_tolerance=future_tolerance(env))
+        return contract, result
     result = builds.build_version(
-        contract, object_store(settings, env), raw_store(settings, env), environment=env.name,
-        contracts_commit=settings.git_commit(), run_id=run_id, progress=progress,
-        future_tolerance=future_tolerance(env))
+        contract, store, raw, environment=env.name, contracts_commit=settings.git_commit(), run_id=run_id,
+        progress=progress, future_tolerance=future_tolerance(env))
     return contract, result
 
 
@@ -58,18 +71,25 @@ def future_tolerance(env: EnvironmentContract) -> timedelta:
 
 
 def promote(settings: Settings, feature_set: str, version: int | None, build_id: str) -> dict[str, Any]:
+    """Move ``latest`` to a new build. An incremental build is refused if ``latest`` moved since it was assembled
+    on it (another interval's build promoted meanwhile: promoting would drop its partitions); rebuild it."""
     env = settings.environment()
     contract = settings.contracts().get(feature_set, version)
     store = object_store(settings, env)
-    return builds.promote(store, contract, builds.read_metadata(store, contract, build_id))
+    return builds.promote(store, contract, builds.read_metadata(store, contract, build_id), expect_base=True)
 
 
 def build_and_promote(settings: Settings, feature_set: str, version: int | None = None, run_id: str | None = None,
-                      progress: Progress = _quiet) -> dict[str, Any]:
-    contract, result = build(settings, feature_set, version, run_id, progress)
+                      progress: Progress = _quiet, interval: tuple[Any, Any] | None = None, parallel: int = 1
+                      ) -> dict[str, Any]:
+    contract, result = build(settings, feature_set, version, run_id, progress, interval, parallel)
     promote(settings, feature_set, contract.version, result.build_id)
-    return {"feature_set": feature_set, "version": contract.version_label, "build_id": result.build_id,
-            "row_count": result.metadata["row_count"], "reused": result.reused}
+    out = {"feature_set": feature_set, "version": contract.version_label, "build_id": result.build_id,
+           "row_count": result.metadata["row_count"], "reused": result.reused}
+    if "intervals" in result.metadata:
+        out["intervals"] = result.metadata["intervals"]
+        out["partitions"] = len(result.metadata["partitions"])
+    return out
 
 
 def build_all(settings: Settings, run_id: str | None = None, progress: Progress = _quiet) -> list[dict[str, Any]]:
@@ -281,10 +301,23 @@ def step_validate(settings: Settings, feature_set: str) -> dict[str, Any]:
     return {"feature_set": feature_set, "versions": {c.version_label: c.schema_hash for c in versions}}
 
 
-def step_build(settings: Settings, feature_set: str, version: int, progress: Progress = _quiet) -> dict[str, Any]:
+def step_build(settings: Settings, feature_set: str, version: int, progress: Progress = _quiet,
+               interval: list[str] | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """The DAG's build step. An incremental contract builds the run's data interval whole (staged, gated and
+    recorded: the next steps find it complete); a full one stages the snapshot."""
     env = settings.environment()
     contract = settings.contracts().get(feature_set, version)
     settings.writable_contracts(env, [contract])
+    if contract.build.incremental:
+        if not interval:
+            raise ConfigError(f"{contract.name} v{contract.version} builds incrementally: the build step needs the "
+                              "run's data interval (--interval START END)")
+        from feature_platform import incremental
+
+        span = incremental.covering(contract, interval[0], interval[1])  # whole partitions
+        _, result = build(settings, feature_set, version, run_id, progress, (span.start, span.end))
+        return {"feature_set": contract.name, "version": contract.version_label, "build_id": result.build_id,
+                "complete": True, "intervals": result.metadata["intervals"]}
     return builds.stage_build(contract, object_store(settings, env), raw_store(settings, env), progress)
 
 
@@ -348,7 +381,8 @@ def _versioned_step(settings: Settings, step: str, feature_set: str, version: in
                     run_id: str | None) -> Any:
     """The steps of one contract version's build: build, quality gate, write, promote."""
     if step == "build":
-        return step_build(settings, feature_set, version, progress=print)
+        return step_build(settings, feature_set, version, progress=print, interval=inputs.get("interval"),
+                          run_id=run_id)
     if step == "quality_gate":
         return step_quality_gate(settings, feature_set, version, inputs["staged"])
     if step == "write_version":

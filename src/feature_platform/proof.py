@@ -199,7 +199,7 @@ def check_pii(settings: Settings, env: EnvironmentContract) -> tuple[str, list[s
             continue
         pointer = builds.read_pointer(store, contract.name, contract.version_label)
         metadata = builds.read_metadata(store, contract, pointer["build_id"])
-        with store.fs.open(str(metadata["data"]).removeprefix("s3://"), "rb") as handle:
+        with store.fs.open(builds.data_paths(metadata)[-1], "rb") as handle:  # the newest partition, if several
             parquet = pq.ParquetFile(handle)
             sample = parquet.read_row_group(0).to_pandas() if parquet.num_row_groups else None
         if sample is None:
@@ -222,7 +222,6 @@ def check_services(settings: Settings, env: EnvironmentContract) -> tuple[str, l
     import numpy as np
     import pandas as pd
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from feature_platform import feast_bridge, governance
     from feature_platform.feast_bridge.verify import values_close
@@ -241,8 +240,8 @@ def check_services(settings: Settings, env: EnvironmentContract) -> tuple[str, l
             if all(k in keys for k in contract.join_keys):
                 continue
             pointer = builds.read_pointer(store, contract.name, contract.version_label)
-            with store.fs.open(str(pointer["data"]).removeprefix("s3://"), "rb") as handle:
-                rows = pq.read_table(handle, columns=contract.join_keys)
+            rows = builds.read_build_table(store, builds.read_metadata(store, contract, pointer["build_id"]),
+                                           columns=contract.join_keys)
             agrees = np.ones(rows.num_rows, dtype=bool)
             for key in (k for k in contract.join_keys if k in keys):
                 agrees &= rows.column(key).to_numpy(zero_copy_only=False) == keys[key][0]

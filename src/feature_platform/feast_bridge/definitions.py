@@ -56,7 +56,9 @@ def feature_view(contract: FeatureSetContract, pointer: dict[str, Any], entities
                  s3_endpoint: str | None) -> Any:
     from feast import FeatureView, Field, FileSource, PushSource
 
-    data = str(pointer["data"])
+    # An incremental build is several partitions: its source is the manifest (metadata.json), which the
+    # platform's offline store and materialization resolve; plain Feast's file reader cannot read it.
+    data = str(pointer["metadata"] if isinstance(pointer["data"], list) else pointer["data"])
     source: Any = FileSource(
         name=f"{contract.feature_view_name}_source",
         path=data,

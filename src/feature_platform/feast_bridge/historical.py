@@ -53,8 +53,7 @@ def historical(settings: Settings, entity_df: Any, feature_set: str, version: in
         raise RegistryMismatchError(f"build {build_id} was made from schema {metadata['schema_hash']} but "
                                     f"{contract.feature_view_name} is {contract.schema_hash}")
     pushed, through = pushed_rows(object_store, contract, pushed_through)
-    frame = point_in_time_join(entity_df, contract, str(metadata["data"]).removeprefix("s3://"), object_store.fs,
-                               pushed, through)
+    frame = point_in_time_join(entity_df, contract, builds.data_paths(metadata), object_store.fs, pushed, through)
     provenance = {"feature_set": contract.name, "version": contract.version_label, "build_id": build_id,
                   "schema_hash": contract.schema_hash, "data": metadata["data"], "ttl_seconds": contract.ttl_seconds,
                   **pushed_provenance(contract, pushed, through)}
@@ -157,8 +156,7 @@ def historical_service(settings: Settings, entity_df: Any, service: str, version
                                         f"{metadata['schema_hash']} but {contract.feature_view_name} is "
                                         f"{contract.schema_hash}")
         pushed, through = pushed_rows(object_store, contract, (pushed_through or {}).get(contract.feature_view_name))
-        parts.append(JoinPart.of(contract, str(metadata["data"]).removeprefix("s3://"), names, columns, pushed,
-                                 through))
+        parts.append(JoinPart.of(contract, builds.data_paths(metadata), names, columns, pushed, through))
         used.append({"feature_set": contract.name, "version": contract.version_label,
                      "build_id": pins[contract.feature_view_name], "schema_hash": contract.schema_hash,
                      "data": metadata["data"], "ttl_seconds": contract.ttl_seconds, "features": columns,

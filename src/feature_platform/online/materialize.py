@@ -114,7 +114,7 @@ def newest_per_entity(batches: Iterator[pa.RecordBatch], join_keys: Sequence[str
         yield carry
 
 
-def _newest_unsorted(fs: Any, path: str, join_keys: Sequence[str], timestamp_field: str, columns: list[str]
+def _newest_unsorted(fs: Any, path: str | list[str], join_keys: Sequence[str], timestamp_field: str, columns: list[str]
                      ) -> Iterator[pa.RecordBatch]:
     """Builds written before builds were sorted: DuckDB picks the newest row per entity, spilling to disk."""
     import duckdb
@@ -134,11 +134,14 @@ def _newest_unsorted(fs: Any, path: str, join_keys: Sequence[str], timestamp_fie
 
 def newest_rows(fs: Any, metadata: dict[str, Any], plan: ViewPlan) -> Iterator[pa.RecordBatch]:
     """The newest row of every entity of one build, in batches of at most ``BATCH_ROWS``."""
-    path = str(metadata["data"]).removeprefix("s3://")
+    from feature_platform.build import data_paths
+
+    paths = data_paths(metadata)
     columns = [*plan.join_keys, plan.timestamp_field, *(f.name for f in plan.features)]
-    if metadata.get("sorted_by") == [*plan.join_keys, plan.timestamp_field]:
-        return newest_per_entity(_sorted_batches(fs, path, columns), plan.join_keys)
-    return _newest_unsorted(fs, path, plan.join_keys, plan.timestamp_field, columns)
+    if metadata.get("sorted_by") == [*plan.join_keys, plan.timestamp_field] and len(paths) == 1:
+        return newest_per_entity(_sorted_batches(fs, paths[0], columns), plan.join_keys)
+    # An incremental build's partitions (sorted within each) or an old unsorted build.
+    return _newest_unsorted(fs, paths, plan.join_keys, plan.timestamp_field, columns)
 
 
 SLOTS = 16384  # Redis Cluster hash slots
@@ -291,22 +294,58 @@ def departed_keys(fs: Any, new_metadata: dict[str, Any], old_metadatas: list[dic
     (DuckDB anti-join over every key column)."""
     import duckdb
 
+    from feature_platform.build import data_paths
+
     old = [m for m in old_metadatas if m["build_id"] != new_metadata["build_id"]]
     if not old:
         return
     con = duckdb.connect()
     con.execute("SET memory_limit = '1GB'")
     try:
-        con.register("new_build", ds.dataset(str(new_metadata["data"]).removeprefix("s3://"), format="parquet",
-                                             filesystem=fs))
-        con.register("old_builds", ds.dataset([str(m["data"]).removeprefix("s3://") for m in old],
-                                              format="parquet", filesystem=fs))
+        con.register("new_build", ds.dataset(data_paths(new_metadata), format="parquet", filesystem=fs))
+        con.register("old_builds", ds.dataset(sorted({p for m in old for p in data_paths(m)}), format="parquet",
+                                              filesystem=fs))
         keys = ", ".join(f'"{k}"' for k in join_keys)
         reader = con.sql(f"SELECT DISTINCT {keys} FROM old_builds EXCEPT SELECT DISTINCT {keys} FROM new_build "
                          f"ORDER BY {keys}").to_arrow_reader(DELETE_BATCH)
         yield from reader
     finally:
         con.close()
+
+
+def changed_entities(fs: Any, new: dict[str, Any], old: dict[str, Any], plan: ViewPlan
+                     ) -> tuple[pa.Table, pa.Table]:
+    """Between two incremental builds (manifests): the entities of the partitions one has and the other not,
+    as (their newest rows in ``new``, those of them ``new`` no longer has). What a load from ``old`` to ``new``
+    must write and delete; the rest of the store already holds ``new``'s rows."""
+    import duckdb
+
+    keys_new = {p["key"]: p["file"] for p in new["partitions"]}
+    keys_old = {p["key"]: p["file"] for p in old["partitions"]}
+    changed = [f for k, f in {**keys_new, **keys_old}.items() if (k in keys_new) != (k in keys_old)]
+    columns = [*plan.join_keys, plan.timestamp_field, *(f.name for f in plan.features)]
+    listed = ", ".join(f'"{c}"' for c in plan.join_keys)
+    if not changed:
+        empty = pa.table({c: [] for c in columns})
+        return empty, empty.select(list(plan.join_keys))
+    con = duckdb.connect()
+    con.execute("SET memory_limit = '1GB'")
+    try:
+        con.register("changed", ds.dataset([f.removeprefix("s3://") for f in changed], format="parquet",
+                                           filesystem=fs))
+        con.register("build", ds.dataset([f.removeprefix("s3://") for f in keys_new.values()], format="parquet",
+                                         filesystem=fs))
+        con.execute(f"CREATE TEMP TABLE candidates AS SELECT DISTINCT {listed} FROM changed")
+        selected = ", ".join(f'"{c}"' for c in columns)
+        rows = con.sql(f"SELECT {selected} FROM (SELECT * FROM build SEMI JOIN candidates USING ({listed})) "
+                       f'QUALIFY row_number() OVER (PARTITION BY {listed} ORDER BY "{plan.timestamp_field}" DESC) = 1'
+                       ).to_arrow_table()
+        con.register("written", rows)
+        gone = con.sql(f"SELECT {listed} FROM candidates EXCEPT SELECT {listed} FROM written ORDER BY {listed}"
+                       ).to_arrow_table()
+    finally:
+        con.close()
+    return rows, gone
 
 
 def delete_view_fields(client: Any, plan: ViewPlan, keys: Iterator[pa.RecordBatch]) -> int:

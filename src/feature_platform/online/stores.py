@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from feature_platform import feast_modes
 from feature_platform.environments import Backend, EnvironmentContract, RedisConfig, Settings, SqliteConfig
@@ -80,8 +79,11 @@ def _sample_newest(fs: Any, metadata: dict[str, Any], plan: ViewPlan, count: int
     """Up to ``count`` entities spread evenly over the build (one column per join key), with each one's newest
     event time (epoch µs)."""
     keys, timestamp = list(plan.join_keys), plan.timestamp_field
-    with fs.open(str(metadata["data"]).removeprefix("s3://"), "rb") as handle:
-        table = pq.read_table(handle, columns=[*keys, timestamp])
+    import pyarrow.dataset as ds
+
+    from feature_platform.build import data_paths
+
+    table = ds.dataset(data_paths(metadata), format="parquet", filesystem=fs).to_table(columns=[*keys, timestamp])
     newest = table.group_by(keys).aggregate([(timestamp, "max")]).sort_by([(k, "ascending") for k in keys])
     if newest.num_rows == 0:
         return [[] for _ in keys], []
@@ -105,7 +107,8 @@ class OnlineTarget(ABC):
 
     @abstractmethod
     def write(self, fs: Any, metadata: dict[str, Any], start: datetime, end: datetime,
-              progress: Callable[[int], None]) -> int: ...
+              progress: Callable[[int], None], rows: Iterator[pa.RecordBatch] | None = None) -> int:
+        """Write the build's newest row per entity (or ``rows``: some entities' newest rows of it)."""
 
     @abstractmethod
     def delete(self, keys: Iterator[pa.RecordBatch]) -> int: ...
@@ -297,16 +300,20 @@ class SqliteOnlineStore(OnlineStore):
 
     def push_rows(self, plan: ViewPlan, table: pa.Table, features: list[str], feast_store: Any,
                   replace_equal: bool = False) -> tuple[int, int]:
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-        from feast.type_map import python_values_to_proto_values
-        from feast.value_type import ValueType
-
         target = SqliteTarget(self.path, f"{self.env.feast_project}_{plan.view}", feast_store, plan)
         stored = target.stored_micros([table.column(k).to_pylist() for k in plan.join_keys])
         newer = _strictly_newer(table.column(plan.timestamp_field), stored, replace_equal)
         rows = table.filter(pa.array(newer))
-        if not rows.num_rows:
-            return 0, table.num_rows
+        if rows.num_rows:
+            self.feast_write(plan, rows, features, feast_store)
+        return rows.num_rows, table.num_rows - rows.num_rows
+
+    def feast_write(self, plan: ViewPlan, rows: pa.Table, features: list[str], feast_store: Any) -> None:
+        """``rows`` (one per entity) through Feast's own writer, whatever the store holds."""
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+        from feast.type_map import python_values_to_proto_values
+        from feast.value_type import ValueType
+
         key_columns = [python_values_to_proto_values(rows.column(k).to_pylist(),
                                                      ValueType.INT64 if dtype == "int64" else ValueType.STRING)
                        for k, dtype in zip(plan.join_keys, plan.key_dtypes, strict=True)]
@@ -321,7 +328,6 @@ class SqliteOnlineStore(OnlineStore):
         view = feast_store.get_feature_view(plan.view)
         # Feast's own writer, as `feast materialize` and Feast's push write the store: byte for byte its layout.
         feast_store.provider.online_store.online_write_batch(feast_store.config, view, data, None)
-        return rows.num_rows, table.num_rows - rows.num_rows
 
 
 # Compare-and-set of entities' rows inside Redis, Feast's rule: for each key, write its fields unless the stored
@@ -572,8 +578,9 @@ class RedisTarget(OnlineTarget):
         self.client.hset(redis_record_key(self.plan.project), self.plan.view, json.dumps(record, sort_keys=True))
 
     def write(self, fs: Any, metadata: dict[str, Any], start: datetime, end: datetime,
-              progress: Callable[[int], None]) -> int:
-        rows = engine.only_shard(self.plan, self.shard, engine.newest_rows(fs, metadata, self.plan))
+              progress: Callable[[int], None], rows: Iterator[pa.RecordBatch] | None = None) -> int:
+        rows = engine.only_shard(self.plan, self.shard, rows if rows is not None
+                                 else engine.newest_rows(fs, metadata, self.plan))
         if self.keep_newer:
             rows = self._not_superseded(rows)
             self.build_newest = _micros(metadata["event_time_max"])
@@ -630,7 +637,7 @@ class SqliteTarget(OnlineTarget):
         self.build_newest: int | None = None
 
     def write(self, fs: Any, metadata: dict[str, Any], start: datetime, end: datetime,
-              progress: Callable[[int], None]) -> int:
+              progress: Callable[[int], None], rows: Iterator[pa.RecordBatch] | None = None) -> int:
         try:
             # The table may be gone (a deleted or replaced store file): create it as `feast apply` would, so the
             # next materialize refills the store with no manual step.
@@ -638,14 +645,21 @@ class SqliteTarget(OnlineTarget):
             self.store.provider.online_store.update(config=self.store.config, tables_to_delete=[],
                                                     tables_to_keep=[view], entities_to_delete=[],
                                                     entities_to_keep=[], partial=True)
-            if self.keep_newer and self.backend is not None:
-                # A view that takes pushes: Feast's writer, row by row, leaving newer (pushed) rows in place.
-                self.build_newest = _micros(metadata["event_time_max"])
+            # An incremental build (Feast cannot read its partitions) or some entities' rows: the platform reads.
+            platform_rows = isinstance(metadata["data"], list) or rows is not None
+            if (self.keep_newer or platform_rows) and self.backend is not None:
+                # Feast's writer fed the build's newest rows by the platform, in batches; for a view that takes
+                # pushes, leaving newer (pushed) rows in place.
+                self.build_newest = _micros(metadata["event_time_max"]) if self.keep_newer else None
                 written = 0
-                for batch in engine.newest_rows(fs, metadata, self.plan):
-                    done, _ = self.backend.push_rows(self.plan, pa.Table.from_batches([batch]),
-                                                     [f.name for f in self.plan.features], self.store,
-                                                     replace_equal=True)
+                features = [f.name for f in self.plan.features]
+                for batch in rows if rows is not None else engine.newest_rows(fs, metadata, self.plan):
+                    table = pa.Table.from_batches([batch])
+                    if self.keep_newer:
+                        done, _ = self.backend.push_rows(self.plan, table, features, self.store, replace_equal=True)
+                    else:
+                        self.backend.feast_write(self.plan, table, features, self.store)
+                        done = table.num_rows
                     written += done
                     progress(batch.num_rows)
                 return written
