@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import timedelta
 
 import pandas as pd
 
@@ -55,6 +56,8 @@ def test_every_command_answers_json(local_settings, tmp_path, capsys) -> None:
         ("step",): ["validate_contract", "customer_profile", *env], ("proof",): env, ("gc",): env,
         ("lint-dags",): [str(REPO / "dags")], ("demo",): ["--scale", "0.02", *env],
         ("push",): ["customer_profile", "--file", str(entities), *env], ("compact",): env,
+        ("backfill",): ["customer_category_spend", "--from", (AS_OF - timedelta(days=2)).date().isoformat(),
+                        "--to", (AS_OF - timedelta(days=1)).date().isoformat(), *env],
     }
     assert set(walk) == _commands(), "add the new command to this walk"
     answers = {}
