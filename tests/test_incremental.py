@@ -288,3 +288,24 @@ def test_the_dag_steps_build_the_runs_data_interval_widened_to_whole_partitions(
     full = pipeline.run_named_step(settings, "build", "customer_spend", 2, inputs)
     assert not full["complete"] and "source" in full  # a full contract stages its snapshot as before
     assert incremental.covering(settings.contracts().get("customer_category_spend"), hour, hour).start == END - DAY
+
+
+def test_the_sql_sees_the_interval_as_parameters(two_sets) -> None:
+    """$interval_start/$interval_end are bound per run (here they narrow a window to the interval's own days);
+    `contracts validate` binds them too; a full contract using them is refused, naming the fix."""
+    from feature_platform.build import check_transform
+    from feature_platform.contracts import FeatureSetContract
+
+    settings = two_sets
+    own_days = SQL.replace("FROM source GROUP BY", "FROM source WHERE ts >= $interval_start - INTERVAL 1 DAY "
+                                                   "AND ts < $interval_end GROUP BY")
+    contract = {**_contract("spend_own"), "source": {"table": "events", "sql": own_days, "columns": {
+        "customer_id": "int64", "amount": "float64", "ts": "timestamptz"}}}
+    write_contract(settings.contracts_dir, contract)
+    assert check_transform(settings.contracts().get("spend_own")) == []
+    pipeline.build_and_promote(settings, "spend_own", interval=(START + 5 * DAY, START + 6 * DAY))
+    rows = _rows(settings, "spend_own")
+    assert set(rows["event_timestamp"]) == {START + 5 * DAY}
+    assert (rows["amount_3d"] == rows["amount_1d"]).all()  # the window saw only the interval's own day
+    with pytest.raises(ValueError, match=r"uses \$interval_end and \$interval_start, which only incremental builds"):
+        FeatureSetContract.model_validate({**_contract("x", mode="full"), "source": contract["source"]})

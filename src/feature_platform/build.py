@@ -96,8 +96,10 @@ class BuildResult:
 # ----------------------------------------------------------------------------------------------- the source
 
 
-def source_snapshot(raw: ObjectStore, contract: FeatureSetContract) -> list[dict[str, Any]]:
-    files = raw.list_files(contract.source.table, suffix=".parquet")
+def source_snapshot(raw: ObjectStore, contract: FeatureSetContract, digests: bool = True) -> list[dict[str, Any]]:
+    """The raw table's files. ``digests``: with their content hash locally too (a full build's id derives from
+    it; an incremental build's derives from its partitions, so it skips reading the history)."""
+    files = raw.list_files(contract.source.table, suffix=".parquet", digests=digests)
     if not files:
         raise BuildError(f"{contract.name}: source table {contract.source.table!r} has no Parquet files at "
                          f"{raw.url(contract.source.table)}; load the raw data (demo: `featurectl sample-data`)")
@@ -139,8 +141,10 @@ def check_transform(contract: FeatureSetContract) -> list[str]:
                 if parsed.get("error") else []
         declared = ", ".join(f'"{name}" {DUCKDB_TYPES[dtype]}' for name, dtype in columns.items())
         con.execute(f"CREATE TABLE source ({declared})")
+        # An incremental build's interval parameters, bound to a typed value (DESCRIBE takes no parameters).
+        sql = re.sub(r"\$interval_(start|end)\b", "TIMESTAMPTZ '2000-01-01 00:00:00+00'", contract.source.sql)
         try:
-            names = [row[0] for row in con.execute(f"DESCRIBE {contract.source.sql}").fetchall()]
+            names = [row[0] for row in con.execute(f"DESCRIBE {sql}").fetchall()]
         except duckdb.Error as exc:
             first = str(exc).strip().splitlines()[0]
             return [f"fails on the declared source.columns: {first}"]

@@ -332,6 +332,14 @@ class FeatureSetContract(StrictModel):
         return features
 
     @model_validator(mode="after")
+    def _interval_parameters_need_incremental(self) -> FeatureSetContract:
+        used = sorted(set(re.findall(r"\$(interval_start|interval_end)\b", self.source.sql)))
+        if used and not self.build.incremental:
+            raise ValueError(f"source.sql uses ${' and $'.join(used)}, which only incremental builds set; add "
+                             "`build: {mode: incremental, partition: 1d, time_column: <raw event-time column>}`")
+        return self
+
+    @model_validator(mode="after")
     def _pii_readers_can_read(self) -> FeatureSetContract:
         allowed = {self.owner_team, *self.access.readers}
         outsiders = [t for t in self.access.pii_readers if t not in allowed]

@@ -129,7 +129,7 @@ def stage_interval(contract: FeatureSetContract, store: ObjectStore, raw: Object
     is the same bytes and is not written again). Returns {partitions: [entry], failures: [...], profile}."""
     import duckdb
 
-    snapshot = builds.source_snapshot(raw, contract)
+    snapshot = builds.source_snapshot(raw, contract, digests=False)
     paths = [entry["path"].removeprefix("s3://") for entry in snapshot]
     try:
         source = ds.dataset(paths, format="parquet", filesystem=raw.fs)
@@ -360,7 +360,7 @@ def raw_span(contract: FeatureSetContract, raw: ObjectStore) -> Interval:
     """A build without an interval: from the partition of the raw table's first event to the partition after
     now (or after its last event, if later): every partition its SQL can produce (outputs may lie after their
     raw rows, e.g. a day's aggregate at the next midnight)."""
-    snapshot = builds.source_snapshot(raw, contract)
+    snapshot = builds.source_snapshot(raw, contract, digests=False)
     dataset = ds.dataset([e["path"].removeprefix("s3://") for e in snapshot], format="parquet", filesystem=raw.fs)
     con = builds._duckdb()
     try:

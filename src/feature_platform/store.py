@@ -137,8 +137,9 @@ class ObjectStore:
         except Exception as exc:
             raise StoreError(f"cannot upload {local_path} to {self.url(key)}: {exc}") from exc
 
-    def list_files(self, key: str, suffix: str = "") -> list[FileInfo]:
-        """Files below ``key`` (recursively), sorted, with size and ETag where the store has one."""
+    def list_files(self, key: str, suffix: str = "", digests: bool = True) -> list[FileInfo]:
+        """Files below ``key`` (recursively), sorted, with size and ETag where the store has one (locally, with
+        ``digests``, the MD5 S3 would compute: it reads every byte)."""
         base = self.path(key)
         try:
             if not self.fs.exists(base):
@@ -152,7 +153,7 @@ class ObjectStore:
             if name.startswith((".", "_")) or not name.endswith(suffix):
                 continue
             etag = info.get("ETag") or info.get("etag")
-            if etag is None and not self.is_s3:  # local files: an MD5 of the content, as S3 computes for one PUT
+            if etag is None and not self.is_s3 and digests:  # local files: an MD5 of the content, as S3 computes
                 with open(path, "rb") as handle:
                     etag = hashlib.file_digest(handle, "md5").hexdigest()
             infos.append(FileInfo(path=path, size=int(info.get("size") or 0), etag=str(etag).strip('"')))
