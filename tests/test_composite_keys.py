@@ -126,31 +126,33 @@ def test_contract_files_name_the_key_field_and_entities_agree_across_sets(local_
         settings.contracts()
 
 
-@pytest.mark.parametrize("declared", [["merchant_id", "customer_id"], ["customer_id", "merchant_id"],
-                                      ["a_key", "z_key", "m_key"]])
-def test_composite_redis_keys_are_byte_equal_to_feasts(declared: list[str]) -> None:
-    """Feast's _redis_key of an EntityKey with several join keys (in any order), against the platform's
-    bulk encoding: int64 and string keys, negative, extreme and non-ASCII values."""
+@pytest.mark.parametrize(("declared", "dtypes"), [
+    (["merchant_id", "customer_id"], ["string", "int64"]), (["customer_id", "merchant_id"], ["int64", "string"]),
+    (["a_key", "z_key", "m_key"], ["string", "int64", "int32"]), (["store_id"], ["int32"]),
+    (["z_key", "a_key"], ["int32", "int32"])])
+def test_composite_redis_keys_are_byte_equal_to_feasts(declared: list[str], dtypes: list[str]) -> None:
+    """Feast's _redis_key of an EntityKey with one or several join keys (in any order), against the platform's
+    bulk encoding: int64, int32 and string keys, negative, extreme and non-ASCII values."""
     from feast.infra.online_stores.helpers import _redis_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
     from feature_platform.online import layout
 
-    dtypes = ["int64" if i % 2 else "string" for i in range(len(declared))]
-    rows = [tuple((-(2**63) + r if dtype == "int64" and r == 0 else r * 7 - 3) if dtype == "int64"
+    extremes = {"int64": (-(2**63), 2**63 - 1), "int32": (-(2**31), 2**31 - 1), "string": ("", "x" * 300)}
+    rows = [tuple(extremes[dtype][0] if r == 0 and dtype != "string" else r * 7 - 3 if dtype != "string"
                   else ["m-7", "ünï", "", "a b"][r % 4] for dtype in dtypes) for r in range(6)]
-    rows.append(tuple(2**63 - 1 if dtype == "int64" else "x" * 300 for dtype in dtypes))
+    rows.append(tuple(extremes[dtype][1] for dtype in dtypes))
     columns = [list(column) for column in zip(*rows, strict=True)]
     plan = layout.plan_view("proj", "v", dict(zip(declared, dtypes, strict=True)), "ts", 0, [("f", "int64")])
     ours = plan.keys(columns)
-    assert plan.keys([pa.array(c) for c in columns]) == ours  # Arrow columns too
+    arrow = {"int64": pa.int64(), "int32": pa.int32(), "string": pa.string()}
+    assert plan.keys([pa.array(c, arrow[d]) for c, d in zip(columns, dtypes, strict=True)]) == ours  # Arrow too
     for row, key in zip(rows, ours, strict=True):
-        values = [Value(int64_val=v) if dtype == "int64" else Value(string_val=v)
-                  for v, dtype in zip(row, dtypes, strict=True)]
+        values = [Value(**{f"{dtype}_val": v}) for v, dtype in zip(row, dtypes, strict=True)]
         assert key == _redis_key("proj", EntityKey(join_keys=declared, entity_values=values), 3)
     assert all(key.startswith(layout.key_prefix(declared)) for key in ours)
-    assert plan.keys(plan.id_columns(rows)) == ours
+    assert plan.keys(plan.id_columns(rows if plan.composite else [r[0] for r in rows])) == ours
 
 
 def test_the_gate_checks_uniqueness_over_every_key(local_settings) -> None:
@@ -366,3 +368,81 @@ def test_composite_keys_export_as_odcs_with_a_primary_key_of_several_columns() -
     keys = [(p["name"], p["primaryKeyPosition"]) for p in document["schema"][0]["properties"] if p.get("primaryKey")]
     assert keys == [("merchant_id", 1), ("customer_id", 2), ("ts", 3)]
     assert document["schema"][0]["quality"][0]["arguments"]["properties"] == ["merchant_id", "customer_id", "ts"]
+
+
+def _store_contract() -> dict:
+    return {"kind": "FeatureSet", "name": "store_product", "version": 1, "description": "Generated for tests.",
+            "owner": "tests@example.com",
+            "entities": [{"name": "store", "join_key": "store_id", "dtype": "int32"},
+                         {"name": "product", "join_key": "sku", "dtype": "string"}],
+            "timestamp_field": "ts", "ttl": "30d", "online": True, "pii": False, "push": True,
+            "source": {"table": "store_events", "sql": "SELECT store_id, sku, ts, stock FROM source"},
+            "features": [{"name": "stock", "dtype": "int64", "description": "units in stock"}]}
+
+
+def _store_raw() -> pa.Table:
+    stores = [1, -7, 2**31 - 1]
+    skus = ["a-1", "b-ü"]
+    rows = [(s, k, h) for s in stores for k in skus for h in (2, 1)]
+    return pa.table({"store_id": pa.array([r[0] for r in rows], pa.int32()),
+                     "sku": pa.array([r[1] for r in rows]),
+                     "ts": pa.array([AS_OF - timedelta(hours=r[2]) for r in rows], pa.timestamp("us", tz="UTC")),
+                     "stock": pa.array([(abs(r[0]) % 1000) * 10 + r[2] + len(r[1]) for r in rows], pa.int64())})
+
+
+@pytest.mark.parametrize("settings_fixture", ["dev_settings", "local_settings"])
+def test_int32_join_keys_on_every_path(settings_fixture: str, request) -> None:
+    """An int32 key (Feast's INT32 entity: 4 bytes in the Redis key) beside a string key: built from an int32
+    column, materialized byte-equal to Feast's own writer, read by featurectl, the server and Feast's SDK,
+    joined point in time, pushed; a value outside int32 is refused, naming the key."""
+    from feature_platform.feast_modes import feast_writer
+    from feature_platform.online.layout import plan_contract
+    from tests.test_server import Server
+
+    settings = request.getfixturevalue(settings_fixture)
+    write_contract(settings.contracts_dir, _store_contract())
+    replace_raw(settings, "store_events", _store_raw())
+    pipeline.build_and_promote(settings, "store_product")
+    pipeline.apply(settings, feature_sets=["store_product"])
+    pipeline.materialize(settings, feature_views=["store_product_v1"])
+    env = settings.environment()
+    keys = {"store_id": [2**31 - 1, -7, 5], "sku": ["b-ü", "a-1", "a-1"]}
+    rows = feast_bridge.read_online(settings, "store_product", keys)
+    assert [r["stock"] for r in rows] == [647 * 10 + 1 + 3, 7 * 10 + 1 + 3, None]
+    assert all(r["ok"] for r in feast_bridge.verify(settings, feature_views=["store_product_v1"]))
+    with pytest.raises(ConfigError, match="store_id is int32: 2147483648 is outside the int32 range"):
+        feast_bridge.read_online(settings, "store_product", {"store_id": [2**31], "sku": ["a-1"]})
+    store = feast_bridge.open_store(settings, env)
+    sdk = store.get_online_features(features=["store_product_v1:stock"],
+                                    entity_rows=[{"store_id": -7, "sku": "a-1"}]).to_dict()
+    assert sdk["stock"] == [rows[1]["stock"]]
+    frame, _ = feast_bridge.historical(settings, pd.DataFrame({"store_id": [1], "sku": ["a-1"],
+                                                               "event_timestamp": [AS_OF - timedelta(minutes=90)]}),
+                                       "store_product")
+    assert frame["stock"].tolist() == [10 + 2 + 3]
+    contract = settings.contracts().get("store_product")
+    push.push(settings, env, contract, {"store_id": [1], "sku": ["a-1"], "ts": [AS_OF.isoformat()],
+                                        "stock": [99]}, "online", ANONYMOUS, store)
+    assert feast_bridge.read_online(settings, "store_product", {"store_id": [1], "sku": ["a-1"]})[0]["stock"] == 99
+    server = Server(settings)
+    try:
+        status, answer = server.post({"features": ["store_product_v1:stock"], "entities": keys})
+        assert status == 200 and answer["results"][2]["values"] == [r["stock"] for r in rows], answer
+        status, answer = server.post({"features": ["store_product_v1:stock"],
+                                      "entities": {"store_id": [2**31], "sku": ["a-1"]}})
+        assert status == 422 and "entities.store_id" in answer["detail"] and "int32" in answer["detail"], answer
+    finally:
+        server.stop()
+    if settings_fixture == "dev_settings":  # the Redis layout against Feast's own writer
+        import redis
+
+        with feast_writer():
+            store.write_to_online_store("store_product_v1", pd.DataFrame({
+                "store_id": pd.array([12], dtype="int32"), "sku": ["b-ü"], "ts": [AS_OF - timedelta(hours=1)],
+                "stock": [rows[0]["stock"]]}))
+        client = redis.Redis.from_url(f"redis://{settings.values['FEATURE_PLATFORM_REDIS_ADDRESS']}/"
+                                      f"{env.online_store.db}",
+                                      password=settings.values.get("FEATURE_PLATFORM_REDIS_PASSWORD"))
+        plan = plan_contract(env.feast_project, contract)
+        ours, feasts = (client.hgetall(key) for key in plan.keys([[2**31 - 1, 12], ["b-ü", "b-ü"]]))
+        assert ours and ours == feasts

@@ -1060,7 +1060,7 @@ def build_cli() -> click.Group:
                  help="(feature service) a feature set it reads, newest version (repeatable)"),
              opt("--entity", default="customer", show_default=True, help="(feature set) the entity's name"),
              opt("--join-key", default="customer_id", show_default=True, help="(feature set) its join key"),
-             opt("--key-dtype", type=click.Choice(["int64", "string"]), default="int64", show_default=True,
+             opt("--key-dtype", type=click.Choice(["int64", "int32", "string"]), default="int64", show_default=True,
                  help="(feature set) key type"),
              opt("--table", default="events", show_default=True, help="(feature set) the raw table it reads"),
              opt("--owner", default="team@example.com", show_default=True, help="owner e-mail"),

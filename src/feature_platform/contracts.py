@@ -50,7 +50,7 @@ FEAST_TYPE_NAMES: dict[str, str] = {
     dtype: f"Array({_FEAST_SCALARS[element_dtype(dtype)]})" if is_array(dtype) else _FEAST_SCALARS[dtype]
     for dtype in DTYPES}
 DTYPE_OF_FEAST_TYPE: dict[str, str] = {name: dtype for dtype, name in FEAST_TYPE_NAMES.items()}
-EntityDType = Literal["int64", "string"]
+EntityDType = Literal["int64", "int32", "string"]
 MAX_ENTITIES = 4  # key columns of one feature set (pairs, triples; more is a modelling smell)
 SourceDType = Literal["int32", "int64", "float32", "float64", "string", "bool", "timestamp", "timestamptz", "date"]
 

@@ -79,8 +79,8 @@ def init_feature_set(root: Path, name: str, entity: str, join_key: str, key_dtyp
                      owner: str) -> Path:
     for value, what in ((name, "feature set"), (entity, "entity"), (join_key, "join key"), (table, "table")):
         _check_name(value, what)
-    if key_dtype not in ("int64", "string"):
-        raise ConfigError(f"--key-dtype {key_dtype!r}: an entity key is int64 or string")
+    if key_dtype not in ("int64", "int32", "string"):
+        raise ConfigError(f"--key-dtype {key_dtype!r}: an entity key is int64, int32 or string")
     text = FEATURE_SET_TEMPLATE.format(name=name, entity=entity, join_key=join_key, key_dtype=key_dtype,
                                        table=table, owner=owner)
     return _write_checked(root, root / "feature_sets" / name / "v1.yaml", text)

@@ -160,7 +160,7 @@ def feast_entity(e: ContractEntity) -> Any:
     from feast import Entity, ValueType
 
     return Entity(name=e.name, join_keys=[e.join_key], description=e.description,
-                  value_type=ValueType.INT64 if e.dtype == "int64" else ValueType.STRING)
+                  value_type={"int64": ValueType.INT64, "int32": ValueType.INT32}.get(e.dtype, ValueType.STRING))
 
 
 def model_service(contracts: ContractSet, model: Any, views: dict[str, Any]) -> Any:

@@ -80,11 +80,13 @@ def _sample_newest(object_store: ObjectStore, metadata: dict[str, Any], plan: An
         if positions and len(expected) < sample:
             expected += batch.take(positions).to_pylist()[:sample - len(expected)]
         for key, dtype in zip(plan.join_keys, plan.key_dtypes, strict=True):
-            if dtype == "int64" and batch.num_rows:
+            if dtype != "string" and batch.num_rows:
                 largest[key] = max(largest[key], int(pc.max(batch.column(key)).as_py() or 0))
         seen += batch.num_rows
     absent = "feature-platform-absent-" + hashlib.sha256(str(metadata["build_id"]).encode()).hexdigest()[:12]
-    probe = tuple(largest[key] + 1_000_003 if dtype == "int64" else absent
+    # A key beyond the build's largest (an int32 key at its maximum wraps to the smallest value instead).
+    probe = tuple(absent if dtype == "string" else largest[key] + 1_000_003 if dtype == "int64"
+                  else largest[key] + 1 if largest[key] < 2**31 - 1 else -(2**31)
                   for key, dtype in zip(plan.join_keys, plan.key_dtypes, strict=True))
     return expected, probe if plan.composite else probe[0]
 

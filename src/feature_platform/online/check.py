@@ -14,7 +14,7 @@ from typing import Any
 
 from feature_platform.contracts import ContractSet
 
-PROBE = {"string": "feature-platform-probe", "int64": -1}
+PROBE = {"string": "feature-platform-probe", "int64": -1, "int32": -1}
 
 
 def _call(url: str, body: dict[str, Any] | None = None, timeout: float = 10, token: str | None = None

@@ -37,6 +37,7 @@ TAG_BOOL = 0x38          # bool_val = 7, varint
 TAG_UNIX_TS = 0x40       # unix_timestamp_val = 8, varint
 # feast.types.ValueType enum values used by the entity key serialization.
 VALUE_TYPE_STRING = 2
+VALUE_TYPE_INT32 = 3
 VALUE_TYPE_INT64 = 4
 
 MICROS = 1_000_000
@@ -75,6 +76,10 @@ def _value_pieces(dtype: str, values: Sequence[Any] | pa.Array | pa.ChunkedArray
         packed["type"], packed["size"], packed["value"] = VALUE_TYPE_INT64, 8, array
         raw = packed.tobytes()
         return [raw[i:i + 16] for i in range(0, len(raw), 16)]
+    if dtype == "int32":  # Feast packs an int32 key in 4 bytes ("<i"), type INT32
+        int32 = struct.Struct("<IIi")
+        return [int32.pack(VALUE_TYPE_INT32, 4, int(v)) for v in
+                (values.to_pylist() if isinstance(values, pa.Array | pa.ChunkedArray) else values)]
     head = struct.Struct("<II")
     out = []
     for value in (values.to_pylist() if isinstance(values, pa.Array | pa.ChunkedArray) else values):
@@ -116,22 +121,24 @@ def composite_keys(join_keys: Sequence[str], dtypes: Sequence[str], columns: Seq
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INTEGER_RANGES = {"int64": (INT64_MIN, INT64_MAX), "int32": (-(2**31), 2**31 - 1)}
 
 
 def parse_entity_values(dtype: str, values: list[Any]) -> list[Any]:
-    """Many keys at once; the common case (ints for int64, strings for string) passes through untouched."""
-    wanted = int if dtype == "int64" else str
+    """Many keys at once; the common case (ints for integer keys, strings for string) passes through untouched."""
+    wanted = int if dtype in INTEGER_RANGES else str
     if all(type(v) is wanted for v in values):
-        if wanted is int and values and (min(values) < INT64_MIN or max(values) > INT64_MAX):
-            raise ValueError(f"{next(v for v in values if not INT64_MIN <= v <= INT64_MAX)} is outside the int64 "
-                             "range")
+        if wanted is int and values:
+            low, high = INTEGER_RANGES[dtype]
+            if min(values) < low or max(values) > high:
+                raise ValueError(f"{next(v for v in values if not low <= v <= high)} is outside the {dtype} range")
         return values
     return [parse_entity_value(dtype, v) for v in values]
 
 
 def parse_entity_value(dtype: str, value: Any) -> Any:
     """A key as a caller sends it (JSON number, CLI string) -> the join key's Python type."""
-    if dtype == "int64":
+    if dtype in INTEGER_RANGES:
         if isinstance(value, bool) or not isinstance(value, int | str | float):
             raise ValueError(f"{value!r} is not an integer")
         if isinstance(value, float) and not value.is_integer():
@@ -140,8 +147,9 @@ def parse_entity_value(dtype: str, value: Any) -> Any:
             number = int(value)
         except ValueError:
             raise ValueError(f"{value!r} is not an integer") from None
-        if not INT64_MIN <= number <= INT64_MAX:
-            raise ValueError(f"{value!r} is outside the int64 range")
+        low, high = INTEGER_RANGES[dtype]
+        if not low <= number <= high:
+            raise ValueError(f"{value!r} is outside the {dtype} range")
         return number
     if not isinstance(value, str | int):
         raise ValueError(f"{value!r} is not a string")

@@ -107,8 +107,8 @@ def build_catalog(store: Any) -> Catalog:
         join_keys: list[str] = [entities[name].join_key for name in view.entities if name in entities]
         types = {f.name: _feast_dtype(f) for f in view.features}
         key_types = {f.name: _feast_dtype(f) for f in view.entity_columns}
-        if not join_keys or any(key_types.get(k) not in ("int64", "string") for k in join_keys):
-            unplannable[view.name] = "the planner serves int64 and string join keys"
+        if not join_keys or any(key_types.get(k) not in ("int64", "int32", "string") for k in join_keys):
+            unplannable[view.name] = "the planner serves int64, int32 and string join keys"
             continue
         if None in types.values():
             unplannable[view.name] = "a feature type the planner does not encode"
@@ -438,13 +438,21 @@ class FeatureServer:
 
     def _answer(self, catalog: Catalog, request: OnlineRequest, groups: list[tuple[str, list[str]]] | None
                 ) -> dict[str, Any]:
-        for view, _ in groups or ():  # on every store: Feast's path would read a missing key as NOT_FOUND
+        # Every view's keys, checked on every store (Feast's path would read a missing key as NOT_FOUND and
+        # fail on a wrong type with its own words): present, and each value of the key's type.
+        parsed: dict[tuple[str, str], list[Any]] = {}
+        for view, _ in groups or ():
             plan = catalog.views[view]
-            missing = [key for key in plan.join_keys if key not in request.entities]
-            if missing:
-                given = ", ".join(request.entities) or "none"
-                raise RequestError(422, f"entities: {view} is keyed by {' + '.join(plan.join_keys)}; the entity "
-                                        f"column {missing[0]!r} is missing (given: {given})")
+            for key, dtype in zip(plan.join_keys, plan.key_dtypes, strict=True):
+                if key not in request.entities:
+                    given = ", ".join(request.entities) or "none"
+                    raise RequestError(422, f"entities: {view} is keyed by {' + '.join(plan.join_keys)}; the "
+                                            f"entity column {key!r} is missing (given: {given})")
+                if (key, dtype) not in parsed:
+                    try:
+                        parsed[(key, dtype)] = parse_entity_values(dtype, request.entities[key])
+                    except ValueError as exc:
+                        raise RequestError(422, f"entities.{key}: {exc}") from exc
         if groups is None or self.client is None:
             if self.feast_fallback is None:
                 raise RequestError(501, "this request needs Feast's path, which is not configured")
@@ -453,12 +461,7 @@ class FeatureServer:
         queued = []
         for view, features in groups:
             plan = catalog.views[view]
-            columns = []
-            for key, dtype in zip(plan.join_keys, plan.key_dtypes, strict=True):  # present: checked above
-                try:
-                    columns.append(parse_entity_values(dtype, request.entities[key]))
-                except ValueError as exc:
-                    raise RequestError(422, f"entities.{key}: {exc}") from exc
+            columns = [parsed[key] for key in zip(plan.join_keys, plan.key_dtypes, strict=True)]
             wanted = [plan.feature(f) for f in features]
             queued.append((plan, wanted, reader.plan_reads(plan, wanted, plan.entity_ids(columns))))
         replies = reader.fetch_shared(self.client, [reads for _, _, reads in queued])
@@ -767,7 +770,7 @@ def create_app() -> App:
 
 
 def _warm_key(plan: ViewPlan) -> Any:
-    values = tuple(0 if dtype == "int64" else "" for dtype in plan.key_dtypes)
+    values = tuple("" if dtype == "string" else 0 for dtype in plan.key_dtypes)
     return values if plan.composite else values[0]
 
 

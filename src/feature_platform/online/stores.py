@@ -312,10 +312,9 @@ class SqliteOnlineStore(OnlineStore):
         """``rows`` (one per entity) through Feast's own writer, whatever the store holds."""
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
         from feast.type_map import python_values_to_proto_values
-        from feast.value_type import ValueType
 
         key_columns = [python_values_to_proto_values(rows.column(k).to_pylist(),
-                                                     ValueType.INT64 if dtype == "int64" else ValueType.STRING)
+                                                     _FEAST_VALUE_TYPES[dtype])
                        for k, dtype in zip(plan.join_keys, plan.key_dtypes, strict=True)]
         columns = {name: rows.column(name).to_pylist() for name in features}
         dtypes = {f.name: f.dtype for f in plan.features}
