@@ -157,17 +157,37 @@ def main() -> None:
             answer = json.loads(connection.getresponse().read())
             return answer["results"][1]["values"]
 
+        def platform_arrow(ids: list[int]) -> np.ndarray:
+            """The same read answered as an Arrow stream (Accept header), as a (100, 768) float32 matrix."""
+            connection.request("POST", "/get-online-features", json.dumps(
+                {"features": [f"{VIEW}:emb"], "entities": {"entity_id": ids}}),
+                {"Content-Type": "application/json", "Accept": "application/vnd.apache.arrow.stream"})
+            table = pa.ipc.open_stream(connection.getresponse().read()).read_all()
+            column = table.column("emb").combine_chunks()
+            return column.flatten().to_numpy().reshape(len(column), -1)
+
+        def platform_arrow_lists(ids: list[int]) -> list[list[float]]:
+            """Arrow, then Python lists (what the floor returns): the client's cost of Python floats included."""
+            return platform_arrow(ids).tolist()
+
         assert floor(requests[0]) == platform(requests[0]), "the platform and the floor read different values"
-        timings: dict[str, list[float]] = {"floor": [], "platform": []}
-        for ids in requests:  # interleaved: machine noise hits both alike
-            for name, method in (("floor", floor), ("platform", platform)):
+        assert np.array_equal(np.array(floor(requests[0]), np.float32), platform_arrow(requests[0]))
+        methods = {"floor": floor, "platform": platform, "platform_arrow": platform_arrow,
+                   "platform_arrow_lists": platform_arrow_lists}
+        timings: dict[str, list[float]] = {name: [] for name in methods}
+        for ids in requests:  # interleaved: machine noise hits every method alike
+            for name, method in methods.items():
                 begin = time.perf_counter()
                 method(ids)
                 timings[name].append((time.perf_counter() - begin) * 1000)
         figures["read_100_floor"] = stats(timings["floor"])
-        figures["read_100_platform_http"] = stats(timings["platform"])
-        figures["read_100_over_floor_p99"] = round(figures["read_100_platform_http"]["p99_ms"]  # type: ignore[index]
-                                                   / figures["read_100_floor"]["p99_ms"], 2)  # type: ignore[index]
+        for name, label in (("platform", "http"), ("platform_arrow", "http_arrow"),
+                            ("platform_arrow_lists", "http_arrow_lists")):
+            figures[f"read_100_platform_{label}"] = stats(timings[name])
+            for q in ("p50", "p99"):
+                figures[f"read_100_{label}_over_floor_{q}"] = round(
+                    figures[f"read_100_platform_{label}"][f"{q}_ms"]  # type: ignore[index]
+                    / figures["read_100_floor"][f"{q}_ms"], 2)  # type: ignore[index]
         report("embedding", figures)
     finally:
         stop_server(server)

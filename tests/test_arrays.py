@@ -196,8 +196,11 @@ def test_arrays_online_offline_pushed_and_byte_equal_to_feast(dev_settings) -> N
     from tests.test_server import Server  # the platform server over HTTP: JSON arrays
 
     server = Server(settings)
+    body = {"features": [f"{VIEW}:emb", f"{VIEW}:ids", f"{VIEW}:tags", f"{VIEW}:score"],
+            "entities": {"item_id": [2, 5, 99, 2, 4]}}
     try:
-        status, answer = server.post({"features": [f"{VIEW}:emb", f"{VIEW}:ids"], "entities": {"item_id": [2, 5]}})
+        status, answer = server.post(body)
+        arrow = _arrow_post(server.port, body)
     finally:
         server.stop()
     assert status == 200, answer
@@ -205,6 +208,32 @@ def test_arrays_online_offline_pushed_and_byte_equal_to_feast(dev_settings) -> N
     emb = answer["results"][names.index("emb")]["values"]
     assert emb[0] == [0.25, 0.0, 1.0, -1.0] and len(emb[1]) == DIMS
     assert answer["results"][names.index("ids")]["values"][0] == [5]
+    # The same answer as an Arrow stream: typed columns (list<float> for the embedding), Feast's statuses.
+    assert arrow.schema.field("emb").type == pa.list_(pa.float32()) and arrow.num_rows == 5
+    assert arrow.column("item_id").to_pylist() == [2, 5, 99, 2, 4]
+    for name in ("emb", "ids", "tags", "score"):
+        result = answer["results"][names.index(name)]
+        got = arrow.column(name).to_pylist()
+        assert len(got) == 5 and all(  # float32 in Arrow, widened to a double in JSON
+            (a is None and b is None) or (a == b if not isinstance(a, list) else
+                                           [pa.scalar(x, pa.float32()).as_py() if isinstance(x, float) else x
+                                            for x in b] == a) for a, b in zip(got, result["values"], strict=True))
+        assert arrow.column(f"{name}__status").to_pylist() == result["statuses"]
+    stamps = [None if s is None else s.isoformat().replace("+00:00", "Z")
+              for s in arrow.column("emb__event_timestamp").to_pylist()]
+    assert stamps[0] == answer["results"][names.index("emb")]["event_timestamps"][0] and stamps[2] is None
+
+
+def _arrow_post(port: int, body: dict) -> pa.Table:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/get-online-features", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json",
+                                              "Accept": "application/vnd.apache.arrow.stream"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.headers["Content-Type"] == "application/vnd.apache.arrow.stream"
+        return pa.ipc.open_stream(response.read()).read_all()
 
 
 def test_arrays_are_profiled_by_length_and_norm_and_drift_on_the_norm(local_settings) -> None:

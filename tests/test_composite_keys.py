@@ -355,6 +355,15 @@ def test_composite_keys_on_sqlite_and_the_command_line(local_settings, capsys) -
         assert status == 422 and "'customer_id' is missing" in answer["detail"], answer
         status, answer = server.post({"features": [f"{VIEW}:txn_count"],
                                       "entities": {"merchant_id": ["m-7", "m-7"], "customer_id": [3, 1]}})
+        import urllib.error
+        import urllib.request
+
+        arrow = urllib.request.Request(f"http://127.0.0.1:{server.port}/get-online-features", data=json.dumps(
+            {"features": [f"{VIEW}:txn_count"], "entities": {"merchant_id": ["m-7"], "customer_id": [3]}}).encode(),
+            headers={"Accept": "application/vnd.apache.arrow.stream"})
+        with pytest.raises(urllib.error.HTTPError) as refused:  # Feast's read path answers JSON only
+            urllib.request.urlopen(arrow, timeout=30)
+        assert refused.value.code == 406 and b"ask for JSON" in refused.value.read()
     finally:
         server.stop()
     assert status == 200 and answer["results"][2]["values"] == [42, None], answer

@@ -496,6 +496,54 @@ def decode_column(dtype: str, raws: list[bytes | None]) -> list[Any]:
     return [decode(raw) for raw in raws]
 
 
+def decode_arrow(dtype: str, raws: list[bytes | None]) -> pa.Array:
+    """One feature for many entities as an Arrow array of the contract's type (None: null). Float arrays
+    (embeddings) go from their packed bytes to one Arrow buffer without a Python float each."""
+    from feature_platform.build import ARROW_TYPES
+
+    if dtype in ("array<float32>", "array<float64>"):
+        packed = _packed_floats(dtype, raws)
+        if packed is not None:
+            return packed
+    values = decode_column(dtype, raws)
+    if dtype == "timestamp":  # whole epoch seconds, as Feast stores them
+        values = [None if v is None else v * MICROS for v in values]
+        return pa.array(values, pa.int64()).cast(ARROW_TYPES[dtype])
+    return pa.array(values, ARROW_TYPES[dtype])
+
+
+def _packed_floats(dtype: str, raws: list[bytes | None]) -> pa.Array | None:
+    """Float arrays as Feast writes them (the list field holding one packed field 1) -> a list array over one
+    buffer; None if any value has another layout (the general decoder reads it)."""
+    element = dtype[len("array<"):-1]
+    key, width = LIST_KEYS[element], 4 if element == "float32" else 8
+    payloads: list[bytes] = []
+    offsets = [0]
+    valid = []
+    for raw in raws:
+        if not raw:
+            valid.append(False)
+            offsets.append(offsets[-1])
+            continue
+        if not raw.startswith(key):
+            return None
+        size, pos = _read_varint(raw, len(key))
+        if pos + size != len(raw):
+            return None
+        if size:
+            if raw[pos] != 0x0A:
+                return None
+            length, pos = _read_varint(raw, pos + 1)
+            if pos + length != len(raw) or length % width:
+                return None
+            payloads.append(raw[pos:])
+        valid.append(True)
+        offsets.append(offsets[-1] + (len(payloads[-1]) // width if size else 0))
+    values = pa.array(np.frombuffer(b"".join(payloads), dtype=_PACKED[element]))
+    mask = None if all(valid) else pa.array([not v for v in valid])
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, mask=mask)
+
+
 def decode_timestamp_micros(data: bytes | None) -> int | None:
     """A serialized ``google.protobuf.Timestamp`` -> epoch microseconds; None when the field is absent."""
     if data is None:

@@ -152,13 +152,20 @@ def _stamp(raw: bytes | None) -> int | None:
         return value
 
 
+def row_statuses(plan: ViewPlan, replies: Sequence[Any], now: int, enforce_ttl: bool = True
+                 ) -> tuple[list[int | None], list[str]]:
+    """Per reply: its event time (epoch µs; None when the view's row is absent) and its status before nulls:
+    NOT_FOUND, OUTSIDE_MAX_AGE (older than the view's TTL) or PRESENT."""
+    max_age = plan.ttl_seconds * 1_000_000 if enforce_ttl and plan.ttl_seconds > 0 else None
+    stamps = [_stamp(reply[-1]) for reply in replies]
+    return stamps, [NOT_FOUND if stamp is None else OUTSIDE_MAX_AGE if max_age is not None and now - stamp > max_age
+                    else PRESENT for stamp in stamps]
+
+
 def decode_reads(plan: ViewPlan, features: Sequence[FeaturePlan], order: list[int], replies: Sequence[Any],
                  now: int, enforce_ttl: bool = True) -> ViewRead:
     """Turn the HMGET replies of :func:`plan_reads` into values, statuses and timestamps (column by column)."""
-    max_age = plan.ttl_seconds * 1_000_000 if enforce_ttl and plan.ttl_seconds > 0 else None
-    stamps = [_stamp(reply[-1]) for reply in replies]
-    base = [NOT_FOUND if stamp is None else OUTSIDE_MAX_AGE if max_age is not None and now - stamp > max_age
-            else PRESENT for stamp in stamps]
+    stamps, base = row_statuses(plan, replies, now, enforce_ttl)
     served = [i for i, status in enumerate(base) if status is PRESENT]
     everything = len(served) == len(replies)
     identity = order == list(range(len(replies)))

@@ -423,8 +423,10 @@ class FeatureServer:
     def get_online_features(self, request: OnlineRequest, authorization: str | None = None) -> dict[str, Any]:
         return self.read(request, authorization)[0]
 
-    def read(self, request: OnlineRequest, authorization: str | None = None) -> tuple[dict[str, Any], list[str]]:
-        """The answer, and the views read whose online load is unfinished (the app names them in a header)."""
+    def read(self, request: OnlineRequest, authorization: str | None = None, arrow: bool = False
+             ) -> tuple[Any, list[str]]:
+        """The answer (Feast's JSON body as a dict; with ``arrow``, an Arrow IPC stream), and the views read whose
+        online load is unfinished (the app names them in a header)."""
         catalog = self.catalog
         if catalog is None:
             raise RequestError(503, "the registry is not loaded yet")
@@ -434,10 +436,10 @@ class FeatureServer:
         unfinished = [view for view, _ in groups or () if view in catalog.unfinished]
         for view in unfinished:
             self.metrics.unfinished_reads.labels(view).inc()
-        return self._answer(catalog, request, groups), unfinished
+        return self._answer(catalog, request, groups, arrow), unfinished
 
-    def _answer(self, catalog: Catalog, request: OnlineRequest, groups: list[tuple[str, list[str]]] | None
-                ) -> dict[str, Any]:
+    def _answer(self, catalog: Catalog, request: OnlineRequest, groups: list[tuple[str, list[str]]] | None,
+                arrow: bool = False) -> Any:
         # Every view's keys, checked on every store (Feast's path would read a missing key as NOT_FOUND and
         # fail on a wrong type with its own words): present, and each value of the key's type.
         parsed: dict[tuple[str, str], list[Any]] = {}
@@ -454,6 +456,9 @@ class FeatureServer:
                     except ValueError as exc:
                         raise RequestError(422, f"entities.{key}: {exc}") from exc
         if groups is None or self.client is None:
+            if arrow:
+                raise RequestError(406, "an Arrow answer needs the platform's planned read (a Redis online store "
+                                        "and plannable views); ask for JSON (Accept: application/json)")
             if self.feast_fallback is None:
                 raise RequestError(501, "this request needs Feast's path, which is not configured")
             return self.feast_fallback(request)
@@ -466,6 +471,8 @@ class FeatureServer:
             queued.append((plan, wanted, reader.plan_reads(plan, wanted, plan.entity_ids(columns))))
         replies = reader.fetch_shared(self.client, [reads for _, _, reads in queued])
         now = reader.now_micros()
+        if arrow:
+            return self._arrow_answer(request, parsed, queued, replies, now)
         names = list(request.entities)
         results = [{"values": list(column), "statuses": ["PRESENT"] * rows, "event_timestamps": [EPOCH] * rows}
                    for column in request.entities.values()]
@@ -488,6 +495,49 @@ class FeatureServer:
         self.metrics.requests.inc()
         self.metrics.entities.observe(rows)
         return {"metadata": {"feature_names": names}, "results": results}
+
+    def _arrow_answer(self, request: OnlineRequest, parsed: dict[tuple[str, str], list[Any]], queued: list[Any],
+                      replies: list[list[Any]], now: int) -> bytes:
+        """The answer as an Arrow IPC stream of one record batch: the entity columns, then per feature its
+        values (the contract's type: an embedding is a list<float> column, no JSON text), ``<name>__status``
+        and ``<name>__event_timestamp``; names as in Feast's JSON (full names when asked). Statuses and nulls
+        follow the JSON answer's rules."""
+        import pyarrow as pa
+
+        from feature_platform.build import ARROW_TYPES
+        from feature_platform.online.layout import decode_arrow
+
+        columns: dict[str, pa.Array] = {}
+        typed = {key: dtype for key, dtype in parsed}
+        for name, values in request.entities.items():
+            columns[name] = (pa.array(parsed[(name, typed[name])], ARROW_TYPES[typed[name]]) if name in typed
+                             else pa.array(values))
+        stamp_type = pa.timestamp("us", tz="UTC")
+        for (plan, wanted, reads), view_replies in zip(queued, replies, strict=True):
+            stamps, base = reader.row_statuses(plan, view_replies, now, self.enforce_ttl)
+            served = [s is reader.PRESENT for s in base]
+            order = pa.array(reads.order, pa.int64())  # distinct replies -> the requested rows
+            event = pa.array(stamps, pa.int64()).cast(stamp_type).take(order)
+            statuses = pa.array(base).take(order)  # on the wire, as Feast: a null in a found row is PRESENT
+            for j, feature in enumerate(wanted):
+                raws = [reply[j] if keep else None for reply, keep in zip(view_replies, served, strict=True)]
+                distinct = decode_arrow(feature.dtype, raws)
+                name = f"{plan.view}__{feature.name}" if request.full_feature_names else feature.name
+                columns[name] = distinct.take(order)
+                columns[f"{name}__status"] = statuses
+                columns[f"{name}__event_timestamp"] = event
+                valid = distinct.is_valid().to_pylist()
+                counts = Counter(reader.NULL_VALUE if base[i] is reader.PRESENT and not valid[i] else base[i]
+                                 for i in reads.order)  # per requested row, as the JSON path counts
+                for status, count_ in counts.items():
+                    self._status_counter(plan.view, status).inc(count_)
+        self.metrics.requests.inc()
+        self.metrics.entities.observe(len(next(iter(request.entities.values()), [])))
+        table = pa.table(columns)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return sink.getvalue().to_pybytes()
 
     def push(self, name: str, df: dict[str, list[Any]], to: str, authorization: str | None,
              by_view: bool = False) -> dict[str, Any]:
@@ -577,6 +627,7 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 UNFINISHED_HEADER = b"x-feature-platform-load-unfinished"
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 
 async def _respond(send: Send, status: int, body: bytes, content_type: bytes = b"application/json",
@@ -606,13 +657,18 @@ class App:
         try:
             if path == "/get-online-features" and method == "POST":
                 request = parse_request(await _read_body(receive))
+                # Feast's JSON body by default; an Arrow IPC stream for clients that ask (embeddings: no text).
+                arrow = ARROW_STREAM in (_header(scope, b"accept") or "")
                 try:
-                    answer, unfinished = server.read(request, _header(scope, b"authorization"))
+                    answer, unfinished = server.read(request, _header(scope, b"authorization"), arrow)
                 except reader_errors() as exc:
                     raise RequestError(503, f"online store unavailable: {type(exc).__name__}: {exc}") from exc
-                # Feast's body stays Feast's; a view whose online load is unfinished is named in a header.
+                # A view whose online load is unfinished is named in a header.
                 extra = [(UNFINISHED_HEADER, ",".join(unfinished).encode())] if unfinished else []
-                await _respond(send, 200, _encoder.encode(answer), extra_headers=extra)
+                if arrow:
+                    await _respond(send, 200, answer, ARROW_STREAM.encode(), extra_headers=extra)
+                else:
+                    await _respond(send, 200, _encoder.encode(answer), extra_headers=extra)
             elif path in ("/push", "/write-to-online-store") and method == "POST":
                 body = await _read_body(receive)
                 if path == "/push":
