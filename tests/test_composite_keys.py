@@ -106,7 +106,7 @@ def test_contract_files_name_the_key_field_and_entities_agree_across_sets(local_
     path = write_contract(settings.contracts_dir, _contract(entities=[
         {"name": "merchant", "join_key": "merchant_id", "dtype": "uuid"}]))
     with pytest.raises(ContractErrors, match=r"customer_merchant/v1.yaml: entities\[0\].dtype: 'uuid' is not one "
-                                             "of int64, string"):
+                                             "of int64, int32, string"):
         settings.contracts()
     # `customer` is customer_id/int64 in the repo's sets: a pair set declaring it otherwise is named.
     write_contract(settings.contracts_dir, _contract(entities=[
