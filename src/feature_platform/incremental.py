@@ -380,14 +380,3 @@ def raw_span(contract: FeatureSetContract, raw: ObjectStore) -> Interval:
     last = (int(max(parse_instant(high), datetime.now(UTC)).timestamp()) // step + 1) * step
     return Interval(datetime.fromtimestamp(first, UTC), datetime.fromtimestamp(last, UTC))
 
-
-def referenced_partitions(store: ObjectStore, contract: FeatureSetContract, build_ids: set[str]) -> set[str]:
-    """Partition keys named by the manifests of ``build_ids``."""
-    keys: set[str] = set()
-    for build_id in build_ids:
-        try:
-            metadata = builds.read_metadata(store, contract, build_id)
-        except Exception:  # an unfinished build: its partitions are protected by age, not by reference
-            continue
-        keys |= {p["key"] for p in metadata.get("partitions", [])}
-    return keys
